@@ -1,0 +1,88 @@
+"""Settings, read once from the environment (and an optional `.env`).
+
+Every knob of the service lives here so that the README's table and the code cannot drift.
+This module imports nothing numeric: `service.runtime` reads it before numpy/torch/onnxruntime
+are imported, to pin their threads.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Backend = Literal["onnx", "torch"]
+
+TASKS: tuple[str, ...] = ("sentiment", "emotion", "hate_speech", "irony")
+LANGS: tuple[str, ...] = ("es", "en")
+
+# pysentimiento 0.7.3's own hub models (pysentimiento.analyzer.models), the production default.
+HUB_MODELS: dict[tuple[str, str], str] = {
+    ("sentiment", "es"): "pysentimiento/robertuito-sentiment-analysis",
+    ("emotion", "es"): "pysentimiento/robertuito-emotion-analysis",
+    ("hate_speech", "es"): "pysentimiento/robertuito-hate-speech",
+    ("irony", "es"): "pysentimiento/robertuito-irony",
+    ("sentiment", "en"): "finiteautomata/bertweet-base-sentiment-analysis",
+    ("emotion", "en"): "finiteautomata/bertweet-base-emotion-analysis",
+    ("hate_speech", "en"): "pysentimiento/bertweet-hate-speech",
+    ("irony", "en"): "pysentimiento/bertweet-irony",
+}
+
+
+def model_env_var(task: str, lang: str) -> str:
+    """The environment variable that names the model source of (task, lang)."""
+    return f"MODEL_{task.upper()}_{lang.upper()}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    port: int = 8000
+    backend: Backend = "onnx"
+    default_task: Literal["sentiment", "emotion", "hate_speech", "irony"] = "sentiment"
+    default_lang: Literal["es", "en"] = "es"
+
+    # Model sources: a hub id or a local directory (a transformers model, or an exported
+    # ONNX dir holding manifest.json). Defaults are pysentimiento's own models.
+    model_sentiment_es: str = HUB_MODELS[("sentiment", "es")]
+    model_emotion_es: str = HUB_MODELS[("emotion", "es")]
+    model_hate_speech_es: str = HUB_MODELS[("hate_speech", "es")]
+    model_irony_es: str = HUB_MODELS[("irony", "es")]
+    model_sentiment_en: str = HUB_MODELS[("sentiment", "en")]
+    model_emotion_en: str = HUB_MODELS[("emotion", "en")]
+    model_hate_speech_en: str = HUB_MODELS[("hate_speech", "en")]
+    model_irony_en: str = HUB_MODELS[("irony", "en")]
+
+    # Where `python -m service.export` writes, and the onnx backend looks for, exported models
+    # of sources that are not already exported dirs: <onnx_dir>/<task>-<lang>/.
+    onnx_dir: Path = Path("models")
+    # The (task:lang) models that start.sh / the Render build export when missing.
+    export_models: str = "sentiment:es"
+
+    memory_budget_mb: int | None = Field(default=None, gt=0)
+    memory_margin_mb: int = Field(default=32, ge=0)
+    num_threads: int = Field(default=1, ge=1, le=64)
+    use_gpu: bool = False
+    max_batch: int = Field(default=32, ge=1, le=1024)
+    max_text_chars: int = Field(default=2000, ge=1)
+
+    def model_source(self, task: str, lang: str) -> str:
+        return getattr(self, f"model_{task}_{lang}")
+
+    def export_targets(self) -> list[tuple[str, str]]:
+        """Parse EXPORT_MODELS ("sentiment:es,irony:en") into (task, lang) pairs."""
+        pairs = []
+        for item in filter(None, (part.strip() for part in self.export_models.split(","))):
+            task, _, lang = item.partition(":")
+            if task not in TASKS or lang not in LANGS:
+                raise ValueError(
+                    f"EXPORT_MODELS: {item!r} is not task:lang with task in {TASKS}, lang in {LANGS}"
+                )
+            pairs.append((task, lang))
+        return pairs
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,116 @@
+"""Errors the API answers with, and the handlers that turn every failure into JSON.
+
+Every error body has the same shape, `{"error": {"code", "message", ...details}}`, and no
+traceback ever reaches a client: bad input is a 4xx, a model or memory problem a 503.
+"""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers
+        self.details = details
+
+
+class BadInput(ServiceError):
+    status_code = 422
+    code = "invalid_input"
+
+
+class UnsupportedTaskOrLang(ServiceError):
+    status_code = 422
+    code = "unsupported"
+
+
+class ModelUnavailable(ServiceError):
+    """The model could not be loaded: no hub, a missing dir, a broken export."""
+
+    status_code = 503
+    code = "model_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 30, **details: Any) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)}, **details)
+
+
+class OverBudget(ServiceError):
+    """Loading or running this would pass the memory budget; retry once memory frees up."""
+
+    status_code = 503
+    code = "over_memory_budget"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5, **details: Any) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)}, **details)
+
+
+class TooLarge(ServiceError):
+    status_code = 413
+    code = "too_large"
+
+
+def error_response(status_code: int, code: str, message: str, headers=None, **details: Any) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, **details}}, status_code, headers=headers
+    )
+
+
+def _describe_validation_error(error: dict[str, Any]) -> dict[str, Any]:
+    location = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+    return {"field": location, "problem": error.get("msg", "invalid")}
+
+
+async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+    return error_response(exc.status_code, exc.code, exc.message, exc.headers, **exc.details)
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = [_describe_validation_error(error) for error in exc.errors()]
+    if any(error.get("type") == "json_invalid" for error in exc.errors()):
+        return error_response(400, "invalid_json", "the request body is not valid JSON", problems=problems)
+    summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
+    return error_response(422, "invalid_input", summary, problems=problems)
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error_response(exc.status_code, "http_error", str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "the server failed on this request; it keeps serving")
+
+
+def error_examples(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the error statuses a route can answer with."""
+    descriptions = {
+        400: "The body is not valid JSON.",
+        413: "The upload or the work it implies is too large.",
+        415: "The upload is not a supported kind of file.",
+        422: "The input is invalid; the message says which field and why.",
+        503: "The model cannot be loaded or the memory budget is full; see Retry-After.",
+    }
+    example = {"error": {"code": "invalid_input", "message": "text is empty or only whitespace"}}
+    return {
+        code: {"description": descriptions[code], "content": {"application/json": {"example": example}}}
+        for code in status_codes
+    }
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,170 @@
+"""Where models are loaded: lazy singletons that share one memory budget.
+
+Everything heavy (each (task, lang) model, the OCR engine) is a `Loadable`. It is loaded on
+first use, never at import or startup, exactly once even when the first requests arrive
+together. Before a load the registry checks that current RSS plus the item's cost fits the
+budget; if not it unloads the least recently used idle items, and if that cannot make room it
+refuses with `OverBudget` rather than letting the kernel's OOM killer end the process.
+An item's cost is measured as the RSS it added when it loaded, and remembered for reloads;
+before its first load its `estimate_mb()` (from file sizes) stands in.
+"""
+
+import gc
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from service import runtime
+from service.budget import Budget, detect_budget, rss_mb
+from service.config import get_settings
+from service.exceptions import OverBudget
+
+
+@dataclass
+class Loadable:
+    key: str
+    load: Callable[[], Any]
+    estimate_mb: Callable[[], float]
+    describe: Callable[[], dict[str, Any]] = dict
+    # Raises when the item cannot load at all (a missing dir), before any room is made for it.
+    check: Callable[[], None] = lambda: None
+
+
+@dataclass
+class _Entry:
+    key: str
+    value: Any
+    cost_mb: float
+    loaded_at: float
+    details: dict[str, Any]
+    last_used: float = field(default_factory=time.time)
+    in_use: int = 0
+
+
+class Registry:
+    def __init__(
+        self, budget: Budget, rss: Callable[[], float] = rss_mb, failure_ttl_s: float = 30.0
+    ) -> None:
+        self.budget = budget
+        self._rss = rss
+        self._entries: dict[str, _Entry] = {}
+        self._measured_cost: dict[str, float] = {}
+        self._lock = threading.Lock()  # guards the entries' bookkeeping
+        self._load_lock = threading.Lock()  # one load at a time: each sees the last one's RSS
+        self.counters = {"loads": 0, "evictions": 0, "refusals": 0, "load_failures": 0}
+        # A failed load is answered from memory for a while: an unreachable hub takes ~45 s
+        # to fail, and every request retrying it would pile up threads.
+        self.failure_ttl_s = failure_ttl_s
+        self._failures: dict[str, tuple[float, Exception]] = {}
+
+    @contextmanager
+    def use(self, item: Loadable) -> Iterator[Any]:
+        """Yield the loaded item; it cannot be evicted while a caller holds it."""
+        entry = self._acquire(item)
+        try:
+            yield entry.value
+        finally:
+            with self._lock:
+                entry.in_use -= 1
+                entry.last_used = time.time()
+
+    def _acquire(self, item: Loadable) -> _Entry:
+        with self._lock:
+            entry = self._entries.get(item.key)
+            if entry is not None:
+                entry.in_use += 1
+                return entry
+        with self._load_lock:
+            with self._lock:
+                entry = self._entries.get(item.key)
+                if entry is not None:  # another request loaded it while we waited
+                    entry.in_use += 1
+                    return entry
+            failed = self._failures.get(item.key)
+            if failed is not None and time.monotonic() - failed[0] < self.failure_ttl_s:
+                raise failed[1]
+            item.check()
+            cost = self._measured_cost.get(item.key) or item.estimate_mb()
+            self._make_room(item.key, cost)
+            before = self._rss()
+            try:
+                value = item.load()
+            except Exception as error:
+                self._failures[item.key] = (time.monotonic(), error)
+                self.counters["load_failures"] += 1
+                raise
+            self._failures.pop(item.key, None)
+            runtime.trim_heap()
+            measured = max(self._rss() - before, 0.0)
+            self._measured_cost[item.key] = measured
+            entry = _Entry(item.key, value, measured, time.time(), item.describe(), in_use=1)
+            with self._lock:
+                self._entries[item.key] = entry
+                self.counters["loads"] += 1
+            return entry
+
+    def _make_room(self, key: str, cost_mb: float) -> None:
+        """Evict LRU idle items until cost fits under the budget, or refuse."""
+        while True:
+            needed = self._rss() + cost_mb - self.budget.usable_mb
+            if needed <= 0:
+                return
+            with self._lock:
+                idle = [e for e in self._entries.values() if e.in_use == 0]
+            if not idle:
+                with self._lock:
+                    self.counters["refusals"] += 1
+                raise OverBudget(
+                    f"loading {key} needs ~{cost_mb:.0f} MB but only {cost_mb - needed:.0f} MB of the "
+                    f"{self.budget.limit_mb:.0f} MB budget is free and nothing idle can be unloaded",
+                    item=key,
+                    needed_mb=round(cost_mb, 1),
+                    short_by_mb=round(needed, 1),
+                )
+            self.unload(min(idle, key=lambda e: e.last_used).key)
+
+    def unload(self, key: str) -> float:
+        """Drop an idle item and give its memory back; returns the RSS freed in MB."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.in_use:
+                return 0.0
+            del self._entries[key]
+            self.counters["evictions"] += 1
+        before = self._rss()
+        close = getattr(entry.value, "close", None)
+        if callable(close):
+            close()
+        del entry
+        gc.collect()
+        runtime.trim_heap()
+        return max(before - self._rss(), 0.0)
+
+    def is_loaded(self, key: str) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                {
+                    "key": e.key,
+                    "cost_mb": round(e.cost_mb, 1),
+                    "loaded_at": e.loaded_at,
+                    "last_used": e.last_used,
+                    "in_use": e.in_use,
+                    **e.details,
+                }
+                for e in self._entries.values()
+            ]
+
+
+@lru_cache
+def get_registry() -> Registry:
+    """The process's one registry, with the budget decided from settings and the cgroup."""
+    settings = get_settings()
+    return Registry(detect_budget(settings.memory_budget_mb, settings.memory_margin_mb))

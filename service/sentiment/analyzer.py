@@ -1,0 +1,76 @@
+"""The analyzer: pysentimiento's preprocessing, a backend's probabilities, pysentimiento's labels.
+
+Both backends share this one path, so they can differ only in the numbers their model gives:
+texts are preprocessed here with the torch-free port of `preprocess_tweet`, the backend turns
+preprocessed texts into probabilities, and labels are chosen exactly as pysentimiento's
+`AnalyzerOutput` does (argmax, or every label over 0.5 for multi-label tasks).
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from service.config import Backend
+from service.exceptions import BadInput
+from service.sentiment.preprocessing import preprocess_tweet
+from service.sentiment.schemas import Prediction
+
+
+class ProbabilityModel(Protocol):
+    """What a backend provides: label names in id order and a batch -> probabilities call."""
+
+    labels: list[str]
+    multi_label: bool
+
+    def predict_probas(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+class Analyzer:
+    def __init__(self, model: ProbabilityModel, task: str, lang: str, backend: Backend) -> None:
+        self.model = model
+        self.task = task
+        self.lang = lang
+        self.backend = backend
+
+    def preprocess(self, texts: Sequence[str]) -> list[str]:
+        """Preprocess as pysentimiento does; a text that comes out empty cannot be analyzed."""
+        processed = [preprocess_tweet(text, self.lang) for text in texts]
+        empty = [index for index, text in enumerate(processed) if not text]
+        if empty:
+            raise BadInput(
+                f"nothing is left of text(s) at index {empty} after pysentimiento's preprocessing "
+                "(it drops characters such as ☹ ~ … ™)",
+                empty_after_preprocessing=empty,
+            )
+        return processed
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        rows = self.model.predict_probas(self.preprocess(texts))
+        return [self._prediction(row) for row in rows]
+
+    def _prediction(self, row: Sequence[float]) -> Prediction:
+        probas = {label: float(p) for label, p in zip(self.model.labels, row, strict=True)}
+        if self.model.multi_label:
+            label: str | list[str] = [name for name, p in probas.items() if p > 0.5]
+        else:
+            label = max(probas.items(), key=lambda item: item[1])[0]
+        return Prediction(label=label, probas=probas)
+
+
+def create_analyzer(
+    task: str, lang: str, source: str | Path, backend: Backend, num_threads: int = 1
+) -> Analyzer:
+    """Load the model for (task, lang) from `source` with the given backend.
+
+    `source` is a hub id or a transformers model dir for torch, an exported dir for onnx.
+    Backends are imported here, not at module level, so that the onnx path never imports torch.
+    """
+    if backend == "torch":
+        from service.sentiment.backends.torch_backend import TorchModel
+
+        model: ProbabilityModel = TorchModel(task, lang, str(source), num_threads)
+    else:
+        from service.sentiment.backends.onnx_backend import OnnxModel
+
+        model = OnnxModel(Path(source), num_threads)
+    return Analyzer(model, task, lang, backend)

@@ -1,0 +1,66 @@
+"""The onnx backend: onnxruntime + tokenizers + numpy, and nothing that imports torch.
+
+It reads a model dir written by `python -m service.export`: `manifest.json` (labels, problem
+type, max length, padding token, model file), the ONNX model and `tokenizer.json`.
+"""
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(model_dir: Path) -> dict[str, Any]:
+    return json.loads((model_dir / MANIFEST).read_text())
+
+
+def session_options(num_threads: int) -> ort.SessionOptions:
+    """One intra-op pool of NUM_THREADS and no inter-op pool: more threads than cores is slower."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+class OnnxModel:
+    def __init__(self, model_dir: Path, num_threads: int) -> None:
+        manifest = read_manifest(model_dir)
+        self.manifest = manifest
+        id2label = manifest["id2label"]
+        self.labels = [id2label[str(i)] for i in range(len(id2label))]
+        self.multi_label = manifest["problem_type"] == "multi_label_classification"
+        self.tokenizer = Tokenizer.from_file(str(model_dir / manifest["tokenizer_file"]))
+        self.tokenizer.enable_truncation(manifest["max_length"])
+        self.tokenizer.enable_padding(pad_id=manifest["pad_token_id"], pad_token=manifest["pad_token"])
+        self.session = ort.InferenceSession(
+            str(model_dir / manifest["model_file"]),
+            session_options(num_threads),
+            providers=["CPUExecutionProvider"],
+        )
+        self.input_names = {node.name for node in self.session.get_inputs()}
+
+    def predict_probas(self, texts: Sequence[str]) -> list[list[float]]:
+        encodings = self.tokenizer.encode_batch(list(texts))
+        feed = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        }
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        (logits,) = self.session.run(["logits"], feed)
+        return _probabilities(logits.astype(np.float32), self.multi_label).tolist()
+
+
+def _probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    if multi_label:
+        return 1.0 / (1.0 + np.exp(-logits))
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)

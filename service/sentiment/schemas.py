@@ -1,0 +1,100 @@
+"""Request and response models of `POST /analyze`."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.config import get_settings
+
+Task = Literal["sentiment", "emotion", "hate_speech", "irony"]
+Lang = Literal["es", "en"]
+
+
+class Prediction(BaseModel):
+    """One text's result, as pysentimiento's AnalyzerOutput gives it."""
+
+    label: str | list[str] = Field(
+        description="The most probable label; for multi-label tasks (hate_speech) every label over 0.5."
+    )
+    probas: dict[str, float] = Field(description="Every label's probability.")
+
+
+class AnalyzeRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "¡Qué buen día hace hoy! 😍"},
+                {"texts": ["I love this!", "This is awful"], "task": "sentiment", "lang": "en"},
+            ]
+        },
+    )
+
+    text: str | None = Field(default=None, description="One text. Send either `text` or `texts`.")
+    texts: list[str] | None = Field(default=None, description="A batch of texts, at most MAX_BATCH.")
+    task: Task | None = Field(default=None, description="Defaults to DEFAULT_TASK.")
+    lang: Lang | None = Field(default=None, description="Defaults to DEFAULT_LANG.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AnalyzeRequest":
+        settings = get_settings()
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("send exactly one of `text` (a string) or `texts` (a list of strings)")
+        texts = self.all_texts()
+        if not texts:
+            raise ValueError("`texts` is empty: send at least one text")
+        if len(texts) > settings.max_batch:
+            raise ValueError(f"{len(texts)} texts sent; at most MAX_BATCH={settings.max_batch} per request")
+        for index, text in enumerate(texts):
+            where = "text" if self.text is not None else f"texts[{index}]"
+            if not text.strip():
+                raise ValueError(f"{where} is empty or only whitespace")
+            if len(text) > settings.max_text_chars:
+                raise ValueError(
+                    f"{where} has {len(text)} characters; at most MAX_TEXT_CHARS={settings.max_text_chars}"
+                )
+        self.task = self.task or settings.default_task
+        self.lang = self.lang or settings.default_lang
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class AnalyzeResult(Prediction):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "sentiment",
+                    "lang": "es",
+                    "label": "POS",
+                    "probas": {"NEG": 0.004, "NEU": 0.018, "POS": 0.978},
+                }
+            ]
+        }
+    )
+
+    task: Task
+    lang: Lang
+
+
+class AnalyzeBatchResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "sentiment",
+                    "lang": "en",
+                    "results": [
+                        {"label": "POS", "probas": {"NEG": 0.01, "NEU": 0.02, "POS": 0.97}},
+                        {"label": "NEG", "probas": {"NEG": 0.95, "NEU": 0.04, "POS": 0.01}},
+                    ],
+                }
+            ]
+        }
+    )
+
+    task: Task
+    lang: Lang
+    results: list[Prediction]

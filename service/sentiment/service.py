@@ -1,0 +1,121 @@
+"""Sentiment models as registry items: where each (task, lang) model comes from, what it costs.
+
+The route calls `analyze`; the model behind it is loaded on first use through the registry,
+under the memory budget, and stays a singleton until the budget needs its room.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from service.config import LANGS, TASKS, Settings, get_settings, model_env_var
+from service.exceptions import ModelUnavailable, UnsupportedTaskOrLang
+from service.registry import Loadable, get_registry
+from service.sentiment.analyzer import Analyzer, create_analyzer
+from service.sentiment.schemas import Prediction
+
+MB = 1024 * 1024
+# RSS a backend's imports add the first time a model loads (measured: torch + transformers +
+# pysentimiento ~300 MB; onnxruntime + tokenizers + numpy ~45 MB), then weights x overhead.
+_IMPORT_MB = {"torch": 300.0, "onnx": 45.0}
+_WEIGHTS_FACTOR = {"torch": 1.3, "onnx": 1.2}
+_UNKNOWN_WEIGHTS_MB = {"torch": 500.0, "onnx": 130.0}  # a hub id: RoBERTuito-size guess
+_WEIGHT_SUFFIXES = (".onnx", ".safetensors", ".bin", ".pt")
+
+
+def model_key(task: str, lang: str) -> str:
+    return f"{task}:{lang}"
+
+
+def onnx_dir_for(task: str, lang: str, settings: Settings) -> Path:
+    """The exported dir the onnx backend serves: MODEL_<TASK>_<LANG> itself if it is one."""
+    source = Path(settings.model_source(task, lang))
+    if (source / "manifest.json").is_file():
+        return source
+    return settings.onnx_dir / f"{task}-{lang}"
+
+
+def model_source(task: str, lang: str, settings: Settings) -> str | Path:
+    if settings.backend == "onnx":
+        return onnx_dir_for(task, lang, settings)
+    return settings.model_source(task, lang)
+
+
+def _weights_mb(source: str | Path) -> float | None:
+    path = Path(source)
+    if not path.is_dir():
+        return None
+    return sum(f.stat().st_size for f in path.iterdir() if f.suffix in _WEIGHT_SUFFIXES) / MB
+
+
+def _is_local_path(source: str | Path) -> bool:
+    """Hub ids are `org/name`; anything absolute, relative-dotted or existing is a path."""
+    text = str(source)
+    return text.startswith(("/", ".", "~")) or Path(text).exists()
+
+
+def _unavailable(task: str, lang: str, settings: Settings, error: Exception) -> ModelUnavailable:
+    var = model_env_var(task, lang)
+    if settings.backend == "onnx":
+        out = onnx_dir_for(task, lang, settings)
+        hint = (
+            f"export it with `python -m service.export --task {task} --lang {lang} --out {out}` "
+            f"(source: {var}={settings.model_source(task, lang)}), or set {var} to an exported model dir"
+        )
+    else:
+        hint = f"set {var} to a local model dir (the Hugging Face hub is unreachable on some machines)"
+    return ModelUnavailable(
+        f"the {task}/{lang} model could not be loaded: {hint}",
+        env_var=var,
+        reason=f"{type(error).__name__}: {error}"[:500],
+    )
+
+
+def model_item(task: str, lang: str) -> Loadable:
+    settings = get_settings()
+    backend = settings.backend
+    source = model_source(task, lang, settings)
+
+    def check() -> None:
+        if backend == "onnx" and not (Path(source) / "manifest.json").is_file():
+            raise _unavailable(task, lang, settings, FileNotFoundError(f"{source}/manifest.json"))
+        if backend == "torch" and _is_local_path(source) and not Path(source).is_dir():
+            raise _unavailable(task, lang, settings, FileNotFoundError(f"no model dir at {source}"))
+
+    def load() -> Analyzer:
+        try:
+            return create_analyzer(task, lang, source, backend, settings.num_threads)
+        except Exception as error:  # a hub that cannot be reached, a missing or broken dir
+            raise _unavailable(task, lang, settings, error) from error
+
+    def estimate_mb() -> float:
+        weights = _weights_mb(source)
+        if weights is None:
+            weights = _UNKNOWN_WEIGHTS_MB[backend]
+        first_of_backend = not any(e.get("backend") == backend for e in get_registry().snapshot())
+        return weights * _WEIGHTS_FACTOR[backend] + (_IMPORT_MB[backend] if first_of_backend else 0.0)
+
+    def describe() -> dict[str, Any]:
+        path = Path(source)
+        files = {f.name: f.stat().st_size for f in path.iterdir() if f.is_file()} if path.is_dir() else {}
+        return {"kind": "sentiment", "backend": backend, "source": str(source), "file_bytes": files}
+
+    return Loadable(
+        key=model_key(task, lang), load=load, estimate_mb=estimate_mb, describe=describe, check=check
+    )
+
+
+def check_supported(task: str, lang: str) -> None:
+    if task not in TASKS or lang not in LANGS:
+        raise UnsupportedTaskOrLang(
+            f"unsupported task/lang {task}/{lang}; tasks: {', '.join(TASKS)}; langs: {', '.join(LANGS)}",
+            supported_tasks=list(TASKS),
+            supported_langs=list(LANGS),
+        )
+
+
+def analyze(texts: Sequence[str], task: str, lang: str) -> list[Prediction]:
+    """Analyze raw texts with the (task, lang) model, loading it on first use."""
+    check_supported(task, lang)
+    with get_registry().use(model_item(task, lang)) as analyzer:
+        return analyzer.predict(texts)

@@ -1,0 +1,55 @@
+"""Liveness, readiness and the memory report a dashboard polls."""
+
+from fastapi import APIRouter
+
+from service.budget import peak_rss_mb, rss_mb, thread_count
+from service.config import get_settings
+from service.exceptions import error_examples
+from service.registry import get_registry
+from service.sentiment.service import model_item, model_key
+from service.system.schemas import Health, MemoryReport, Ready
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health", response_model=Health, summary="Liveness: cheap, never loads a model")
+async def health() -> Health:
+    return Health()
+
+
+@router.get(
+    "/ready",
+    response_model=Ready,
+    responses=error_examples(503),
+    summary="Readiness: 200 once the default model can serve (loads it if needed)",
+)
+def ready() -> Ready:
+    settings = get_settings()
+    with get_registry().use(model_item(settings.default_task, settings.default_lang)):
+        pass
+    return Ready(
+        status="ready",
+        model=model_key(settings.default_task, settings.default_lang),
+        backend=settings.backend,
+    )
+
+
+@router.get("/memory", response_model=MemoryReport, summary="Process memory against the budget")
+def memory() -> MemoryReport:
+    registry = get_registry()
+    budget = registry.budget
+    rss = rss_mb()
+    settings = get_settings()
+    return MemoryReport(
+        rss_mb=round(rss, 1),
+        peak_rss_mb=round(max(peak_rss_mb(), rss), 1),
+        budget_mb=round(budget.limit_mb, 1),
+        budget_source=budget.source,
+        margin_mb=budget.margin_mb,
+        headroom_mb=round(budget.usable_mb - rss, 1),
+        threads=thread_count(),
+        num_threads_setting=settings.num_threads,
+        backend=settings.backend,
+        loaded=registry.snapshot(),
+        counters=dict(registry.counters),
+    )

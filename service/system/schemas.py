@@ -1,0 +1,70 @@
+"""Responses of the operational routes."""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class Ready(BaseModel):
+    status: str
+    model: str
+    backend: str
+
+
+class LoadedItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    key: str = Field(description="`task:lang` for a sentiment model, `ocr:<lang>` for the OCR engine.")
+    cost_mb: float = Field(description="RSS the item added when it loaded (MB).")
+    loaded_at: float
+    last_used: float
+    in_use: int
+
+
+class MemoryReport(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "rss_mb": 231.4,
+                    "peak_rss_mb": 262.0,
+                    "budget_mb": 512.0,
+                    "budget_source": "cgroup v2 memory.max",
+                    "margin_mb": 32.0,
+                    "headroom_mb": 248.6,
+                    "threads": 5,
+                    "num_threads_setting": 1,
+                    "backend": "onnx",
+                    "loaded": [
+                        {
+                            "key": "sentiment:es",
+                            "cost_mb": 131.2,
+                            "loaded_at": 1795000000.0,
+                            "last_used": 1795000100.0,
+                            "in_use": 0,
+                            "backend": "onnx",
+                        }
+                    ],
+                    "counters": {"loads": 1, "evictions": 0, "refusals": 0, "load_failures": 0},
+                }
+            ]
+        }
+    )
+
+    rss_mb: float = Field(description="Resident set size of this process now.")
+    peak_rss_mb: float = Field(description="The process's RSS high-water mark.")
+    budget_mb: float
+    budget_source: str = Field(
+        description="env MEMORY_BUDGET_MB, cgroup v2 memory.max, cgroup v1 memory.limit_in_bytes or default."
+    )
+    margin_mb: float = Field(description="Kept free below the budget.")
+    headroom_mb: float = Field(description="budget - margin - rss: what loads and requests may still use.")
+    threads: int = Field(description="OS threads of this process.")
+    num_threads_setting: int
+    backend: str
+    loaded: list[LoadedItem]
+    counters: dict[str, Any]

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Get the service answering on a fresh machine, or just install it.
+#
+#   bash start.sh            install what is missing, export missing models, serve on $PORT
+#   bash start.sh install    the same without serving (Render's build, CI)
+#   bash start.sh install dev    also the test tools
+#
+# Installs are skipped when the requirement files have not changed since the last one, so a
+# second start is quick. Thread pools are pinned here as well as in service/runtime.py:
+# glibc reads MALLOC_ARENA_MAX only when the process starts.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+export NUM_THREADS="${NUM_THREADS:-1}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$NUM_THREADS}"
+export MKL_NUM_THREADS="${MKL_NUM_THREADS:-$NUM_THREADS}"
+export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-$NUM_THREADS}"
+export OMP_THREAD_LIMIT="${OMP_THREAD_LIMIT:-$NUM_THREADS}"
+export TOKENIZERS_PARALLELISM=false
+export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
+[ "${USE_GPU:-false}" = "true" ] || export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES-}"
+
+mode="${1:-serve}"
+extras="${2:-}"
+
+# Render installs into its own environment; everywhere else a project venv keeps things apart.
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -z "${RENDER:-}" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+stamps="${VIRTUAL_ENV:-.}/.installed"
+mkdir -p "$stamps"
+
+# pip install -r FILE, unless FILE and everything it includes are unchanged since last time.
+install_requirements() {
+  local file="$1" name sum
+  name="$(basename "$file" .txt)"
+  sum="$(cat requirements*.txt | sha256sum | cut -c1-16)-$(python -V 2>&1)"
+  if [ "$(cat "$stamps/$name" 2>/dev/null)" != "$sum" ]; then
+    echo "start.sh: installing $file"
+    python -m pip install --quiet --disable-pip-version-check -r "$file"
+    echo "$sum" >"$stamps/$name"
+  fi
+}
+
+install_requirements requirements.txt
+[ "${BACKEND:-onnx}" = "torch" ] && install_requirements requirements-torch.txt
+[ "$extras" = "dev" ] && install_requirements requirements-dev.txt
+
+# Export the configured models that the onnx backend would miss (needs the export stack).
+if [ "${BACKEND:-onnx}" = "onnx" ]; then
+  missing="$(python -m service.export --list-missing)"
+  if [ -n "$missing" ]; then
+    install_requirements requirements-export.txt
+    for target in $missing; do
+      python -m service.export --task "${target%%:*}" --lang "${target##*:}" ||
+        echo "start.sh: could not export $target; /analyze will answer 503 for it until it is exported" >&2
+    done
+  fi
+fi
+
+[ "$mode" = "install" ] && exit 0
+
+exec python -m uvicorn main:app --host 0.0.0.0 --port "${PORT:-8000}" \
+  --workers 1 --loop asyncio --http h11 --no-access-log

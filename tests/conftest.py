@@ -1,0 +1,23 @@
+"""Fixtures every test module may use."""
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.support import app_client
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., TestClient]]:
+    """A function-scoped app with the given env; closed at the end of the test."""
+    stack = []
+
+    def make(**env: str) -> TestClient:
+        manager = app_client(**env)
+        stack.append(manager)
+        return manager.__enter__()
+
+    yield make
+    for manager in reversed(stack):
+        manager.__exit__(None, None, None)

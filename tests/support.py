@@ -1,0 +1,70 @@
+"""Test support: the shared models and data, and an app configured through the environment."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.config import Settings, get_settings
+from service.registry import get_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MINILM = SHARED / "models" / "tweet-sentiment-minilm"
+ROBERTUITO_SHAPE = SHARED / "models" / "robertuito-shape"
+DATA = SHARED / "data" / "sentiment"
+
+needs_minilm = pytest.mark.skipif(
+    not (MINILM / "model.safetensors").is_file(),
+    reason=f"needs the trained model in {MINILM} (the project's ../shared is absent)",
+)
+needs_data = pytest.mark.skipif(
+    not (DATA / "xlmt_english" / "test_text.txt").is_file(),
+    reason=f"needs the labelled tweets in {DATA} (the project's ../shared is absent)",
+)
+
+
+def read_labelled(name: str) -> tuple[list[str], list[str]]:
+    folder = DATA / name
+    texts = (folder / "test_text.txt").read_text(encoding="utf-8").splitlines()
+    names = {"0": "NEG", "1": "NEU", "2": "POS"}
+    labels = [names[line.strip()] for line in (folder / "test_labels.txt").read_text().splitlines()]
+    return texts, labels
+
+
+def macro_f1(gold: list[str], predicted: list[str]) -> float:
+    scores = []
+    for label in sorted(set(gold)):
+        tp = sum(g == p == label for g, p in zip(gold, predicted))
+        fp = sum(p == label != g for g, p in zip(gold, predicted))
+        fn = sum(g == label != p for g, p in zip(gold, predicted))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(scores) / len(scores)
+
+
+@contextmanager
+def configured(**env: str) -> Iterator[Settings]:
+    """Run with exactly these settings (env vars) and a fresh registry, restoring all after."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in Settings.model_fields:
+            patch.delenv(name.upper(), raising=False)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        get_settings.cache_clear()
+        get_registry.cache_clear()
+        try:
+            yield get_settings()
+        finally:
+            get_settings.cache_clear()
+            get_registry.cache_clear()
+
+
+@contextmanager
+def app_client(**env: str) -> Iterator[TestClient]:
+    with configured(**env):
+        from main import app
+
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield client

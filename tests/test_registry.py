@@ -1,0 +1,149 @@
+"""Lazy singletons under one budget: loaded once, evicted LRU-first, refused when nothing fits."""
+
+import threading
+import time
+
+import pytest
+
+from service.budget import Budget, rss_mb
+from service.exceptions import ModelUnavailable, OverBudget
+from service.registry import Loadable, Registry
+
+
+class FakeMemory:
+    """An RSS reading that items add to when they load and give back when they are dropped."""
+
+    def __init__(self, base: float) -> None:
+        self.used = base
+
+    def __call__(self) -> float:
+        return self.used
+
+
+class Weights:
+    def __init__(self, memory: FakeMemory, mb: float) -> None:
+        self.memory, self.mb = memory, mb
+        memory.used += mb
+
+    def close(self) -> None:
+        self.memory.used -= self.mb
+
+
+def item(key: str, memory: FakeMemory, mb: float, loads: list[str] | None = None) -> Loadable:
+    def load() -> Weights:
+        if loads is not None:
+            loads.append(key)
+        return Weights(memory, mb)
+
+    return Loadable(key=key, load=load, estimate_mb=lambda: mb)
+
+
+def test_loads_lazily_and_once_under_concurrent_first_requests():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(512, "test", 0), rss=memory)
+    loads: list[str] = []
+    start = threading.Barrier(16)
+
+    def slow_load() -> Weights:
+        loads.append("m")
+        time.sleep(0.2)  # long enough for every thread to arrive while the load runs
+        return Weights(memory, 50)
+
+    slow = Loadable(key="m", load=slow_load, estimate_mb=lambda: 50)
+    seen: list[int] = []
+
+    def request() -> None:
+        start.wait()
+        with registry.use(slow) as value:
+            seen.append(id(value))
+
+    assert not registry.is_loaded("m")
+    threads = [threading.Thread(target=request) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert loads == ["m"]
+    assert len(set(seen)) == 1 and len(seen) == 16
+    assert registry.snapshot()[0]["cost_mb"] == 50
+
+
+def test_evicts_least_recently_used_idle_item_to_make_room():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(300, "test", 20), rss=memory)  # 180 MB usable above the base
+    a, b, c = (item(k, memory, 80) for k in "abc")
+    with registry.use(a):
+        pass
+    with registry.use(b):
+        pass
+    with registry.use(a):  # a is now more recent than b
+        pass
+    with registry.use(c):
+        pass
+    assert {e["key"] for e in registry.snapshot()} == {"a", "c"}
+    assert registry.counters["evictions"] == 1
+    assert memory.used == 260
+
+
+def test_refuses_when_nothing_idle_can_make_room():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(300, "test", 20), rss=memory)
+    big, other = item("big", memory, 150), item("other", memory, 100)
+    with registry.use(big), pytest.raises(OverBudget) as refused, registry.use(other):
+        pass
+    assert refused.value.details["item"] == "other"
+    assert refused.value.details["short_by_mb"] == pytest.approx(70)
+    assert refused.value.headers["Retry-After"]
+    assert registry.counters["refusals"] == 1
+    assert not registry.is_loaded("other")
+    assert memory.used == 250  # nothing was loaded past the budget
+
+
+def test_an_item_bigger_than_the_whole_budget_is_refused_even_when_empty():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(300, "test", 20), rss=memory)
+    with pytest.raises(OverBudget), registry.use(item("huge", memory, 500)):
+        pass
+
+
+def test_measured_cost_replaces_the_estimate_on_reload():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(1000, "test", 0), rss=memory)
+    underestimated = Loadable(key="m", load=lambda: Weights(memory, 300), estimate_mb=lambda: 10)
+    with registry.use(underestimated):
+        pass
+    registry.unload("m")
+    registry.budget = Budget(350, "test", 0)  # 250 free: the estimate fits, the measured 300 does not
+    with pytest.raises(OverBudget), registry.use(underestimated):
+        pass
+
+
+def test_failed_load_is_remembered_for_a_while_then_retried():
+    registry = Registry(Budget(1000, "test", 0), failure_ttl_s=0.2)
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise ModelUnavailable("no hub here")
+
+    flaky = Loadable(key="m", load=broken, estimate_mb=lambda: 1)
+    for _ in range(3):
+        with pytest.raises(ModelUnavailable), registry.use(flaky):
+            pass
+    assert len(calls) == 1
+    time.sleep(0.25)
+    with pytest.raises(ModelUnavailable), registry.use(flaky):
+        pass
+    assert len(calls) == 2
+
+
+def test_unloading_gives_real_memory_back():
+    registry = Registry(Budget(100_000, "test", 0))
+    payload = Loadable(key="m", load=lambda: bytearray(200 * 1024 * 1024), estimate_mb=lambda: 200)
+    with registry.use(payload):
+        pass
+    loaded_rss = rss_mb()
+    assert registry.snapshot()[0]["cost_mb"] > 150
+    freed = registry.unload("m")
+    assert freed > 150
+    assert rss_mb() < loaded_rss - 150
