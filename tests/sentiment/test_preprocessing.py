@@ -1,0 +1,64 @@
+"""The lean preprocessing port gives exactly pysentimiento's output, and loads no numeric library.
+
+`data/tricky_tweets.txt` holds one tweet a line; the two-character escapes `\\n` and `\\t` stand for a
+newline and a tab, so that multi-line tweets stay on one line of the file.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.sentiment.preprocessing import preprocess_tweet
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = Path(__file__).resolve().parent / "data" / "tricky_tweets.txt"
+LANGS = ("es", "en")
+
+
+def tweets() -> list[str]:
+    lines = CORPUS.read_text(encoding="utf-8").split("\n")[:-1]
+    return [""] + [line.replace("\\n", "\n").replace("\\t", "\t") for line in lines]
+
+
+def test_corpus_is_big_enough() -> None:
+    assert len(tweets()) >= 300
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_matches_pysentimiento(lang: str) -> None:
+    original = pytest.importorskip(
+        "pysentimiento.preprocessing", reason="pysentimiento is not installed: nothing to compare with"
+    )
+    mismatches = []
+    for text in tweets():
+        expected = original.preprocess_tweet(text, lang=lang)
+        got = preprocess_tweet(text, lang)
+        if got != expected:
+            mismatches.append(f"{text!r}\n  pysentimiento: {expected!r}\n  port:          {got!r}")
+    shown = "\n".join(mismatches[:10])
+    assert not mismatches, (
+        f"{len(mismatches)} of {len(tweets())} tweets differ ({lang}); first ones:\n{shown}"
+    )
+
+
+def test_empty_results_and_unsupported_language() -> None:
+    assert preprocess_tweet("☹☹☹☹", "es") == ""
+    assert preprocess_tweet("… ~~~", "en") == ""
+    with pytest.raises(ValueError, match="unsupported language 'pt'"):
+        preprocess_tweet("hola", "pt")
+
+
+def test_import_loads_no_numeric_library() -> None:
+    heavy = ["torch", "transformers", "pysentimiento", "numpy"]
+    code = (
+        "import json, sys\n"
+        "import service.sentiment.preprocessing\n"
+        f"print(json.dumps([name for name in {heavy!r} if name in sys.modules]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
