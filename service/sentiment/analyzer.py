@@ -45,8 +45,10 @@ class Analyzer:
         return processed
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        rows = self.model.predict_probas(self.preprocess(texts))
-        return [self._prediction(row) for row in rows]
+        return self.predict_preprocessed(self.preprocess(texts))
+
+    def predict_preprocessed(self, texts: Sequence[str]) -> list[Prediction]:
+        return [self._prediction(row) for row in self.model.predict_probas(texts)]
 
     def _prediction(self, row: Sequence[float]) -> Prediction:
         probas = {label: float(p) for label, p in zip(self.model.labels, row, strict=True)}
