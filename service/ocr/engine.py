@@ -1,0 +1,43 @@
+"""Tesseract through tesserocr: one API object per language, used by one thread at a time.
+
+A `PyTessBaseAPI` holds per-image state, so concurrent requests take turns on a lock. It is
+only ever given PIL images in memory (`SetImage`): Tesseract never opens a path or a URL.
+"""
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import tesserocr
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Recognition:
+    text: str
+    confidence: float  # mean word confidence, 0-1; 0 when nothing was read
+
+
+class TesseractEngine:
+    def __init__(self, tessdata: Path, code: str) -> None:
+        self.code = code
+        self._lock = threading.Lock()
+        # LSTM only: the legacy engine's data would cost memory and is not in every traineddata.
+        self._api = tesserocr.PyTessBaseAPI(
+            path=f"{tessdata}/", lang=code, oem=tesserocr.OEM.LSTM_ONLY, psm=tesserocr.PSM.AUTO
+        )
+
+    def recognize(self, image: Image.Image) -> Recognition:
+        with self._lock:
+            try:
+                self._api.SetImage(image)
+                text = self._api.GetUTF8Text().strip()
+                confidence = self._api.MeanTextConf()
+            finally:
+                self._api.Clear()  # drop the image and its layout now, not at the next page
+        return Recognition(text, confidence / 100 if text else 0.0)
+
+    def close(self) -> None:
+        """Called by the registry when it unloads the engine."""
+        with self._lock:
+            self._api.End()

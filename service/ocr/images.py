@@ -1,0 +1,117 @@
+"""Decoding an uploaded image safely: size checked from the header, then a small grayscale copy.
+
+`open_image` reads only the header, so a decompression bomb is refused before its pixels are
+allocated; JPEGs are set to decode at a reduced scale in grayscale (libjpeg's DCT scaling),
+so a 12 MP photo decodes into 3 MB rather than 48. `prepare_image` then decodes,
+converts to 8-bit grayscale (what Tesseract binarises anyway, at a quarter of RGB's memory),
+downscales to OCR_MAX_SIDE and applies the EXIF orientation.
+"""
+
+import io
+
+from PIL import Image, ImageFile
+
+from service.exceptions import BadInput, TooLarge
+from service.ocr.config import OcrSettings, get_ocr_settings
+from service.ocr.errors import Undecodable
+from service.ocr.uploads import KIND_NAMES, Kind
+
+PIL_FORMATS: dict[Kind, str] = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "webp": "WEBP"}
+# Pillow keeps these modes at 1 byte per pixel, 16-bit ones at 2, every other mode at 4.
+_ONE_BYTE_MODES = {"1", "L", "P"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSE_FOR_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+# Pillow's own guard, a backstop behind the header check in `open_image`: it raises on images
+# over twice this many pixels, wherever they are opened in the process.
+Image.MAX_IMAGE_PIXELS = get_ocr_settings().max_pixels
+
+
+def fit_within(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """`size` scaled down, aspect kept, so that neither side passes `max_side`."""
+    width, height = size
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def bytes_per_pixel(mode: str) -> int:
+    if mode in _ONE_BYTE_MODES:
+        return 1
+    return 2 if mode in _SIXTEEN_BIT_MODES else 4
+
+
+def open_image(data: bytes, kind: Kind, settings: OcrSettings) -> ImageFile.ImageFile:
+    """Open the header only, check the pixel limits, and set JPEG's reduced-scale decoding."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=[PIL_FORMATS[kind]])
+    except Image.DecompressionBombError as error:  # Pillow's guard: over twice the limit
+        raise TooLarge(
+            f"the image has more than OCR_MAX_PIXELS={settings.max_pixels:,} pixels: {error}",
+            limit_pixels=settings.max_pixels,
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise Undecodable(f"the {KIND_NAMES[kind]} image cannot be read: {error}") from error
+    width, height = image.size
+    if width * height > settings.max_pixels:
+        raise TooLarge(
+            f"the image is {width}x{height} = {width * height:,} pixels; "
+            f"at most OCR_MAX_PIXELS={settings.max_pixels:,}",
+            width=width,
+            height=height,
+            limit_pixels=settings.max_pixels,
+        )
+    if min(width, height) < settings.min_side:
+        raise BadInput(
+            f"the image is {width}x{height}; each side needs OCR_MIN_SIDE={settings.min_side} pixels or more",
+            width=width,
+            height=height,
+        )
+    if kind == "jpeg":
+        image.draft("L", fit_within(image.size, settings.max_side))
+    return image
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """Memory the decoded image will take, from its (draft-adjusted) header."""
+    width, height = image.size
+    return width * height * bytes_per_pixel(image.mode)
+
+
+def _to_grayscale(image: Image.Image) -> Image.Image:
+    if image.mode == "L":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return image.point(lambda value: value / 256).convert("L")  # convert() would clip at 255
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        # Transparent pixels are often black underneath: put the image on white paper.
+        paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(paper, image.convert("RGBA"))
+    return image.convert("L")
+
+
+def prepare_image(image: ImageFile.ImageFile, settings: OcrSettings) -> Image.Image:
+    """Decode, convert to grayscale, downscale and orient the image for recognition."""
+    try:
+        image.load()
+        orientation = image.getexif().get(_EXIF_ORIENTATION)
+        gray = _to_grayscale(image)
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
+        raise Undecodable(f"the {image.format} image cannot be decoded: {error}") from error
+    except Image.DecompressionBombError as error:
+        raise TooLarge(f"the image is a decompression bomb: {error}") from error
+    target = fit_within(gray.size, settings.max_side)
+    if target != gray.size:
+        gray = gray.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    transpose = _TRANSPOSE_FOR_ORIENTATION.get(orientation) if isinstance(orientation, int) else None
+    return gray.transpose(transpose) if transpose is not None else gray

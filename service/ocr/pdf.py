@@ -1,0 +1,232 @@
+"""Rasterising PDF pages one at a time, so memory stays flat whatever the page count.
+
+A producer thread opens the document, checks the page selection, then renders the selected
+pages into a bounded queue while the caller recognises the previous one. pdfium is not
+thread-safe: every pdfium call happens in that thread, under a process-wide lock so that two
+requests' producers never call it at once, and every pdfium object is closed there too.
+Each page is rendered at OCR_DPI, lowered so that the bitmap stays within OCR_PAGE_PIXELS
+whatever the page's size, in 8-bit grayscale.
+"""
+
+import contextlib
+import math
+import queue
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+
+import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
+from PIL import Image
+
+from service.exceptions import BadInput, TooLarge
+from service.ocr.config import OcrSettings
+from service.ocr.errors import EncryptedPdf, Undecodable
+
+PAGES_PATTERN = r"^\s*\d{1,6}(\s*-\s*\d{1,6})?(\s*,\s*\d{1,6}(\s*-\s*\d{1,6})?)*\s*$"
+_PDFIUM_LOCK = threading.Lock()
+_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class RenderedPage:
+    number: int  # 1-based
+    image: Image.Image
+
+
+@dataclass(frozen=True)
+class _Outline:
+    page_count: int
+    numbers: list[int]
+    largest_image_pixels: int  # of the selected pages' embedded images, the most on one page
+
+
+class _Done:
+    pass
+
+
+def parse_pages(spec: str | None, page_count: int, max_pages: int) -> list[int]:
+    """The sorted page numbers that `spec` ("1-3,5") selects; all pages when it is None."""
+    if page_count == 0:
+        raise Undecodable("the PDF has no pages")
+    if spec is None:
+        if page_count > max_pages:
+            raise TooLarge(
+                f"the PDF has {page_count} pages; at most OCR_MAX_PAGES={max_pages} per request: "
+                f"select some with `pages`, e.g. pages=1-{max_pages}",
+                page_count=page_count,
+                max_pages=max_pages,
+            )
+        return list(range(1, page_count + 1))
+    if not re.fullmatch(PAGES_PATTERN, spec):
+        raise BadInput(f"pages: {spec!r} is not a list of pages and ranges like 1-3,5")
+    selected: set[int] = set()
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        start, end = int(first), int(last or first)
+        if not 1 <= start <= end:
+            raise BadInput(f"pages: {part.strip()} is not a page or a rising range of pages counted from 1")
+        if end > page_count:
+            raise BadInput(f"pages: {part.strip()} goes past the last page; the PDF has {page_count}")
+        if end - start + 1 > max_pages or len(selected | set(range(start, end + 1))) > max_pages:
+            raise TooLarge(
+                f"pages: {spec} selects more than OCR_MAX_PAGES={max_pages} pages per request",
+                max_pages=max_pages,
+            )
+        selected.update(range(start, end + 1))
+    return sorted(selected)
+
+
+def render_scale(width_pt: float, height_pt: float, dpi: int, page_pixels: int) -> float:
+    """Points-to-pixels scale for `dpi`, lowered so that the page fits in `page_pixels`."""
+    scale = dpi / 72
+    area = max(width_pt, 1.0) * max(height_pt, 1.0) * scale * scale
+    return scale * min(1.0, math.sqrt(page_pixels / area))
+
+
+def _open_error(error: pdfium.PdfiumError) -> Exception:
+    if error.err_code in (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY):
+        return EncryptedPdf("the PDF is encrypted with a password; send a decrypted copy")
+    return Undecodable(f"the PDF cannot be read: {error}")
+
+
+def _embedded_image_pixels(page: pdfium.PdfPage) -> int:
+    """Pixels of the images pdfium will decode, at full size, to draw this page."""
+    images = page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE])
+    return sum(width * height for width, height in (image.get_px_size() for image in images))
+
+
+class PdfPages:
+    """`with PdfPages(data, pages, settings) as pdf:` checks the document and the selection;
+    iterating then renders the pages. Leaving the block stops and joins the producer."""
+
+    def __init__(self, data: bytes, pages: str | None, settings: OcrSettings) -> None:
+        self._data = data
+        self._spec = pages
+        self._settings = settings
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=settings.render_queue)
+        self._go = threading.Event()  # set by iteration: nothing is rendered before the caller asks
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="ocr-pdf-render", daemon=True)
+        self.page_count = 0
+        self.numbers: list[int] = []
+        self.largest_image_pixels = 0
+
+    def __enter__(self) -> "PdfPages":
+        self._thread.start()
+        try:
+            outline = self._next()
+        except BaseException:
+            self.close()
+            raise
+        assert isinstance(outline, _Outline)
+        self.page_count, self.numbers = outline.page_count, outline.numbers
+        self.largest_image_pixels = outline.largest_image_pixels
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[RenderedPage]:
+        self._go.set()
+        while not isinstance(item := self._next(), _Done):
+            assert isinstance(item, RenderedPage)
+            yield item
+
+    def close(self) -> None:
+        """Stop the producer, unblocking it if it waits on a full queue, and join it."""
+        self._stop.set()
+        self._go.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._queue.get_nowait()
+            self._thread.join(_POLL_S)
+
+    def _next(self) -> object:
+        while True:
+            try:
+                item = self._queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError("the PDF renderer stopped without a result") from None
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+    def _put(self, item: object) -> bool:
+        """Queue `item`, waiting for room; False once the consumer has gone."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        try:
+            with _PDFIUM_LOCK:
+                document = pdfium.PdfDocument(self._data)
+        except pdfium.PdfiumError as error:
+            self._put(_open_error(error))
+            return
+        try:
+            with _PDFIUM_LOCK:
+                outline = self._outline(document)
+            if not self._put(outline):
+                return
+            self._go.wait()
+            for number in outline.numbers:
+                if self._stop.is_set():
+                    return
+                with _PDFIUM_LOCK:
+                    page = self._render(document, number)
+                if not self._put(page):
+                    return
+            self._put(_Done())
+        except Exception as error:  # handed to the consumer, which raises it
+            self._put(error)
+        finally:
+            with _PDFIUM_LOCK:
+                document.close()
+
+    def _outline(self, document: pdfium.PdfDocument) -> _Outline:
+        numbers = parse_pages(self._spec, len(document), self._settings.max_pages)
+        largest = 0
+        for number in numbers:
+            page = document[number - 1]
+            try:
+                pixels = _embedded_image_pixels(page)
+            finally:
+                page.close()
+            if pixels > self._settings.max_pixels:
+                raise TooLarge(
+                    f"page {number} embeds images of {pixels:,} pixels; at most OCR_MAX_PIXELS="
+                    f"{self._settings.max_pixels:,} per page",
+                    page=number,
+                    limit_pixels=self._settings.max_pixels,
+                )
+            largest = max(largest, pixels)
+        return _Outline(len(document), numbers, largest)
+
+    def _render(self, document: pdfium.PdfDocument, number: int) -> RenderedPage:
+        page = document[number - 1]
+        try:
+            width, height = page.get_size()
+            scale = render_scale(width, height, self._settings.dpi, self._settings.page_pixels)
+            bitmap = page.render(scale=scale, grayscale=True)
+            try:
+                # A copy PIL owns: the bitmap's buffer is freed by pdfium, in this thread.
+                image = bitmap.to_pil().copy()
+            finally:
+                bitmap.close()
+        except pdfium.PdfiumError as error:
+            raise Undecodable(f"page {number} of the PDF cannot be rendered: {error}") from error
+        finally:
+            page.close()
+        return RenderedPage(number, image)

@@ -1,0 +1,129 @@
+"""The upload: its bytes read under a size limit, and what kind of file they really are.
+
+The route stops a request body that passes the limit while it streams in (Starlette would
+otherwise spool all of it to disk first), and the file part is read in chunks, abandoned as
+soon as it passes OCR_MAX_UPLOAD_MB.
+The kind is decided by magic bytes, never by the file name; a declared content type that
+disagrees with the content is refused, so a client learns what it actually sent.
+"""
+
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal
+
+from fastapi import Request, Response, UploadFile
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.types import Message
+
+from service.exceptions import BadInput, TooLarge
+from service.ocr.config import get_ocr_settings
+from service.ocr.errors import UnsupportedMedia
+
+Kind = Literal["pdf", "png", "jpeg", "tiff", "webp"]
+
+MB = 1024 * 1024
+CHUNK_BYTES = MB
+# Multipart boundaries and the small form fields around the file.
+MULTIPART_SLACK_BYTES = 64 * 1024
+
+KIND_NAMES: dict[Kind, str] = {"pdf": "a PDF", "png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "webp": "WebP"}
+DECLARED_KINDS: dict[str, Kind] = {
+    "application/pdf": "pdf",
+    "application/x-pdf": "pdf",
+    "image/png": "png",
+    "image/x-png": "png",
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/pjpeg": "jpeg",
+    "image/tiff": "tiff",
+    "image/webp": "webp",
+}
+# Types that say nothing about the content: the bytes decide.
+UNSPECIFIC_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
+
+
+class UploadLimitRoute(APIRoute):
+    """A route that refuses a request body past the upload limit while it streams in.
+
+    A declared Content-Length over the limit is refused before any byte is read; otherwise the
+    bytes are counted as they arrive, so a chunked upload stops at the limit, not at its end.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def limited(request: Request) -> Response:
+            limit_mb = get_ocr_settings().max_upload_mb
+            limit = int(limit_mb * MB) + MULTIPART_SLACK_BYTES
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise _too_large(limit_mb)
+            received = 0
+
+            async def receive() -> Message:
+                nonlocal received
+                message = await request.receive()
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _too_large(limit_mb)
+                return message
+
+            try:
+                return await handler(Request(request.scope, receive))
+            except HTTPException as error:  # FastAPI reports any failure to parse the body as a 400
+                if isinstance(error.__cause__, TooLarge):
+                    raise error.__cause__ from None
+                raise
+
+        return limited
+
+
+def _too_large(limit_mb: float) -> TooLarge:
+    return TooLarge(f"the upload is larger than OCR_MAX_UPLOAD_MB={limit_mb:g} MB", limit_mb=limit_mb)
+
+
+def read_upload(upload: UploadFile, limit_mb: float) -> bytes:
+    """The file's bytes, read in chunks and abandoned as soon as they pass `limit_mb`."""
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := upload.file.read(CHUNK_BYTES):
+        total += len(chunk)
+        if total > limit_mb * MB:
+            raise _too_large(limit_mb)
+        chunks.append(chunk)
+    if not total:
+        raise BadInput("the uploaded file is empty")
+    return b"".join(chunks)
+
+
+def sniff_kind(data: bytes) -> Kind | None:
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if b"%PDF-" in data[:1024]:  # readers accept a header anywhere in the first 1 KiB
+        return "pdf"
+    return None
+
+
+def check_kind(data: bytes, declared_type: str | None) -> Kind:
+    """The kind of the content, refusing unknown content and a contradicting declaration."""
+    declared = (declared_type or "").split(";")[0].strip().lower()
+    kind = sniff_kind(data)
+    if kind is None:
+        raise UnsupportedMedia(
+            "the upload is not a PNG, JPEG, TIFF or WebP image nor a PDF "
+            f"(declared as {declared or 'nothing'}, starts with {data[:8]!r})",
+            declared_content_type=declared or None,
+        )
+    if declared not in UNSPECIFIC_TYPES and DECLARED_KINDS.get(declared) != kind:
+        raise UnsupportedMedia(
+            f"the upload was declared as {declared} but its content is {KIND_NAMES[kind]}",
+            declared_content_type=declared,
+            detected=kind,
+        )
+    return kind

@@ -1,0 +1,123 @@
+"""Test documents with known text, made on the fly: images, PDFs and broken files."""
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # Debian's fonts-dejavu-core
+
+SPANISH = [
+    "El señor Muñoz compró tres árboles frutales.",
+    "¿Cuándo llegará el paquete? ¡Mañana por la tarde!",
+    "La reunión empezó a las diez y media en punto.",
+]
+ENGLISH = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Invoice 2024-118: total due 1,250.00 EUR.",
+    "Please reply before Friday, 12 March.",
+]
+
+needs_dejavu = pytest.mark.skipif(
+    not DEJAVU.is_file(),
+    reason=f"accented text needs a full TrueType font: apt-get install fonts-dejavu-core ({DEJAVU})",
+)
+
+
+def font(size: int = 28) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans when installed, else the TrueType font Pillow embeds (ASCII glyphs only)."""
+    if DEJAVU.is_file():
+        return ImageFont.truetype(str(DEJAVU), size)
+    return ImageFont.load_default(size=size)
+
+
+def text_page(lines: list[str], size: tuple[int, int] = (1275, 260), font_size: int = 28) -> Image.Image:
+    """Black text on white, ~11 pt at 150 dpi by default."""
+    image = Image.new("L", size, 255)
+    draw = ImageDraw.Draw(image)
+    face = font(font_size)
+    for index, line in enumerate(lines):
+        draw.text((60, 40 + index * int(font_size * 1.8)), line, font=face, fill=0)
+    return image
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def pdf_of(pages: list[Image.Image], dpi: float = 150) -> bytes:
+    buffer = io.BytesIO()
+    pages[0].save(buffer, "PDF", resolution=dpi, save_all=True, append_images=pages[1:])
+    return buffer.getvalue()
+
+
+def cer(expected: str, actual: str) -> float:
+    """Character error rate: edit distance over the expected length, whitespace collapsed."""
+    a, b = " ".join(expected.split()), " ".join(actual.split())
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1] / max(len(a), 1)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG declaring width x height 8-bit gray pixels, with almost no data: a bomb's header."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def pdf_from_objects(objects: list[bytes], trailer: bytes = b"") -> bytes:
+    """A PDF with these objects (1 is the catalog) and a correct cross-reference table."""
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        trailer,
+        xref,
+    )
+    return bytes(out)
+
+
+def encrypted_pdf() -> bytes:
+    """A one-page PDF under the standard security handler whose user password is not empty."""
+    page_tree = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
+        b"<< /Filter /Standard /V 1 /R 2 /Length 40 /P -4 /O <%s> /U <%s> >>" % (b"11" * 32, b"22" * 32),
+    ]
+    file_id = b"<0123456789abcdef0123456789abcdef>"
+    return pdf_from_objects(page_tree, b"/Encrypt 4 0 R /ID [%s %s] " % (file_id, file_id))
+
+
+def blank_pdf(width_pt: float, height_pt: float, pages: int = 1) -> bytes:
+    kids = b" ".join(b"%d 0 R" % (3 + i) for i in range(pages))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages),
+    ]
+    objects += [b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %g %g] >>" % (width_pt, height_pt)] * pages
+    return pdf_from_objects(objects)
