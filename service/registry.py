@@ -21,7 +21,7 @@ from typing import Any
 from service import runtime
 from service.budget import Budget, detect_budget, rss_mb
 from service.config import get_settings
-from service.exceptions import OverBudget
+from service.exceptions import OverBudget, TooLarge
 
 
 @dataclass
@@ -60,6 +60,7 @@ class Registry:
         # to fail, and every request retrying it would pile up threads.
         self.failure_ttl_s = failure_ttl_s
         self._failures: dict[str, tuple[float, Exception]] = {}
+        self._reserved_mb = 0.0  # working memory admitted to requests still running
 
     @contextmanager
     def use(self, item: Loadable) -> Iterator[Any]:
@@ -89,7 +90,7 @@ class Registry:
                 raise failed[1]
             item.check()
             cost = self._measured_cost.get(item.key) or item.estimate_mb()
-            self._make_room(item.key, cost)
+            self._make_room(f"loading {item.key}", cost, item=item.key)
             before = self._rss()
             try:
                 value = item.load()
@@ -107,10 +108,40 @@ class Registry:
                 self.counters["loads"] += 1
             return entry
 
-    def _make_room(self, key: str, cost_mb: float) -> None:
-        """Evict LRU idle items until cost fits under the budget, or refuse."""
+    @contextmanager
+    def reserve(self, need_mb: float, what: str) -> Iterator[None]:
+        """Admit work needing `need_mb` of working memory (a batch, an image, PDF pages).
+
+        Refused before any work starts: 413 if it could never fit the budget, 503 +
+        Retry-After if it cannot fit now, even after unloading idle items. Reservations of
+        requests still running count as used, so concurrent requests cannot overbook.
+        """
+        if need_mb > self.budget.usable_mb:
+            with self._lock:
+                self.counters["refusals"] += 1
+            raise TooLarge(
+                f"{what} needs ~{need_mb:.0f} MB of working memory, more than the whole "
+                f"{self.budget.usable_mb:.0f} MB usable budget; send less at once",
+                needed_mb=round(need_mb, 1),
+            )
+        with self._load_lock:
+            self._make_room(what, need_mb)
+            with self._lock:
+                self._reserved_mb += need_mb
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved_mb -= need_mb
+
+    @property
+    def reserved_mb(self) -> float:
+        return self._reserved_mb
+
+    def _make_room(self, what: str, cost_mb: float, **details: Any) -> None:
+        """Evict LRU idle items until `cost_mb` fits under the budget, or refuse."""
         while True:
-            needed = self._rss() + cost_mb - self.budget.usable_mb
+            needed = self._rss() + self._reserved_mb + cost_mb - self.budget.usable_mb
             if needed <= 0:
                 return
             with self._lock:
@@ -119,11 +150,12 @@ class Registry:
                 with self._lock:
                     self.counters["refusals"] += 1
                 raise OverBudget(
-                    f"loading {key} needs ~{cost_mb:.0f} MB but only {cost_mb - needed:.0f} MB of the "
+                    f"{what} needs ~{cost_mb:.0f} MB but only {max(cost_mb - needed, 0):.0f} MB of the "
                     f"{self.budget.limit_mb:.0f} MB budget is free and nothing idle can be unloaded",
-                    item=key,
                     needed_mb=round(cost_mb, 1),
+                    headroom_mb=round(max(cost_mb - needed, 0), 1),
                     short_by_mb=round(needed, 1),
+                    **details,
                 )
             self.unload(min(idle, key=lambda e: e.last_used).key)
 

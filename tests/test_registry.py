@@ -147,3 +147,43 @@ def test_unloading_gives_real_memory_back():
     freed = registry.unload("m")
     assert freed > 150
     assert rss_mb() < loaded_rss - 150
+
+
+def test_reserve_admits_work_that_fits_and_counts_it_until_done():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(300, "test", 20), rss=memory)
+    with registry.reserve(100, "batch a"):
+        assert registry.reserved_mb == 100
+        with pytest.raises(OverBudget) as refused, registry.reserve(100, "batch b"):  # 300 > 280
+            pass
+        assert refused.value.details["short_by_mb"] == pytest.approx(20)
+        assert refused.value.headers["Retry-After"]
+    assert registry.reserved_mb == 0
+    with registry.reserve(100, "batch b"):
+        pass
+
+
+def test_reserve_unloads_idle_models_to_make_room_for_work():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(300, "test", 20), rss=memory)
+    with registry.use(item("idle", memory, 100)):
+        pass
+    with registry.reserve(120, "a big image"):
+        assert not registry.is_loaded("idle")
+    assert registry.counters["evictions"] == 1
+
+
+def test_reserve_refuses_work_larger_than_the_whole_budget_with_413():
+    from service.exceptions import TooLarge
+
+    registry = Registry(Budget(300, "test", 20), rss=FakeMemory(0))
+    with pytest.raises(TooLarge), registry.reserve(281, "a 10k batch"):
+        pass
+    assert registry.counters["refusals"] == 1
+
+
+def test_loads_count_running_reservations_as_used():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(300, "test", 20), rss=memory)
+    with registry.reserve(100, "ocr page"), pytest.raises(OverBudget), registry.use(item("m", memory, 100)):
+        pass

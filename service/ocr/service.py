@@ -6,17 +6,14 @@ the request's working memory against what is left, and only then decoding and re
 The engine is released before sentiment runs, so the registry may unload it to fit a model.
 """
 
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from service import runtime
-from service.budget import rss_mb
-from service.exceptions import BadInput, ModelUnavailable, OverBudget
+from service.exceptions import BadInput, ModelUnavailable
 from service.ocr.config import TESSERACT_LANGS, OcrSettings, get_ocr_settings
 from service.ocr.images import decoded_bytes, fit_within, open_image, prepare_image
 from service.ocr.pdf import PdfPages
@@ -36,33 +33,6 @@ ENGINE_BASE_MB = 25.0
 WORK_BYTES_PER_PIXEL = 14
 # pdfium decodes a page's embedded images at full size, in 32-bit pixels, to draw it.
 PDF_IMAGE_BYTES_PER_PIXEL = 4
-
-_reservation_lock = threading.Lock()
-_reserved_mb = 0.0
-
-
-@contextmanager
-def reserve_request_memory(need_mb: float, what: str) -> Iterator[None]:
-    """Admit work needing `need_mb` only if it fits the budget's headroom now, counting the
-    reservations of requests still running; refuse with 503 + Retry-After otherwise."""
-    global _reserved_mb
-    budget = get_registry().budget
-    with _reservation_lock:
-        headroom = budget.usable_mb - rss_mb() - _reserved_mb
-        if need_mb > headroom:
-            raise OverBudget(
-                f"{what} needs ~{need_mb:.0f} MB of working memory but only {max(headroom, 0):.0f} MB of "
-                f"the {budget.limit_mb:.0f} MB budget is free now",
-                needed_mb=round(need_mb, 1),
-                headroom_mb=round(headroom, 1),
-            )
-        _reserved_mb += need_mb
-    try:
-        yield
-    finally:
-        with _reservation_lock:
-            _reserved_mb -= need_mb
-
 
 def image_work_mb(image: Image.Image, settings: OcrSettings) -> float:
     """The decoded image, its grayscale copy, and recognition of the downscaled copy."""
@@ -133,7 +103,7 @@ def _ocr_image(data: bytes, kind: Kind, options: OcrOptions, lang: str, settings
         raise BadInput("pages selects pages of a PDF; an image has a single page")
     image = open_image(data, kind, settings)
     need_mb = image_work_mb(image, settings)
-    with _engine(lang, settings) as engine, reserve_request_memory(need_mb, "this image"):
+    with _engine(lang, settings) as engine, get_registry().reserve(need_mb, "this image"):
         prepared = prepare_image(image, settings)
         if prepared is not image:
             image.close()  # free the full-size decode before recognition
@@ -146,7 +116,7 @@ def _ocr_pdf(
     with PdfPages(data, options.pages, settings) as document:
         need_mb = pdf_work_mb(document.largest_image_pixels, settings)
         what = f"{len(document.numbers)} PDF page(s)"
-        with _engine(lang, settings) as engine, reserve_request_memory(need_mb, what):
+        with _engine(lang, settings) as engine, get_registry().reserve(need_mb, what):
             return document.page_count, [_recognize(engine, page.number, page.image) for page in document]
 
 
