@@ -36,6 +36,7 @@ class MemoryReport(BaseModel):
                     "budget_source": "cgroup v2 memory.max",
                     "margin_mb": 32.0,
                     "headroom_mb": 248.6,
+                    "reserved_mb": 0.0,
                     "threads": 5,
                     "num_threads_setting": 1,
                     "backend": "onnx",
@@ -62,7 +63,10 @@ class MemoryReport(BaseModel):
         description="env MEMORY_BUDGET_MB, cgroup v2 memory.max, cgroup v1 memory.limit_in_bytes or default."
     )
     margin_mb: float = Field(description="Kept free below the budget.")
-    headroom_mb: float = Field(description="budget - margin - rss: what loads and requests may still use.")
+    headroom_mb: float = Field(
+        description="budget - margin - rss - reserved: what loads and requests may still use."
+    )
+    reserved_mb: float = Field(description="Working memory admitted to requests still running.")
     threads: int = Field(description="OS threads of this process.")
     num_threads_setting: int
     backend: str
