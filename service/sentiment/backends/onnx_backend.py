@@ -21,7 +21,11 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
 
 
 def session_options(num_threads: int) -> ort.SessionOptions:
-    """One intra-op pool of NUM_THREADS and no inter-op pool: more threads than cores is slower."""
+    """One intra-op pool of NUM_THREADS and no inter-op pool: more threads than cores is slower.
+
+    The rest stays default, by measurement (docs/int8-recipes.md, RoBERTuito-scale INT8): arena or
+    mem-pattern off and other optimization levels change nothing; disabling prepacking is 5.8x slower.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = num_threads
     options.inter_op_num_threads = 1

@@ -1,0 +1,93 @@
+"""One export: source -> fp32 ONNX -> INT8 recipe -> a self-contained dir the onnx backend serves.
+
+Everything is built in a temp dir and moved into `out` only when complete, manifest last: the
+service treats a dir with a manifest as ready, and optimum's intermediate files (and the fp32
+graph, when quantizing) never reach `out`.
+"""
+
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from service.evaluate import EvaluationError, evaluate
+from service.export.manifest import MAX_LENGTH, MODEL_FILE, TOKENIZER_FILE, build_manifest, write_manifest
+from service.export.onnx_export import ExportError, export_fp32, load_source
+from service.export.quantize import DEFAULT_RECIPE, RECIPES, describe, quantize
+from service.export.tokenizer import save_tokenizer_json
+from service.sentiment.backends.onnx_backend import MANIFEST
+
+
+def export_model(
+    task: str,
+    lang: str,
+    source: str,
+    out: Path,
+    data: Path | None = None,
+    recipe: str | None = DEFAULT_RECIPE,
+) -> dict[str, Any]:
+    """Export `source` to `out` with `recipe` (None: fp32); with `data`, record accuracy vs fp32."""
+    config, tokenizer = load_source(source)
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        fp32 = _export_fp32(source, Path(tmp) / "fp32")
+        finish = functools.partial(
+            _finish,
+            task=task,
+            lang=lang,
+            source=source,
+            config=config,
+            tokenizer=tokenizer,
+            fp32_onnx_bytes=fp32.stat().st_size,
+        )
+        staged = Path(tmp) / "out"
+        staged.mkdir()
+        if recipe is None:
+            shutil.move(fp32, staged / MODEL_FILE)
+        else:
+            quantize(fp32, staged / MODEL_FILE, RECIPES[recipe])
+        quantization = None if recipe is None else describe(recipe)
+        manifest = finish(staged, quantization=quantization)
+        if data is not None:
+            reference = None if recipe is None else fp32.parent
+            if reference is not None:
+                finish(reference, quantization=None)  # makes optimum's dir servable: the fp32 reference
+            manifest = finish(staged, quantization=quantization, accuracy=_accuracy(staged, data, reference))
+        _publish(staged, out)
+    return manifest
+
+
+def _export_fp32(source: str, work_dir: Path) -> Path:
+    try:
+        return export_fp32(source, work_dir)
+    except Exception as error:  # an architecture optimum cannot export, a broken checkpoint
+        raise ExportError(f"optimum could not export {source}: {type(error).__name__}: {error}") from error
+
+
+def _finish(out_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Write tokenizer.json and manifest.json beside the model file."""
+    try:
+        save_tokenizer_json(fields["tokenizer"], out_dir, MAX_LENGTH)
+    except ValueError as error:
+        raise ExportError(str(error)) from error
+    manifest = build_manifest(out_dir, **fields)
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _accuracy(model_dir: Path, data: Path, reference: Path | None) -> dict[str, Any]:
+    try:
+        report = evaluate(model_dir, data, reference)
+    except EvaluationError as error:
+        raise ExportError(f"accuracy report on {data}: {error}") from error
+    del report["model"]
+    if reference is not None:
+        report["reference"] = "the fp32 ONNX export of the same source"
+    return report
+
+
+def _publish(staged: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # the dir is not servable until the new manifest lands
+    for name in (MODEL_FILE, TOKENIZER_FILE, MANIFEST):
+        shutil.move(staged / name, out / name)

@@ -1,0 +1,166 @@
+"""INT8 recipes: how each kind of weight of an fp32 ONNX graph is stored in 8 bits.
+
+All are calibration-free. Three storage schemes are mixed per kind of node:
+- dynamic INT8 (optimum's ORTQuantizer, MatMulInteger): weights and activations in int8, the
+  activations quantized per tensor at run time. Fastest, but the FFN matmuls lose the most
+  accuracy that way (measured role by role: docs/int8-recipes.md).
+- weight-only 8-bit (onnxruntime's MatMulNBits, blocks of 128 along K, accuracy_level 4): int8
+  weights, activations quantized per block and row inside the kernel; accurate, slower.
+- embeddings: ORTQuantizer's Gather (one scale for the whole table) or GatherBlockQuantized with
+  uint8 blocks of 128 along the hidden axis (written here: onnxruntime's tool writes only 4 bits).
+`python -m service.export.recipes` measures every recipe (docs/int8-recipes.md). DEFAULT_RECIPE,
+mixed-attention, is the fastest that keeps the accuracy gate: dynamic INT8 where it is harmless
+(attention projections), weight-only 8-bit on the FFN, 8-bit blocks for the embeddings.
+"""
+
+import logging
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+BLOCK_SIZE = 128
+ACCURACY_LEVEL = 4  # MatMulNBits computes with int8 activations (per block) rather than fp32
+_MS_DOMAIN = "com.microsoft"
+
+ALL_MATMULS = r"MatMul$"
+ATTENTION = r"attention/(self/(query|key|value)|output/dense)/MatMul$"
+QKV = r"attention/self/(query|key|value)/MatMul$"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    summary: str
+    preset: str = "avx512_vnni"  # optimum AutoQuantizationConfig preset of the dynamic step
+    per_channel: bool = True
+    reduce_range: bool = False
+    dynamic: str | None = ALL_MATMULS  # regex of the MatMul node names quantized dynamically
+    weight_only: bool = False  # the other constant-weight MatMuls: MatMulNBits 8-bit
+    embeddings: str = "per-tensor"  # or "blockwise"
+
+
+RECIPES: dict[str, Recipe] = {
+    "avx2": Recipe("optimum avx2 preset: dynamic, per-tensor weights", preset="avx2", per_channel=False),
+    "vnni-per-channel": Recipe("optimum avx512_vnni preset: dynamic, per-channel weights"),
+    "avx512-reduce-range": Recipe(
+        "optimum avx512 preset, per-channel, 7-bit weights", "avx512", reduce_range=True
+    ),
+    "vnni-fp32-ffn": Recipe("vnni-per-channel on attention only; FFN matmuls left fp32", dynamic=ATTENTION),
+    "weight-only": Recipe(
+        "every MatMul weight-only 8-bit, blockwise 8-bit embeddings",
+        dynamic=None,
+        weight_only=True,
+        embeddings="blockwise",
+    ),
+    "weight-only-emb-per-tensor": Recipe(
+        "every MatMul weight-only 8-bit, per-tensor embeddings", dynamic=None, weight_only=True
+    ),
+    "mixed-attention": Recipe(
+        "dynamic vnni per-channel on attention q/k/v/output, weight-only 8-bit FFN, blockwise embeddings",
+        dynamic=ATTENTION,
+        weight_only=True,
+        embeddings="blockwise",
+    ),
+    "mixed-qkv": Recipe(
+        "dynamic vnni per-channel on q/k/v, weight-only 8-bit elsewhere, blockwise embeddings",
+        dynamic=QKV,
+        weight_only=True,
+        embeddings="blockwise",
+    ),
+}
+DEFAULT_RECIPE = "mixed-attention"
+
+
+def describe(name: str) -> dict[str, Any]:
+    """The recipe as the manifest records it."""
+    details = {"block_size": BLOCK_SIZE, "accuracy_level": ACCURACY_LEVEL}
+    return {"recipe": name, **asdict(RECIPES[name]), **details}
+
+
+def quantize(fp32: Path, out: Path, recipe: Recipe) -> Path:
+    """Write the INT8 graph of `fp32` to `out` (optimum's intermediate files stay in a temp dir)."""
+    model = _dynamic(fp32, recipe) if recipe.dynamic or recipe.embeddings == "per-tensor" else onnx.load(fp32)
+    if recipe.weight_only:
+        model = _weight_only(model)
+    if recipe.embeddings == "blockwise":
+        quantize_embeddings(model)
+    onnx.save(model, out)
+    return out
+
+
+def _dynamic(fp32: Path, recipe: Recipe) -> onnx.ModelProto:
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    graph = onnx.load(fp32, load_external_data=False).graph
+    pattern = re.compile(recipe.dynamic or r"(?!)")
+    excluded = [n.name for n in graph.node if n.op_type == "MatMul" and not pattern.search(n.name)]
+    operators = (["MatMul"] if recipe.dynamic else []) + (
+        ["Gather"] if recipe.embeddings == "per-tensor" else []
+    )
+    options: dict[str, Any] = {"reduce_range": True} if recipe.reduce_range else {}
+    config = getattr(AutoQuantizationConfig, recipe.preset)(
+        is_static=False,
+        per_channel=recipe.per_channel,
+        nodes_to_exclude=excluded,
+        operators_to_quantize=operators,
+        **options,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        ORTQuantizer.from_pretrained(fp32.parent, file_name=fp32.name).quantize(config, tmp)
+        return onnx.load(next(Path(tmp).glob("*_quantized.onnx")))
+
+
+def _weight_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    # The module configures the root logger at INFO on import and logs every node.
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    quantizer = MatMulNBitsQuantizer(
+        model, bits=8, block_size=BLOCK_SIZE, accuracy_level=ACCURACY_LEVEL, op_types_to_quantize=("MatMul",)
+    )
+    quantizer.process()
+    return quantizer.model.model
+
+
+def quantize_embeddings(model: onnx.ModelProto, block_size: int = BLOCK_SIZE) -> None:
+    """Gathers from 2-D tables -> GatherBlockQuantized: uint8, asymmetric, one scale per block of a row."""
+    tables = {t.name: t for t in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        table = tables.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or len(table.dims) != 2 or table.dims[1] % block_size:
+            nodes.append(node)
+            continue
+        weights = numpy_helper.to_array(table).astype(np.float32)
+        blocks = weights.reshape(weights.shape[0], -1, block_size)
+        low, high = np.minimum(blocks.min(-1), 0), np.maximum(blocks.max(-1), 0)
+        scale = np.where(high > low, (high - low) / 255, 1).astype(np.float32)
+        zero = np.round(-low / scale).clip(0, 255).astype(np.uint8)
+        data = (np.round(blocks / scale[..., None]) + zero[..., None]).clip(0, 255).astype(np.uint8)
+        names = [f"{table.name}_{suffix}" for suffix in ("q8", "scales", "zero_points")]
+        arrays = (data.reshape(weights.shape), scale, zero)
+        model.graph.initializer.extend(numpy_helper.from_array(a, n) for a, n in zip(arrays, names))
+        model.graph.initializer.remove(table)
+        nodes.append(
+            helper.make_node(
+                "GatherBlockQuantized",
+                [names[0], node.input[1], names[1], names[2]],
+                list(node.output),
+                name=f"{node.name}_q8",
+                domain=_MS_DOMAIN,
+                gather_axis=0,
+                quantize_axis=1,
+                block_size=block_size,
+                bits=8,
+            )
+        )
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    if not any(opset.domain == _MS_DOMAIN for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(_MS_DOMAIN, 1))
