@@ -30,8 +30,8 @@ class Budget:
         return self.limit_mb - self.margin_mb
 
 
-def _cgroup_paths(proc_cgroup: Path) -> tuple[str | None, str | None]:
-    """The process's cgroup v2 path and cgroup v1 memory-controller path."""
+def cgroup_paths(proc_cgroup: Path, controller: str = "memory") -> tuple[str | None, str | None]:
+    """The process's cgroup v2 path and its cgroup v1 path for `controller` (memory, cpu)."""
     v2 = v1 = None
     try:
         lines = proc_cgroup.read_text().splitlines()
@@ -42,7 +42,7 @@ def _cgroup_paths(proc_cgroup: Path) -> tuple[str | None, str | None]:
         controllers, _, path = rest.partition(":")
         if hierarchy == "0" and controllers == "":
             v2 = path
-        elif "memory" in controllers.split(","):
+        elif controller in controllers.split(","):
             v1 = path
     return v2, v1
 
@@ -68,7 +68,7 @@ def cgroup_limit(
     root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
 ) -> tuple[float, str] | None:
     """The container's memory limit in MB and which file said so, or None if unlimited."""
-    v2_path, v1_path = _cgroup_paths(proc_cgroup)
+    v2_path, v1_path = cgroup_paths(proc_cgroup)
     lookups = []
     if v2_path is not None:
         own = root / v2_path.lstrip("/") / "memory.max"

@@ -62,10 +62,16 @@ class Settings(BaseSettings):
 
     memory_budget_mb: int | None = Field(default=None, gt=0)
     memory_margin_mb: int = Field(default=32, ge=0)
-    num_threads: int = Field(default=1, ge=1, le=64)
+    # Unset: derived from the cores the process may use (service/hardware.py); these four too.
+    num_threads: int | None = Field(default=None, ge=1, le=64)
     use_gpu: bool = False
     max_batch: int = Field(default=32, ge=1, le=1024)
     max_text_chars: int = Field(default=2000, ge=1)
+    # Micro-batching of concurrent /analyze requests (service/sentiment/batching.py).
+    micro_batching: bool = True
+    batch_max_size: int | None = Field(default=None, ge=1, le=1024)
+    batch_max_wait_ms: float | None = Field(default=None, ge=0, le=1000)
+    queue_max: int | None = Field(default=None, ge=1)
 
     def model_source(self, task: str, lang: str) -> str:
         return getattr(self, f"model_{task}_{lang}")

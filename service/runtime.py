@@ -11,6 +11,7 @@ import ctypes.util
 import os
 
 from service.config import get_settings
+from service.hardware import num_threads
 
 _M_ARENA_MAX = -8  # glibc mallopt() parameter number
 _libc = None
@@ -30,9 +31,11 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def pin() -> None:
-    """Pin thread pools and the allocator from the settings; existing env values win."""
+    """Pin thread pools and the allocator from the settings; existing env values win.
+
+    Without NUM_THREADS, one thread per core the process may use (service/hardware.py)."""
     settings = get_settings()
-    threads = str(settings.num_threads)
+    threads = str(num_threads(settings))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
         os.environ.setdefault(var, threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

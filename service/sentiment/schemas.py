@@ -1,5 +1,6 @@
 """Request and response models of `POST /analyze`."""
 
+import unicodedata
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -8,6 +9,21 @@ from service.config import get_settings
 
 Task = Literal["sentiment", "emotion", "hate_speech", "irony"]
 Lang = Literal["es", "en"]
+
+# Unicode categories that show nothing: controls, format, surrogates, private use, unassigned, spaces.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+
+
+def unreadable(text: str) -> str | None:
+    """Why a text is no text at all, or None. A lone surrogate (JSON's "\\ud800" decodes to one)
+    is not Unicode and makes the tokenizers fail; a text of only invisible characters is junk."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds a lone surrogate, which is not valid Unicode"
+    if all(unicodedata.category(char) in _INVISIBLE for char in text):
+        return "has no visible character, only control, format, private-use or unassigned ones"
+    return None
 
 
 class Prediction(BaseModel):
@@ -49,6 +65,8 @@ class AnalyzeRequest(BaseModel):
             where = "text" if self.text is not None else f"texts[{index}]"
             if not text.strip():
                 raise ValueError(f"{where} is empty or only whitespace")
+            if problem := unreadable(text):
+                raise ValueError(f"{where} {problem}")
             if len(text) > settings.max_text_chars:
                 raise ValueError(
                     f"{where} has {len(text)} characters; at most MAX_TEXT_CHARS={settings.max_text_chars}"

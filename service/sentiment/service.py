@@ -10,7 +10,9 @@ from typing import Any
 
 from service.config import LANGS, TASKS, Settings, get_settings, model_env_var
 from service.exceptions import ModelUnavailable, UnsupportedTaskOrLang
+from service.hardware import current, num_threads
 from service.registry import Loadable, get_registry
+from service.sentiment import batching
 from service.sentiment.analyzer import Analyzer, create_analyzer
 from service.sentiment.schemas import Prediction
 
@@ -84,7 +86,7 @@ def model_item(task: str, lang: str) -> Loadable:
 
     def load() -> Analyzer:
         try:
-            return create_analyzer(task, lang, source, backend, settings.num_threads)
+            return create_analyzer(task, lang, source, backend, num_threads(settings))
         except Exception as error:  # a hub that cannot be reached, a missing or broken dir
             raise _unavailable(task, lang, settings, error) from error
 
@@ -115,7 +117,13 @@ def check_supported(task: str, lang: str) -> None:
 
 
 def analyze(texts: Sequence[str], task: str, lang: str) -> list[Prediction]:
-    """Analyze raw texts with the (task, lang) model, loading it on first use."""
+    """Analyze raw texts with the (task, lang) model, loading it on first use.
+
+    Preprocessing runs in the caller's thread, inference in the model's micro-batches; the model
+    is held meanwhile, so it cannot be unloaded while the request waits for its batch.
+    """
     check_supported(task, lang)
-    with get_registry().use(model_item(task, lang)) as analyzer:
-        return analyzer.predict(texts)
+    item, registry = model_item(task, lang), get_registry()
+    with registry.use(item) as analyzer:
+        max_size = current(get_settings()).batch_max_size
+        return batching.analyze(item, analyzer, texts, registry, max_size)

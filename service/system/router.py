@@ -5,9 +5,11 @@ from fastapi import APIRouter
 from service.budget import peak_rss_mb, rss_mb, thread_count
 from service.config import get_settings
 from service.exceptions import error_examples
+from service.hardware import current, num_threads
 from service.registry import get_registry
+from service.sentiment.batching import active_pool
 from service.sentiment.service import model_item, model_key
-from service.system.schemas import Health, MemoryReport, Ready
+from service.system.schemas import Health, MemoryReport, Ready, SystemReport
 
 router = APIRouter(tags=["system"])
 
@@ -49,8 +51,18 @@ def memory() -> MemoryReport:
         headroom_mb=round(budget.usable_mb - rss - registry.reserved_mb, 1),
         reserved_mb=round(registry.reserved_mb, 1),
         threads=thread_count(),
-        num_threads_setting=settings.num_threads,
+        num_threads_setting=num_threads(settings),
         backend=settings.backend,
         loaded=registry.snapshot(),
         counters=dict(registry.counters),
     )
+
+
+@router.get(
+    "/system",
+    response_model=SystemReport,
+    summary="Detected cores, memory and GPU, the threads and batching derived from them, the queues",
+)
+def system() -> SystemReport:
+    pool = active_pool()
+    return SystemReport(hardware=current(get_settings()), batching=pool.stats() if pool else {})

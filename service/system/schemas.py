@@ -4,6 +4,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.hardware import HardwareConfig
+
 
 class Health(BaseModel):
     status: str = "ok"
@@ -72,3 +74,21 @@ class MemoryReport(BaseModel):
     backend: str
     loaded: list[LoadedItem]
     counters: dict[str, Any]
+
+
+class BatcherStats(BaseModel):
+    requests: int = Field(description="Requests queued for this model.")
+    texts: int = Field(description="Texts run in batches.")
+    batches: int
+    largest_batch: int
+    mean_batch: float
+    rejected: int = Field(description="Requests refused with 503 because the queue was full.")
+    queued: int = Field(description="Texts waiting now.")
+    running: bool = Field(description="Whether the model's worker thread is alive.")
+
+
+class SystemReport(BaseModel):
+    hardware: HardwareConfig
+    batching: dict[str, BatcherStats] = Field(
+        description="Per model (`task:lang`) since startup; empty with MICRO_BATCHING off."
+    )

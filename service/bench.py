@@ -1,0 +1,478 @@
+"""Benchmark the backends side by side, each in its own fresh uvicorn server process.
+
+    python -m service.bench [--source DIR] [--requests 1000] [--backends onnx,torch]
+    python -m service.bench --concurrency 1,8,32 [--seconds 20] [--backends onnx]
+    python -m service.bench --bulk 1000,100000 [--backends onnx]
+
+At RoBERTuito scale by default: a model with RoBERTuito's exact shape and real tokenizer
+(`../shared/models/robertuito-shape`) and random weights from a fixed seed, exported like a
+real one. Memory and speed do not depend on the weights. Prints a table, then one JSON line.
+
+--concurrency: closed-loop clients (threads, one text per request, tweet-sized texts) against a
+server with MICRO_BATCHING on, then one with it off: texts/s, p50/p95 latency and RSS per level.
+--bulk: one server, a CSV of each size through POST /analyze/file: rows/s and RSS while streaming.
+Both run under MEMORY_BUDGET_MB=--budget (512 by default: Render's free plan), on --cpus cores.
+"""
+
+import argparse
+import csv
+import http.client
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = ROOT.parent / "shared" / "models" / "robertuito-shape"
+SHORT = [
+    "me encanta este lugar 😍",
+    "odio los lunes",
+    "qué día tan bonito",
+    "@usuario jajaja no puede ser",
+    "el tren llega tarde otra vez",
+    "gracias por todo!!",
+    "#NoMásViolencia basta ya",
+    "no sé qué pensar de esto",
+]
+WORDS = [
+    "el",
+    "servicio",
+    "de",
+    "hoy",
+    "fue",
+    "lento",
+    "pero",
+    "la",
+    "gente",
+    "amable",
+    "y",
+    "la",
+    "comida",
+    "muy",
+    "rica",
+    "aunque",
+    "cara",
+]
+
+
+def long_text(rng: random.Random) -> str:
+    """About 150 words: past the 128-token limit, so it measures the longest input."""
+    return " ".join(rng.choice(WORDS) for _ in range(150))
+
+
+def build_random_model(shape_dir: Path, out: Path, seed: int = 0) -> Path:
+    """A model of the shape in `shape_dir` with seeded random weights, plus its tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = AutoConfig.from_pretrained(shape_dir)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (shape_dir / name).is_file():
+            shutil.copy(shape_dir / name, out / name)
+    return out
+
+
+class Server:
+    """One `bash start.sh`-equivalent uvicorn process with the given backend and model."""
+
+    def __init__(self, env: dict[str, str], port: int) -> None:
+        self.port = port
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "main:app",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--loop",
+                "asyncio",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "MALLOC_ARENA_MAX": "2", **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.connection: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        if self.connection is None:
+            self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        payload = json.dumps(body) if body is not None else None
+        self.connection.request(method, path, payload, {"content-type": "application/json"})
+        response = self.connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+
+    def wait_healthy(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")
+            try:
+                if self.request("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                self.connection = None
+                time.sleep(0.05)
+        raise RuntimeError("server did not become healthy")
+
+    def _status_kb(self, field: str) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+        raise KeyError(field)
+
+    def rss_mb(self) -> float:
+        return self._status_kb("VmRSS:")
+
+    def peak_mb(self) -> float:
+        return self._status_kb("VmHWM:")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def timed(call: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def analyze(server: Server, body: dict[str, Any]) -> None:
+    status, answer = server.request("POST", "/analyze", body)
+    if status != 200:
+        raise RuntimeError(f"/analyze answered {status}: {answer}")
+
+
+def measure(backend: str, model: Path, port: int, requests: int) -> dict[str, float]:
+    rng = random.Random(0)
+    env = {
+        "BACKEND": backend,
+        "MODEL_SENTIMENT_ES": str(model),
+        "NUM_THREADS": "1",
+        "MEMORY_BUDGET_MB": "8192",
+    }
+    server = Server(env, port)
+    try:
+        server.wait_healthy()
+        rss_start = server.rss_mb()
+        analyze(server, {"text": SHORT[0]})
+        cold_start = time.perf_counter() - server.started
+        rss_first = server.rss_mb()
+        for index in range(requests):
+            kind = index % 4
+            if kind == 0:
+                analyze(server, {"text": rng.choice(SHORT)})
+            elif kind == 1:
+                analyze(server, {"text": long_text(rng)})
+            elif kind == 2:
+                analyze(server, {"texts": rng.sample(SHORT, 4)})
+            else:
+                analyze(server, {"texts": [long_text(rng) if i % 2 else rng.choice(SHORT) for i in range(8)]})
+        rss_after = server.rss_mb()
+        latencies = sorted(timed(lambda: analyze(server, {"text": rng.choice(SHORT)})) for _ in range(200))
+        batch = [rng.choice(SHORT) if i % 2 else long_text(rng)[:200] for i in range(32)]
+        batch_seconds = [timed(lambda: analyze(server, {"texts": batch})) for _ in range(10)]
+        return {
+            "rss_start_mb": round(rss_start, 1),
+            "rss_first_mb": round(rss_first, 1),
+            "rss_after_mb": round(rss_after, 1),
+            "peak_rss_mb": round(server.peak_mb(), 1),
+            "p50_ms": round(statistics.median(latencies) * 1000, 2),
+            "p95_ms": round(latencies[int(len(latencies) * 0.95)] * 1000, 2),
+            "batch32_texts_per_s": round(32 / statistics.median(batch_seconds), 1),
+            "cold_start_s": round(cold_start, 2),
+        }
+    finally:
+        server.stop()
+
+
+def tweet(rng: random.Random) -> str:
+    """A short tweet three times in four, else a long one (280 characters)."""
+    return long_text(rng)[:280] if rng.random() < 0.25 else rng.choice(SHORT)
+
+
+class RssSampler:
+    """The server's highest RSS while a measurement runs, sampled every 20 ms."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.max_mb = server.rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.max_mb = max(self.max_mb, self.server.rss_mb())
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _client(port: int, seed: int, deadline: float, latencies: list[float], refused: list[int]) -> None:
+    """One closed-loop client: a request, its answer, the next request."""
+    rng = random.Random(seed)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    while time.perf_counter() < deadline:
+        body = json.dumps({"text": tweet(rng)})
+        start = time.perf_counter()
+        connection.request("POST", "/analyze", body, {"content-type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        if response.status == 200:
+            latencies.append(time.perf_counter() - start)
+        else:
+            refused.append(response.status)
+    connection.close()
+
+
+def start_server(env: dict[str, str], port: int, cpus: int | None) -> Server:
+    """A server, on its first `cpus` cores only when given (as a container's CPU limit would)."""
+    server = Server(env, port)
+    if cpus:
+        os.sched_setaffinity(server.process.pid, range(cpus))
+    server.wait_healthy()
+    return server
+
+
+def batched_texts(server: Server) -> tuple[int, int]:
+    """Texts and model batches the server's micro-batchers have run so far."""
+    server.connection = None  # uvicorn closes idle keep-alive connections
+    _, system = server.request("GET", "/system")
+    stats = system["batching"].values()
+    return sum(s["texts"] for s in stats), sum(s["batches"] for s in stats)
+
+
+def measure_concurrency(
+    env: dict[str, str], port: int, levels: list[int], seconds: float, cpus: int | None
+) -> dict[int, dict]:
+    server = start_server(env, port, cpus)
+    try:
+        for _ in range(20):  # load the model, warm the session
+            analyze(server, {"text": SHORT[0]})
+        results = {}
+        for clients in levels:
+            texts_before, batches_before = batched_texts(server)
+            latencies: list[float] = []
+            refused: list[int] = []
+            deadline = time.perf_counter() + seconds
+            threads = [
+                threading.Thread(target=_client, args=(port, i, deadline, latencies, refused))
+                for i in range(clients)
+            ]
+            start = time.perf_counter()
+            with RssSampler(server) as rss:
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            elapsed = time.perf_counter() - start
+            latencies.sort()
+            results[clients] = {
+                "texts_per_s": round(len(latencies) / elapsed, 1),
+                "p50_ms": round(statistics.median(latencies) * 1000, 1),
+                "p95_ms": round(latencies[int(len(latencies) * 0.95)] * 1000, 1),
+                "refused": len(refused),
+                "rss_max_mb": round(rss.max_mb, 1),
+            }
+            texts, batches = batched_texts(server)
+            if batches > batches_before:
+                results[clients]["mean_batch"] = round((texts - texts_before) / (batches - batches_before), 2)
+        results[levels[-1]]["peak_rss_mb"] = round(server.peak_mb(), 1)
+        return results
+    finally:
+        server.stop()
+
+
+def _multipart_csv(path: Path, rows: int, boundary: str) -> None:
+    """A multipart body: the id_column field, then a CSV of `rows` tweets as the file."""
+    rng = random.Random(rows)
+    with path.open("w", encoding="utf-8", newline="") as body:
+        body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="id_column"\r\n\r\nid\r\n')
+        body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="rows.csv"\r\n')
+        body.write("Content-Type: text/csv\r\n\r\n")
+        writer = csv.writer(body)
+        writer.writerow(["id", "text"])
+        for index in range(rows):
+            writer.writerow([index, tweet(rng)])
+        body.write(f"\r\n--{boundary}--\r\n")
+
+
+def measure_bulk(
+    env: dict[str, str], port: int, sizes: list[int], work: Path, cpus: int | None
+) -> dict[int, dict]:
+    server = start_server(env, port, cpus)
+    try:
+        analyze(server, {"text": SHORT[0]})
+        results = {}
+        for rows in sizes:
+            boundary = f"bench{rows}"
+            path = work / f"bulk-{rows}.multipart"
+            _multipart_csv(path, rows, boundary)
+            rss_before = server.rss_mb()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+            start = time.perf_counter()
+            with RssSampler(server) as rss, path.open("rb") as body:
+                headers = {
+                    "content-type": f"multipart/form-data; boundary={boundary}",
+                    "content-length": str(path.stat().st_size),
+                }
+                connection.request("POST", "/analyze/file", body, headers)
+                response = connection.getresponse()
+                lines = errors = 0
+                while line := response.readline():
+                    lines += 1
+                    errors += b'"error"' in line
+            elapsed = time.perf_counter() - start
+            connection.close()
+            path.unlink()
+            if response.status != 200 or lines != rows:
+                raise RuntimeError(f"/analyze/file answered {response.status} with {lines} of {rows} lines")
+            results[rows] = {
+                "rows_per_s": round(rows / elapsed, 1),
+                "error_rows": errors,
+                "rss_before_mb": round(rss_before, 1),
+                "rss_max_mb": round(rss.max_mb, 1),
+                "rss_after_mb": round(server.rss_mb(), 1),
+            }
+        return results
+    finally:
+        server.stop()
+
+
+def export(source: Path, out: Path) -> Path:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.export",
+            "--task",
+            "sentiment",
+            "--lang",
+            "es",
+            "--source",
+            str(source),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+    )
+    return out
+
+
+def print_table(results: dict[str, dict[str, float]]) -> None:
+    backends = list(results)
+    print(f"{'metric':<22}" + "".join(f"{b:>12}" for b in backends))
+    for metric in next(iter(results.values())):
+        print(f"{metric:<22}" + "".join(f"{results[b][metric]:>12}" for b in backends))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--source", type=Path, help="a transformers model dir (default: RoBERTuito-shape, random)"
+    )
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--backends", default="onnx,torch")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--concurrency", help="client counts, e.g. 1,8,32: micro-batching on vs off")
+    parser.add_argument("--seconds", type=float, default=20.0, help="per concurrency level")
+    parser.add_argument("--bulk", help="CSV row counts, e.g. 1000,100000, through POST /analyze/file")
+    parser.add_argument("--budget", default="512", help="MEMORY_BUDGET_MB of --concurrency/--bulk servers")
+    parser.add_argument("--threads", help="NUM_THREADS of --concurrency/--bulk servers (default: detected)")
+    parser.add_argument("--cpus", type=int, help="run --concurrency/--bulk servers on this many cores")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as work:
+        source = args.source or build_random_model(SHAPE, Path(work) / "robertuito-random")
+        models = {"torch": source}
+        if "onnx" in args.backends:
+            models["onnx"] = export(source, Path(work) / "onnx")
+        if args.concurrency or args.bulk:
+            throughput(args, models, Path(work))
+            return
+        results = {
+            backend: measure(backend, models[backend], args.port + i, args.requests)
+            for i, backend in enumerate(args.backends.split(","))
+        }
+    print_table(results)
+    summary: dict[str, Any] = {backend: figures for backend, figures in results.items()}
+    if {"onnx", "torch"} <= set(results):
+        summary["rss_ratio"] = round(results["onnx"]["rss_after_mb"] / results["torch"]["rss_after_mb"], 3)
+        summary["latency_ratio"] = round(results["onnx"]["p50_ms"] / results["torch"]["p50_ms"], 3)
+    print(json.dumps(summary))
+
+
+def throughput(args: argparse.Namespace, models: dict[str, Path], work: Path) -> None:
+    """--concurrency and --bulk: each backend's servers in turn, then the table and one JSON line."""
+    columns: dict[str, dict] = {}
+    summary: dict[str, Any] = {}
+    port = args.port
+    for backend in args.backends.split(","):
+        env = {
+            "BACKEND": backend,
+            "MODEL_SENTIMENT_ES": str(models[backend]),
+            "MEMORY_BUDGET_MB": args.budget,
+        }
+        if args.threads:
+            env["NUM_THREADS"] = args.threads
+        if args.concurrency:
+            levels = [int(level) for level in args.concurrency.split(",")]
+            runs = {}
+            for batching in ("on", "off"):
+                port += 1
+                env["MICRO_BATCHING"] = "true" if batching == "on" else "false"
+                runs[batching] = measure_concurrency(env, port, levels, args.seconds, args.cpus)
+                for clients, figures in runs[batching].items():
+                    columns[f"{backend} {batching} c={clients}"] = figures
+            single_p50 = runs["on"][levels[0]]["p50_ms"]
+            summary[backend] = {
+                "runs": runs,
+                "speedup_on_vs_off": {
+                    c: round(runs["on"][c]["texts_per_s"] / runs["off"][c]["texts_per_s"], 2) for c in levels
+                },
+                "p95_on_vs_off": {
+                    c: round(runs["on"][c]["p95_ms"] / runs["off"][c]["p95_ms"], 2) for c in levels
+                },
+                "p95_on_vs_single_p50": {c: round(runs["on"][c]["p95_ms"] / single_p50, 2) for c in levels},
+            }
+        if args.bulk:
+            port += 1
+            env.pop("MICRO_BATCHING", None)
+            sizes = [int(size) for size in args.bulk.split(",")]
+            bulk = measure_bulk(env, port, sizes, work, args.cpus)
+            for rows, figures in bulk.items():
+                columns[f"{backend} {rows} rows"] = figures
+            summary.setdefault(backend, {})["bulk"] = bulk
+    metrics = list(dict.fromkeys(metric for figures in columns.values() for metric in figures))
+    print(f"{'metric':<14}" + "".join(f"{name:>22}" for name in columns))
+    for metric in metrics:
+        print(f"{metric:<14}" + "".join(f"{figures.get(metric, '')!s:>22}" for figures in columns.values()))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Bulk analysis: `POST /analyze/file` streams a CSV or JSONL upload of any size through the model
+and streams NDJSON back, one line per input row, at constant memory.
+
+One chunk of rows (BATCH_MAX_SIZE) is in memory at a time: rows are read from the spooled upload
+line by line, a line longer than MAX_LINE_CHARS is read past in pieces rather than whole, and each
+chunk's results are sent before the next chunk is read. A bad row (unparseable, empty text, too
+long, nothing left after preprocessing) gets an error line and the stream goes on. What is wrong
+with the whole file (no rows, no such column) is a 422 before anything is streamed, and a
+model that cannot load a 503.
+"""
+
+import csv
+import io
+import itertools
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, TextIO
+
+from pydantic import BaseModel, Field
+
+from service.config import get_settings
+from service.exceptions import BadInput, ServiceError
+from service.hardware import current
+from service.registry import Loadable, Registry, get_registry
+from service.sentiment.batching import infer
+from service.sentiment.schemas import Lang, Prediction, Task, unreadable
+from service.sentiment.service import model_item
+
+logger = logging.getLogger(__name__)
+
+FileFormat = Literal["csv", "jsonl"]
+NDJSON = "application/x-ndjson"
+# The csv module's own field limit: no line longer than this is ever held whole.
+MAX_LINE_CHARS = 128 * 1024
+SNIFF_BYTES = 4096
+_NEWLINES = ("\n", "\r")
+
+
+class BulkOptions(BaseModel):
+    """The form fields that come with the file."""
+
+    text_column: str = Field(
+        default="text", min_length=1, description="The column (CSV) or key (JSONL) to analyze."
+    )
+    id_column: str | None = Field(
+        default=None, description="A column or key copied to each result line as `id`, to match rows."
+    )
+    task: Task | None = Field(default=None, description="Defaults to DEFAULT_TASK.")
+    lang: Lang | None = Field(default=None, description="Defaults to DEFAULT_LANG.")
+    format: FileFormat | None = Field(
+        default=None, description="`csv` or `jsonl`; by default from the file name, else from the content."
+    )
+
+
+@dataclass
+class Row:
+    number: int  # 1 for the first data row
+    id: Any = None
+    text: str | None = None
+    error: dict[str, str] | None = None
+    prediction: Prediction | None = None
+
+
+def _error(code: str, message: str) -> dict[str, str]:
+    return {"code": code, "message": message}
+
+
+def detect_format(filename: str | None, head: bytes) -> FileFormat:
+    suffix = Path(filename or "").suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    return "jsonl" if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "csv"
+
+
+def capped_lines(stream: TextIO, limit: int, too_long: set[int]) -> Iterator[str]:
+    """The stream's lines; one over `limit` characters is read past in pieces and yielded as an
+    empty line, its (1-based) number added to `too_long`."""
+    number = 0
+    while line := stream.readline(limit + 1):
+        number += 1
+        if len(line) > limit and not line.endswith(_NEWLINES):
+            while (rest := stream.readline(limit)) and not rest.endswith(_NEWLINES):
+                pass
+            too_long.add(number)
+            line = "\n"
+        yield line
+
+
+def _checked(row: Row, max_chars: int) -> Row:
+    if not row.text or not row.text.strip():
+        row.error = _error("invalid_input", "the text is empty or only whitespace")
+    elif problem := unreadable(row.text):
+        row.error = _error("invalid_input", f"the text {problem}")
+    elif len(row.text) > max_chars:
+        row.error = _error(
+            "invalid_input", f"the text has {len(row.text)} characters; at most MAX_TEXT_CHARS={max_chars}"
+        )
+    return row
+
+
+def _too_long(number: int) -> Row:
+    return Row(number, error=_error("invalid_input", f"the row is longer than {MAX_LINE_CHARS} characters"))
+
+
+def _column(columns: list[str], name: str, field: str) -> int:
+    if name not in columns:
+        raise BadInput(
+            f"{field}: the CSV header has no column {name!r}; its columns: {columns}", columns=columns
+        )
+    return columns.index(name)
+
+
+def csv_rows(stream: TextIO, options: BulkOptions, max_chars: int) -> Iterator[Row]:
+    """Rows of a CSV with a header; the header is checked before the first row is yielded."""
+    too_long: set[int] = set()
+    reader = csv.reader(capped_lines(stream, MAX_LINE_CHARS, too_long))
+    header = next(reader, None)
+    if header is None:
+        raise BadInput("the file is empty")
+    columns = [name.strip() for name in header]
+    text_at = _column(columns, options.text_column, "text_column")
+    id_at = _column(columns, options.id_column, "id_column") if options.id_column else None
+    number = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            number += 1
+            yield Row(number, error=_error("invalid_input", f"the row is not valid CSV: {error}"))
+            continue
+        if reader.line_num in too_long:
+            number += 1
+            yield _too_long(number)
+            continue
+        if not fields:  # a blank line is no row
+            continue
+        number += 1
+        row = Row(number, fields[id_at] if id_at is not None and id_at < len(fields) else None)
+        if text_at >= len(fields):
+            row.error = _error("invalid_input", f"the row has no {options.text_column!r} field")
+            yield row
+            continue
+        row.text = fields[text_at]
+        yield _checked(row, max_chars)
+
+
+def jsonl_rows(stream: TextIO, options: BulkOptions, max_chars: int) -> Iterator[Row]:
+    """Rows of JSON Lines, one object per line; the first must have the text key."""
+    too_long: set[int] = set()
+    number = 0
+    for line_number, line in enumerate(capped_lines(stream, MAX_LINE_CHARS, too_long), 1):
+        if line_number in too_long:
+            number += 1
+            yield _too_long(number)
+            continue
+        if not line.strip():
+            continue
+        number += 1
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            yield Row(number, error=_error("invalid_input", f"the line is not valid JSON: {error}"))
+            continue
+        if not isinstance(record, dict):
+            yield Row(number, error=_error("invalid_input", "the line is not a JSON object"))
+            continue
+        if number == 1 and options.text_column not in record:
+            raise BadInput(
+                f"text_column: the first row has no key {options.text_column!r}; its keys: {list(record)}",
+                keys=list(record),
+            )
+        row = Row(number, record.get(options.id_column) if options.id_column else None)
+        text = record.get(options.text_column)
+        if not isinstance(text, str):
+            row.error = _error("invalid_input", f"{options.text_column!r} is missing or not a string")
+            yield row
+            continue
+        row.text = text
+        yield _checked(row, max_chars)
+
+
+def _analyze_chunk(chunk: list[Row], analyzer_item: Loadable, registry: Registry, max_size: int) -> None:
+    """Fill in each row's prediction or error; a failure costs this chunk's rows, never the stream."""
+    todo = [row for row in chunk if row.error is None]
+    if not todo:
+        return
+    try:
+        with registry.use(analyzer_item) as analyzer:
+            ready, texts = [], []
+            for row in todo:
+                try:
+                    texts.append(analyzer.preprocess([row.text])[0])
+                    ready.append(row)
+                except BadInput:
+                    row.error = _error(
+                        "invalid_input",
+                        "nothing is left of the text after pysentimiento's preprocessing "
+                        "(it drops characters such as ☹ ~ … ™)",
+                    )
+            if ready:
+                for row, prediction in zip(ready, infer(analyzer, texts, registry, max_size), strict=True):
+                    row.prediction = prediction
+    except ServiceError as error:
+        failure = _error(error.code, error.message)
+    except Exception:
+        logger.exception("bulk analysis failed on rows %d-%d", chunk[0].number, chunk[-1].number)
+        failure = _error("internal_error", "the server failed on these rows; it keeps serving")
+    else:
+        return
+    for row in todo:
+        if row.prediction is None and row.error is None:
+            row.error = failure
+
+
+def _line(row: Row, with_id: bool) -> str:
+    body: dict[str, Any] = {"row": row.number}
+    if with_id:
+        body["id"] = row.id
+    if row.prediction is not None:
+        body.update(row.prediction.model_dump())
+    else:
+        body["error"] = row.error
+    return json.dumps(body, ensure_ascii=False) + "\n"
+
+
+def _results(
+    rows: Iterator[Row], item: Loadable, registry: Registry, max_size: int, with_id: bool
+) -> Iterator[bytes]:
+    while chunk := list(itertools.islice(rows, max_size)):
+        _analyze_chunk(chunk, item, registry, max_size)
+        yield "".join(_line(row, with_id) for row in chunk).encode()
+
+
+def analyze_file(upload: BinaryIO, filename: str | None, options: BulkOptions) -> Iterator[bytes]:
+    """Check the file and load the model now (errors are plain 422/503 answers), then return the
+    NDJSON stream of results."""
+    settings = get_settings()
+    task = options.task or settings.default_task
+    lang = options.lang or settings.default_lang
+    item, registry = model_item(task, lang), get_registry()
+    with registry.use(item):
+        pass
+    file_format = options.format or detect_format(filename, upload.read(SNIFF_BYTES))
+    upload.seek(0)
+    stream = io.TextIOWrapper(upload, encoding="utf-8-sig", errors="replace", newline="")
+    read = csv_rows if file_format == "csv" else jsonl_rows
+    rows = read(stream, options, settings.max_text_chars)
+    first = next(rows, None)  # checks the header or first record before anything is streamed
+    if first is None:
+        raise BadInput("the file has no rows to analyze")
+    rows = itertools.chain([first], rows)
+    return _results(rows, item, registry, current(settings).batch_max_size, options.id_column is not None)
