@@ -1,0 +1,1 @@
+"""Operations visibility: Prometheus metrics, the memory dashboard, and the memory profiler."""
