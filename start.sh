@@ -65,5 +65,10 @@ fi
 
 [ "$mode" = "install" ] && exit 0
 
-exec python -m uvicorn main:app --host 0.0.0.0 --port "${PORT:-8000}" \
-  --workers 1 --loop asyncio --http h11 --no-access-log
+# uvicorn's CLI, run by service/ops/serve.py so that a SIGTERM ends it with 0 after in-flight requests
+# finish (up to GRACEFUL_TIMEOUT_S; Render kills at 30 s), in a loop that restarts a worker which
+# recycled itself (service/ops/supervise.sh). MAX_REQUESTS recycles after that many requests (+ up to
+# MAX_REQUESTS_JITTER): off by default, each recycle closes the port for a cold start (MEMORY.md).
+exec bash service/ops/supervise.sh python -m service.ops.serve main:app --host 0.0.0.0 --port "${PORT:-8000}" \
+  --workers 1 --loop asyncio --http h11 --no-access-log --timeout-graceful-shutdown "${GRACEFUL_TIMEOUT_S:-25}" \
+  ${MAX_REQUESTS:+--limit-max-requests "$MAX_REQUESTS" --limit-max-requests-jitter "${MAX_REQUESTS_JITTER:-0}"}

@@ -10,9 +10,23 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error body, declared in the OpenAPI schema so clients can rely on its shape."""
+
+    error: ErrorDetail
 
 
 class ServiceError(Exception):
@@ -53,6 +67,16 @@ class OverBudget(ServiceError):
     code = "over_memory_budget"
 
     def __init__(self, message: str, *, retry_after_s: int = 5, **details: Any) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)}, **details)
+
+
+class Overloaded(ServiceError):
+    """The model's queue is full: refused at once rather than letting the queue grow."""
+
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, **details: Any) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)}, **details)
 
 
@@ -104,7 +128,11 @@ def error_examples(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     }
     example = {"error": {"code": "invalid_input", "message": "text is empty or only whitespace"}}
     return {
-        code: {"description": descriptions[code], "content": {"application/json": {"example": example}}}
+        code: {
+            "model": ErrorResponse,
+            "description": descriptions[code],
+            "content": {"application/json": {"example": example}},
+        }
         for code in status_codes
     }
 

@@ -55,7 +55,9 @@ class Registry:
         self._measured_cost: dict[str, float] = {}
         self._lock = threading.Lock()  # guards the entries' bookkeeping
         self._load_lock = threading.Lock()  # one load at a time: each sees the last one's RSS
-        self.counters = {"loads": 0, "evictions": 0, "refusals": 0, "load_failures": 0}
+        self.counters = {"loads": 0, "evictions": 0, "refusals": 0, "load_failures": 0, "batch_splits": 0}
+        # Called with the key of each item unloaded (a model's batching worker stops with it).
+        self.unload_listeners: list[Callable[[str], None]] = []
         # A failed load is answered from memory for a while: an unreachable hub takes ~45 s
         # to fail, and every request retrying it would pile up threads.
         self.failure_ttl_s = failure_ttl_s
@@ -172,9 +174,36 @@ class Registry:
         if callable(close):
             close()
         del entry
+        for listener in list(self.unload_listeners):
+            listener(key)
         gc.collect()
         runtime.trim_heap()
         return max(before - self._rss(), 0.0)
+
+    def evict_idle(self, until_mb: float, min_idle_s: float = 0.0) -> list[str]:
+        """Unload items unused for `min_idle_s`, least recently used first, until RSS is at most
+        `until_mb` (the memory watchdog's soft limit). Skipped while a load runs: it measures RSS."""
+        if not self._load_lock.acquire(blocking=False):
+            return []
+        evicted = []
+        try:
+            while self._rss() > until_mb:
+                cutoff = time.time() - min_idle_s
+                with self._lock:
+                    idle = [e for e in self._entries.values() if e.in_use == 0 and e.last_used <= cutoff]
+                if not idle:
+                    break
+                key = min(idle, key=lambda e: e.last_used).key
+                self.unload(key)
+                evicted.append(key)
+        finally:
+            self._load_lock.release()
+        return evicted
+
+    def count(self, name: str) -> None:
+        """Add one to a counter that /memory shows."""
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + 1
 
     def is_loaded(self, key: str) -> bool:
         with self._lock:

@@ -1,11 +1,16 @@
 """Fixtures every test module may use."""
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.support import app_client
+
+# The test process's RSS (torch, what earlier tests left) is not the app's: a watchdog measuring
+# it would refuse requests at random. tests/ops turns it on where it is tested.
+os.environ.setdefault("MEMORY_WATCHDOG", "false")
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ def test_ready_loads_the_default_model_and_memory_reports_it(make_client):
     client = make_client(
         BACKEND="torch", MODEL_SENTIMENT_EN=str(MINILM), DEFAULT_LANG="en", MEMORY_BUDGET_MB="4096"
     )
-    before = client.get("/memory").json()
     response = client.get("/ready")
     assert response.status_code == 200, response.text
     assert response.json() == {"status": "ready", "model": "sentiment:en", "backend": "torch"}
@@ -36,7 +35,6 @@ def test_ready_loads_the_default_model_and_memory_reports_it(make_client):
     assert loaded["backend"] == "torch"
     assert loaded["cost_mb"] >= 0
     assert loaded["file_bytes"]["model.safetensors"] == (MINILM / "model.safetensors").stat().st_size
-    assert report["rss_mb"] > before["rss_mb"]
     assert report["counters"]["loads"] == 1
 
 

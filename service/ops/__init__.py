@@ -1,0 +1,34 @@
+"""Operations and hardening: API key, rate limit, body and time limits, the memory watchdog.
+
+Everything here is pure ASGI middleware or a background thread; `main.py` calls `install_ops`
+and starts and stops the watchdog in its lifespan. Graceful shutdown is `serve.py` (the server
+command) and `supervise.sh` (the restart loop start.sh runs it in).
+"""
+
+from fastapi import FastAPI
+
+from service.ops.admission import AdmissionMiddleware
+from service.ops.bodylimit import BodyLimitMiddleware
+from service.ops.openapi import document_ops_responses
+from service.ops.ratelimit import RateLimitMiddleware
+from service.ops.security import ApiKeyMiddleware
+from service.ops.timeout import TimeoutMiddleware
+from service.ops.watchdog import start_watchdog, stop_watchdog
+
+
+def install_ops(app: FastAPI) -> None:
+    """Add the ops middlewares; call it before adding middleware that must see their answers.
+
+    Each `add_middleware` wraps the ones before it, so from the outside a request meets: the
+    rate limit (cheapest, and it also slows key guessing), the API key, the watchdog's admission,
+    the timeout (which covers reading the body), then the body limit.
+    """
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(TimeoutMiddleware)
+    app.add_middleware(AdmissionMiddleware)
+    app.add_middleware(ApiKeyMiddleware)
+    app.add_middleware(RateLimitMiddleware)
+    document_ops_responses(app)
+
+
+__all__ = ["install_ops", "start_watchdog", "stop_watchdog"]

@@ -1,0 +1,65 @@
+"""The server command: uvicorn's own CLI, exiting 0 after a graceful SIGTERM shutdown.
+
+    python -m service.ops.serve main:app --host 0.0.0.0 --port 8000 --timeout-graceful-shutdown 20
+
+On SIGTERM (a deploy) uvicorn stops accepting, lets in-flight requests finish for up to
+--timeout-graceful-shutdown seconds, runs the lifespan's shutdown, and then raises the signal
+again so that its default action kills the process: exit status 143 (-15), which supervisors
+and platforms read as a crash. Here that second SIGTERM lands in a handler that exits 0.
+A sync route still running in a threadpool thread after the graceful timeout would keep the
+interpreter alive until it returned (its threads are not daemons), so the exit is forced then.
+"""
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+
+import uvicorn.main
+
+logger = logging.getLogger(__name__)
+# Idle pool threads stop as soon as the event loop ends; give them this long before forcing.
+THREAD_GRACE_S = 1.0
+
+
+def _exit_zero(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def _exit_code(stop: SystemExit) -> int:
+    if stop.code is None or isinstance(stop.code, int):
+        return stop.code or 0
+    print(stop.code, file=sys.stderr)
+    return 1
+
+
+def _busy_threads() -> list[threading.Thread]:
+    deadline = time.monotonic() + THREAD_GRACE_S
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(timeout=max(deadline - time.monotonic(), 0))
+    return [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_zero)  # uvicorn installs its own while serving
+    try:
+        uvicorn.main.main(prog_name="python -m service.ops.serve")
+        code = 0
+    except SystemExit as stop:
+        code = _exit_code(stop)
+    busy = _busy_threads()
+    if busy:
+        logger.warning("exiting with %d worker thread(s) still running abandoned work", len(busy))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

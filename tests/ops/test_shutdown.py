@@ -1,0 +1,139 @@
+"""Graceful shutdown and recycling, with real server processes started as start.sh starts them.
+
+SIGTERM (a deploy on Render): the listening socket closes at once, the request in flight
+finishes, and the process exits 0 within --timeout-graceful-shutdown (plus a second).
+A worker that recycles (max requests, or the memory watchdog's hard limit) exits 0 by itself and
+supervise.sh starts a fresh one; a SIGTERM to supervise.sh ends it all with 0.
+"""
+
+import signal
+import time
+from contextlib import suppress
+
+import pytest
+
+from tests.ocr.samples import ENGLISH, encode, pdf_of, text_page
+from tests.ops.server import (
+    Server,
+    multipart,
+    read_response,
+    request_head,
+    running_server,
+    tessdata_missing,
+)
+from tests.support import ROOT
+
+needs_tessdata = pytest.mark.skipif(tessdata_missing() is not None, reason=f"{tessdata_missing()}")
+
+
+def ocr_body(data: bytes, content_type: str) -> tuple[bytes, dict[str, str]]:
+    body, form_type = multipart({"lang": "en"}, "upload", data, content_type)
+    return body, {"Content-Type": form_type}
+
+
+def healthy(server: Server) -> bool:
+    try:
+        return server.request("GET", "/health", timeout=5).status == 200
+    except OSError:
+        return False
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+@needs_tessdata
+def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(tmp_path):
+    body, headers = ocr_body(encode(text_page(ENGLISH[:1])), "image/png")
+    with running_server(tmp_path, "--timeout-graceful-shutdown", "10") as server:
+        assert server.request("POST", "/ocr", body, headers).status == 200  # the engine is loaded
+        half = len(body) // 2
+        with server.connect() as upload:
+            upload.sendall(request_head("POST", "/ocr", len(body), headers) + body[:half])
+            time.sleep(0.5)  # the request is in flight: the app waits for the rest of its body
+            server.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            time.sleep(0.5)
+            with pytest.raises(ConnectionRefusedError):
+                server.connect(timeout=2)
+            upload.sendall(body[half:])
+            response = read_response(upload)
+        assert response.status == 200, response.body
+        assert "quick brown fox" in response.json()["pages"][0]["text"]
+        assert server.process.wait(timeout=10) == 0
+        assert time.monotonic() - signalled < 10
+        assert "Finished server process" in server.output()
+
+
+@needs_tessdata
+def test_work_still_running_at_the_graceful_timeout_does_not_hold_the_exit(tmp_path):
+    """Twenty full pages of text keep a threadpool thread busy ~20 s; the exit does not wait for it."""
+    pdf = pdf_of([text_page(ENGLISH * 12, size=(1275, 1650)) for _ in range(20)])
+    body, headers = ocr_body(pdf, "application/pdf")
+    with running_server(tmp_path, "--timeout-graceful-shutdown", "1") as server, server.connect() as upload:
+        upload.sendall(request_head("POST", "/ocr", len(body), headers) + body)
+        time.sleep(1.5)  # recognition has started
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert server.process.wait(timeout=10) == 0
+        assert time.monotonic() - signalled < 4  # 1 s graceful + 1 s for idle threads + slack
+    assert "still running abandoned work" in server.output()
+
+
+def test_a_recycled_worker_is_replaced_and_sigterm_ends_the_loop_with_0(tmp_path):
+    with running_server(tmp_path, "--limit-max-requests", "5", supervised=True) as server:
+        (first,) = server.worker_pids()
+        for _ in range(5):
+            with suppress(ConnectionRefusedError):  # the port is closed while a worker restarts
+                server.request("GET", "/health")
+        wait_for(lambda: server.worker_pids() not in ([], [first]), 30, "a fresh worker")
+        (second,) = server.worker_pids()
+        wait_for(lambda: healthy(server), 30, "the fresh worker serving")
+        assert "recycled" in server.output()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=15) == 0
+        assert server.worker_pids() == []
+        assert second != first
+
+
+def test_a_worker_over_its_hard_limit_refuses_work_then_recycles(tmp_path):
+    """A budget below what an idle worker holds: the hard limit is passed from the start."""
+    with running_server(
+        tmp_path,
+        supervised=True,
+        MEMORY_BUDGET_MB="30",
+        RECYCLE_MIN_UPTIME_S="3",
+        WATCHDOG_INTERVAL_S="0.2",
+        BACKEND="onnx",
+        ONNX_DIR=str(tmp_path),
+    ) as server:
+        (first,) = server.worker_pids()
+        response = server.request(
+            "POST", "/analyze", b'{"text": "hola"}', {"Content-Type": "application/json"}
+        )
+        assert response.status == 503
+        assert response.json()["error"]["code"] == "over_memory_budget"
+        assert response.headers["retry-after"] == "5"
+        assert server.request("GET", "/health").status == 200
+        wait_for(lambda: server.worker_pids() not in ([], [first]), 30, "the worker recycled")
+        assert "recycling" in server.output()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=15) == 0
+
+
+def test_start_sh_serves_with_the_command_tested_here():
+    start = (ROOT / "start.sh").read_text()
+    assert "exec bash service/ops/supervise.sh python -m service.ops.serve main:app" in start
+    for flag in (
+        "--workers 1",
+        "--loop asyncio",
+        "--http h11",
+        "--no-access-log",
+        "--timeout-graceful-shutdown",
+    ):
+        assert flag in start
