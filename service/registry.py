@@ -47,7 +47,11 @@ class _Entry:
 
 class Registry:
     def __init__(
-        self, budget: Budget, rss: Callable[[], float] = rss_mb, failure_ttl_s: float = 30.0
+        self,
+        budget: Budget,
+        rss: Callable[[], float] = rss_mb,
+        failure_ttl_s: float = 30.0,
+        admission_wait_s: float = 10.0,
     ) -> None:
         self.budget = budget
         self._rss = rss
@@ -63,6 +67,10 @@ class Registry:
         self.failure_ttl_s = failure_ttl_s
         self._failures: dict[str, tuple[float, Exception]] = {}
         self._reserved_mb = 0.0  # working memory admitted to requests still running
+        # Work that does not fit while other requests hold reservations waits this long for them
+        # to finish before it is refused: their memory is coming back, so a 503 would be early.
+        self.admission_wait_s = admission_wait_s
+        self._released = threading.Condition(self._lock)
 
     @contextmanager
     def use(self, item: Loadable) -> Iterator[Any]:
@@ -92,7 +100,12 @@ class Registry:
                 raise failed[1]
             item.check()
             cost = self._measured_cost.get(item.key) or item.estimate_mb()
-            self._make_room(f"loading {item.key}", cost, item=item.key)
+            try:
+                self._make_room(f"loading {item.key}", cost, item=item.key)
+            except OverBudget:
+                with self._lock:
+                    self.counters["refusals"] += 1
+                raise
             before = self._rss()
             try:
                 value = item.load()
@@ -126,15 +139,27 @@ class Registry:
                 f"{self.budget.usable_mb:.0f} MB usable budget; send less at once",
                 needed_mb=round(need_mb, 1),
             )
-        with self._load_lock:
-            self._make_room(what, need_mb)
-            with self._lock:
-                self._reserved_mb += need_mb
+        deadline = time.monotonic() + self.admission_wait_s
+        while True:
+            try:
+                with self._load_lock:
+                    self._make_room(what, need_mb)
+                    with self._lock:
+                        self._reserved_mb += need_mb
+                break
+            except OverBudget:
+                with self._lock:
+                    left = deadline - time.monotonic()
+                    if self._reserved_mb <= 0 or left <= 0:
+                        self.counters["refusals"] += 1
+                        raise
+                    self._released.wait(timeout=left)
         try:
             yield
         finally:
             with self._lock:
                 self._reserved_mb -= need_mb
+                self._released.notify_all()
 
     @property
     def reserved_mb(self) -> float:
@@ -149,8 +174,6 @@ class Registry:
             with self._lock:
                 idle = [e for e in self._entries.values() if e.in_use == 0]
             if not idle:
-                with self._lock:
-                    self.counters["refusals"] += 1
                 raise OverBudget(
                     f"{what} needs ~{cost_mb:.0f} MB but only {max(cost_mb - needed, 0):.0f} MB of the "
                     f"{self.budget.limit_mb:.0f} MB budget is free and nothing idle can be unloaded",

@@ -151,7 +151,7 @@ def test_unloading_gives_real_memory_back():
 
 def test_reserve_admits_work_that_fits_and_counts_it_until_done():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory)
+    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=0)
     with registry.reserve(100, "batch a"):
         assert registry.reserved_mb == 100
         with pytest.raises(OverBudget) as refused, registry.reserve(100, "batch b"):  # 300 > 280
@@ -184,6 +184,26 @@ def test_reserve_refuses_work_larger_than_the_whole_budget_with_413():
 
 def test_loads_count_running_reservations_as_used():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory)
+    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=0)
     with registry.reserve(100, "ocr page"), pytest.raises(OverBudget), registry.use(item("m", memory, 100)):
         pass
+
+
+def test_work_waits_for_running_reservations_rather_than_failing_early():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=5)
+    first = registry.reserve(150, "ocr page")
+    first.__enter__()
+    threading.Timer(0.2, lambda: first.__exit__(None, None, None)).start()
+    started = time.monotonic()
+    with registry.reserve(150, "second page"):  # fits only once the first is done
+        assert 0.15 < time.monotonic() - started < 4
+    assert registry.counters["refusals"] == 0
+
+
+def test_work_is_refused_once_the_admission_wait_runs_out():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=0.2)
+    with registry.reserve(150, "ocr page"), pytest.raises(OverBudget), registry.reserve(150, "second"):
+        pass
+    assert registry.counters["refusals"] == 1

@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--task and --lang are required")
 
     from service.export.build import export_model
+    from service.export.manifest import model_bytes
     from service.export.onnx_export import ExportError
     from service.export.quantize import DEFAULT_RECIPE, RECIPES
 
@@ -65,9 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as error:
         print(f"export: error: {error}", file=sys.stderr)
         return 2
-    size = manifest["files"]["model.onnx"]
+    size = model_bytes(manifest)
     print(
-        f"exported {source} to {out}: model.onnx {size / 2**20:.1f} MiB "
+        f"exported {source} to {out}: model {size / 2**20:.1f} MiB "
         f"({100 * size / manifest['fp32_onnx_bytes']:.0f} % of fp32), recipe {recipe or 'none (fp32)'}"
     )
     if "accuracy" in manifest:

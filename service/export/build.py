@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from service.evaluate import EvaluationError, evaluate
-from service.export.manifest import MAX_LENGTH, MODEL_FILE, TOKENIZER_FILE, build_manifest, write_manifest
+from service.export.manifest import MAX_LENGTH, MODEL_FILE, build_manifest, write_manifest
 from service.export.onnx_export import ExportError, export_fp32, load_source
 from service.export.quantize import DEFAULT_RECIPE, RECIPES, describe, quantize
 from service.export.tokenizer import save_tokenizer_json
@@ -89,5 +89,7 @@ def _accuracy(model_dir: Path, data: Path, reference: Path | None) -> dict[str, 
 def _publish(staged: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # the dir is not servable until the new manifest lands
-    for name in (MODEL_FILE, TOKENIZER_FILE, MANIFEST):
-        shutil.move(staged / name, out / name)
+    for path in sorted(staged.iterdir()):  # the model, its weights and the tokenizer; manifest last
+        if path.name != MANIFEST:
+            shutil.move(path, out / path.name)
+    shutil.move(staged / MANIFEST, out / MANIFEST)

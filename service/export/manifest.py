@@ -43,6 +43,8 @@ def build_manifest(
         "max_length": MAX_LENGTH,
         "pad_token_id": tokenizer.pad_token_id,
         "pad_token": str(tokenizer.pad_token),
+        "vocab_size": config.vocab_size,
+        "unk_token_id": tokenizer.unk_token_id,
         "quantization": quantization,
         "files": {
             f.name: f.stat().st_size for f in sorted(out_dir.iterdir()) if f.is_file() and f.name != MANIFEST
@@ -53,6 +55,11 @@ def build_manifest(
     if accuracy is not None:
         manifest["accuracy"] = accuracy
     return manifest
+
+
+def model_bytes(manifest: dict[str, Any]) -> int:
+    """The model's size on disk: the graph and, for INT8, its external weights file."""
+    return sum(size for name, size in manifest["files"].items() if name.startswith(MODEL_FILE))
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:

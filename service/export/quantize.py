@@ -73,7 +73,9 @@ RECIPES: dict[str, Recipe] = {
         embeddings="blockwise",
     ),
 }
-DEFAULT_RECIPE = "mixed-attention"
+# weight-only, not the 12 % faster mixed-attention: dynamic INT8 scales activations per batch,
+# so a text's probabilities would depend on which requests micro-batching put beside it.
+DEFAULT_RECIPE = "weight-only"
 
 
 def describe(name: str) -> dict[str, Any]:
@@ -89,7 +91,11 @@ def quantize(fp32: Path, out: Path, recipe: Recipe) -> Path:
         model = _weight_only(model)
     if recipe.embeddings == "blockwise":
         quantize_embeddings(model)
-    onnx.save(model, out)
+    # Weights beside the graph: measured at RoBERTuito scale, load peak 191 -> 115 MB and
+    # resident after load 137 -> 114 MB, at the same speed.
+    onnx.save(
+        model, out, save_as_external_data=True, all_tensors_to_one_file=True, location=f"{out.name}.data"
+    )
     return out
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from service.bench import SHORT, build_random_model
 from service.evaluate import guess_lang, load_analyzer, predict, read_labelled, score
 from service.export.build import export_model
+from service.export.manifest import model_bytes
 from service.export.quantize import RECIPES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +48,7 @@ def latency_ms(model_dir: Path) -> float:
 def measure(source: str, data: list[Path], names: list[str], work: Path) -> list[dict[str, Any]]:
     fp32_dir = work / "fp32"
     fp32 = export_model("sentiment", "es", source, fp32_dir, recipe=None)
-    fp32_bytes = fp32["files"]["model.onnx"]
+    fp32_bytes = model_bytes(fp32)
     sets = {guess_lang(folder): read_labelled(folder) for folder in data}
     references = {
         lang: predict(load_analyzer(fp32_dir, "sentiment", lang), s.texts) for lang, s in sets.items()
@@ -58,7 +59,7 @@ def measure(source: str, data: list[Path], names: list[str], work: Path) -> list
         manifest = export_model("sentiment", "es", source, out, recipe=name)
         row: dict[str, Any] = {
             "recipe": name,
-            "bytes": manifest["files"]["model.onnx"],
+            "bytes": model_bytes(manifest),
             "ms": latency_ms(out),
         }
         for lang, labelled in sets.items():

@@ -34,6 +34,7 @@ WORK_BYTES_PER_PIXEL = 14
 # pdfium decodes a page's embedded images at full size, in 32-bit pixels, to draw it.
 PDF_IMAGE_BYTES_PER_PIXEL = 4
 
+
 def image_work_mb(image: Image.Image, settings: OcrSettings) -> float:
     """The decoded image, its grayscale copy, and recognition of the downscaled copy."""
     width, height = image.size

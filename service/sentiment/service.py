@@ -22,7 +22,7 @@ MB = 1024 * 1024
 _IMPORT_MB = {"torch": 300.0, "onnx": 45.0}
 _WEIGHTS_FACTOR = {"torch": 1.3, "onnx": 1.2}
 _UNKNOWN_WEIGHTS_MB = {"torch": 500.0, "onnx": 130.0}  # a hub id: RoBERTuito-size guess
-_WEIGHT_SUFFIXES = (".onnx", ".safetensors", ".bin", ".pt")
+_WEIGHT_SUFFIXES = (".onnx", ".data", ".safetensors", ".bin", ".pt")
 
 
 def model_key(task: str, lang: str) -> str:

@@ -13,6 +13,9 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from service.config import get_settings
+from service.hardware import onnx_providers
+
 MANIFEST = "manifest.json"
 
 
@@ -47,14 +50,21 @@ class OnnxModel:
         self.session = ort.InferenceSession(
             str(model_dir / manifest["model_file"]),
             session_options(num_threads),
-            providers=["CPUExecutionProvider"],
+            providers=onnx_providers(get_settings().use_gpu),
         )
         self.input_names = {node.name for node in self.session.get_inputs()}
+        # A converted BERTweet tokenizer can emit ids past the model's vocab where the original
+        # tokenizer gives <unk> (service/export/tokenizer.py): map them back to <unk>.
+        self.vocab_size = manifest.get("vocab_size")
+        self.unk_token_id = manifest.get("unk_token_id")
 
     def predict_probas(self, texts: Sequence[str]) -> list[list[float]]:
         encodings = self.tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        if self.vocab_size is not None and self.unk_token_id is not None:
+            ids[ids >= self.vocab_size] = self.unk_token_id
         feed = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "input_ids": ids,
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
         }
         if "token_type_ids" in self.input_names:
