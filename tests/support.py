@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service import evaluate
 from service.config import Settings, get_settings
 from service.registry import get_registry
 
@@ -27,21 +28,10 @@ needs_data = pytest.mark.skipif(
 
 
 def read_labelled(name: str) -> tuple[list[str], list[str]]:
-    folder = DATA / name
-    texts = (folder / "test_text.txt").read_text(encoding="utf-8").splitlines()
+    """A shared labelled set as texts and label names, read by the service's own reader."""
+    labelled = evaluate.read_labelled(DATA / name)
     names = {"0": "NEG", "1": "NEU", "2": "POS"}
-    labels = [names[line.strip()] for line in (folder / "test_labels.txt").read_text().splitlines()]
-    return texts, labels
-
-
-def macro_f1(gold: list[str], predicted: list[str]) -> float:
-    scores = []
-    for label in sorted(set(gold)):
-        tp = sum(g == p == label for g, p in zip(gold, predicted))
-        fp = sum(p == label != g for g, p in zip(gold, predicted))
-        fn = sum(g == label != p for g, p in zip(gold, predicted))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return sum(scores) / len(scores)
+    return labelled.texts, [names[label] for label in labelled.labels]
 
 
 @contextmanager

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from tests.support import MINILM, app_client, macro_f1, needs_data, needs_minilm, read_labelled
+from service.evaluate import macro_f1
+from tests.support import MINILM, app_client, needs_data, needs_minilm, read_labelled
 
 pytestmark = needs_minilm
 
