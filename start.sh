@@ -7,7 +7,7 @@
 #
 # Installs are skipped when the requirement files have not changed since the last one, so a
 # second start is quick. Thread pools are pinned here as well as in service/runtime.py:
-# glibc reads MALLOC_ARENA_MAX only when the process starts.
+# glibc reads MALLOC_* only when the process starts.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,6 +18,7 @@ export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-$NUM_THREADS}"
 export OMP_THREAD_LIMIT="${OMP_THREAD_LIMIT:-$NUM_THREADS}"
 export TOKENIZERS_PARALLELISM=false
 export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
+export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-1048576}"
 [ "${USE_GPU:-false}" = "true" ] || export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES-}"
 
 mode="${1:-serve}"

@@ -16,12 +16,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from service import runtime
 from service.budget import Budget, detect_budget, rss_mb
 from service.config import get_settings
 from service.exceptions import OverBudget, TooLarge
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -82,6 +84,7 @@ class Registry:
             with self._lock:
                 entry.in_use -= 1
                 entry.last_used = time.time()
+                self._released.notify_all()  # it may now be evicted to make room
 
     def _acquire(self, item: Loadable) -> _Entry:
         with self._lock:
@@ -89,46 +92,44 @@ class Registry:
             if entry is not None:
                 entry.in_use += 1
                 return entry
-        with self._load_lock:
-            with self._lock:
-                entry = self._entries.get(item.key)
-                if entry is not None:  # another request loaded it while we waited
-                    entry.in_use += 1
-                    return entry
-            failed = self._failures.get(item.key)
-            if failed is not None and time.monotonic() - failed[0] < self.failure_ttl_s:
-                raise failed[1]
-            item.check()
-            cost = self._measured_cost.get(item.key) or item.estimate_mb()
-            try:
-                self._make_room(f"loading {item.key}", cost, item=item.key)
-            except OverBudget:
-                with self._lock:
-                    self.counters["refusals"] += 1
-                raise
-            before = self._rss()
-            try:
-                value = item.load()
-            except Exception as error:
-                self._failures[item.key] = (time.monotonic(), error)
-                self.counters["load_failures"] += 1
-                raise
-            self._failures.pop(item.key, None)
-            runtime.trim_heap()
-            measured = max(self._rss() - before, 0.0)
-            self._measured_cost[item.key] = measured
-            entry = _Entry(item.key, value, measured, time.time(), item.describe(), in_use=1)
-            with self._lock:
-                self._entries[item.key] = entry
-                self.counters["loads"] += 1
-            return entry
+        return self._when_room(lambda: self._load(item))
+
+    def _load(self, item: Loadable) -> _Entry:
+        """Load `item` under the load lock, once room is made for it; OverBudget if none can be."""
+        with self._lock:
+            entry = self._entries.get(item.key)
+            if entry is not None:  # another request loaded it while we waited
+                entry.in_use += 1
+                return entry
+        failed = self._failures.get(item.key)
+        if failed is not None and time.monotonic() - failed[0] < self.failure_ttl_s:
+            raise failed[1]
+        item.check()
+        cost = self._measured_cost.get(item.key) or item.estimate_mb()
+        self._make_room(f"loading {item.key}", cost, item=item.key)
+        before = self._rss()
+        try:
+            value = item.load()
+        except Exception as error:
+            self._failures[item.key] = (time.monotonic(), error)
+            self.counters["load_failures"] += 1
+            raise
+        self._failures.pop(item.key, None)
+        runtime.trim_heap()
+        measured = max(self._rss() - before, 0.0)
+        self._measured_cost[item.key] = measured
+        entry = _Entry(item.key, value, measured, time.time(), item.describe(), in_use=1)
+        with self._lock:
+            self._entries[item.key] = entry
+            self.counters["loads"] += 1
+        return entry
 
     @contextmanager
     def reserve(self, need_mb: float, what: str) -> Iterator[None]:
         """Admit work needing `need_mb` of working memory (a batch, an image, PDF pages).
 
         Refused before any work starts: 413 if it could never fit the budget, 503 +
-        Retry-After if it cannot fit now, even after unloading idle items. Reservations of
+        Retry-After if it cannot fit in time, even after unloading idle items. Reservations of
         requests still running count as used, so concurrent requests cannot overbook.
         """
         if need_mb > self.budget.usable_mb:
@@ -139,27 +140,39 @@ class Registry:
                 f"{self.budget.usable_mb:.0f} MB usable budget; send less at once",
                 needed_mb=round(need_mb, 1),
             )
-        deadline = time.monotonic() + self.admission_wait_s
-        while True:
-            try:
-                with self._load_lock:
-                    self._make_room(what, need_mb)
-                    with self._lock:
-                        self._reserved_mb += need_mb
-                break
-            except OverBudget:
-                with self._lock:
-                    left = deadline - time.monotonic()
-                    if self._reserved_mb <= 0 or left <= 0:
-                        self.counters["refusals"] += 1
-                        raise
-                    self._released.wait(timeout=left)
+
+        def admit() -> None:
+            self._make_room(what, need_mb)
+            with self._lock:
+                self._reserved_mb += need_mb
+
+        self._when_room(admit)
         try:
             yield
         finally:
             with self._lock:
                 self._reserved_mb -= need_mb
                 self._released.notify_all()
+
+    def _when_room(self, attempt: Callable[[], T]) -> T:
+        """Run `attempt` under the load lock; while it finds no room (OverBudget) but running work
+        or held items will be given back, wait for them, up to `admission_wait_s`, then refuse.
+
+        A 503 would be early while memory is on its way back: a batch ends in a fraction of a
+        second, and an item in use becomes evictable when its request ends."""
+        deadline = time.monotonic() + self.admission_wait_s
+        while True:
+            try:
+                with self._load_lock:
+                    return attempt()
+            except OverBudget:
+                with self._lock:
+                    left = deadline - time.monotonic()
+                    busy = self._reserved_mb > 0 or any(e.in_use for e in self._entries.values())
+                    if left <= 0 or not busy:
+                        self.counters["refusals"] += 1
+                        raise
+                    self._released.wait(timeout=left)
 
     @property
     def reserved_mb(self) -> float:

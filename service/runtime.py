@@ -13,7 +13,14 @@ import os
 from service.config import get_settings
 from service.hardware import num_threads
 
-_M_ARENA_MAX = -8  # glibc mallopt() parameter number
+# glibc mallopt() parameter numbers.
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+# Blocks of 1 MB and more are mmapped and unmapped when freed. glibc's default threshold rises
+# with every large block freed (up to 32 MB), after which model activations land in the heap and
+# stay there: measured at RoBERTuito scale, RSS after a call of 32 long texts stayed at 328 MB
+# instead of returning to 199 MB.
+MMAP_THRESHOLD_BYTES = 1 << 20
 _libc = None
 
 
@@ -40,13 +47,15 @@ def pin() -> None:
         os.environ.setdefault(var, threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD_BYTES))
     if not settings.use_gpu:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-    # MALLOC_ARENA_MAX is read by glibc at process start; start.sh exports it, and this
-    # covers processes started any other way (tests, python -m service.*).
+    # glibc reads MALLOC_* at process start; start.sh exports them, and this covers processes
+    # started any other way (tests, python -m service.*).
     libc = _glibc()
     if libc is not None:
         libc.mallopt(_M_ARENA_MAX, int(os.environ["MALLOC_ARENA_MAX"]))
+        libc.mallopt(_M_MMAP_THRESHOLD, int(os.environ["MALLOC_MMAP_THRESHOLD_"]))
 
 
 def trim_heap() -> None:

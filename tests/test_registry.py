@@ -87,7 +87,7 @@ def test_evicts_least_recently_used_idle_item_to_make_room():
 
 def test_refuses_when_nothing_idle_can_make_room():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory)
+    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=0)
     big, other = item("big", memory, 150), item("other", memory, 100)
     with registry.use(big), pytest.raises(OverBudget) as refused, registry.use(other):
         pass
@@ -207,3 +207,25 @@ def test_work_is_refused_once_the_admission_wait_runs_out():
     with registry.reserve(150, "ocr page"), pytest.raises(OverBudget), registry.reserve(150, "second"):
         pass
     assert registry.counters["refusals"] == 1
+
+
+def test_a_load_waits_for_an_item_in_use_to_become_evictable():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=5)
+    held = registry.use(item("es", memory, 120))
+    held.__enter__()
+    threading.Timer(0.2, lambda: held.__exit__(None, None, None)).start()
+    started = time.monotonic()
+    with registry.use(item("en", memory, 120)):  # fits once "es" is idle and evicted
+        assert 0.15 < time.monotonic() - started < 4
+        assert not registry.is_loaded("es")
+    assert (registry.counters["refusals"], registry.counters["evictions"]) == (0, 1)
+
+
+def test_a_load_is_refused_at_once_when_nothing_will_be_given_back():
+    memory = FakeMemory(250)  # something outside the registry holds the memory
+    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=5)
+    started = time.monotonic()
+    with pytest.raises(OverBudget), registry.use(item("m", memory, 100)):
+        pass
+    assert time.monotonic() - started < 1

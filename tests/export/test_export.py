@@ -183,3 +183,36 @@ def test_macro_f1_and_empty_texts_are_counted_apart() -> None:
     report = score(["0", "1", "1"], ["NEG", "POS"], predictions, reference)
     assert (report["n"], report["empty_after_preprocessing"], report["empty_handling"]) == (2, 1, "skipped")
     assert (report["accuracy"], report["agreement"], report["max_proba_diff"]) == (1.0, 0.5, 1.0)
+
+
+RSS_AFTER_A_LARGE_CALL = """
+import json, resource, sys
+from pathlib import Path
+from service.budget import rss_mb
+from service.runtime import trim_heap
+from service.sentiment.backends.onnx_backend import OnnxModel
+model = OnnxModel(Path(sys.argv[1]), 1)
+model.predict_probas(["hola"])
+trim_heap()
+before = rss_mb()
+model.predict_probas([" ".join(["palabra"] * 200)] * 32)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"before": before, "peak": peak, "after": rss_mb()}))
+"""
+
+
+@needs_shared
+def test_a_large_call_gives_its_working_memory_back(int8: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", RSS_AFTER_A_LARGE_CALL, str(int8)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rss = json.loads(result.stdout)
+    grew, kept = rss["peak"] - rss["before"], rss["after"] - rss["before"]
+    assert grew > 40, rss  # 32 texts of 128 tokens need tens of MB of activations...
+    assert kept < 0.2 * grew, rss  # ...which the process hands back when the call ends

@@ -79,7 +79,7 @@ def test_openapi_has_examples_for_requests_and_responses(make_client):
 
 def run_python(code: str, **env: str) -> dict:
     clean = {
-        k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS") and k != "MALLOC_ARENA_MAX"
+        k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS") and not k.startswith("MALLOC_")
     }
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -101,7 +101,7 @@ import torch
 print(json.dumps({
     "numeric_before": numeric,
     "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-            "TOKENIZERS_PARALLELISM", "MALLOC_ARENA_MAX", "CUDA_VISIBLE_DEVICES")},
+            "TOKENIZERS_PARALLELISM", "MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "CUDA_VISIBLE_DEVICES")},
     "torch_threads": torch.get_num_threads(),
 }))
 """
@@ -113,6 +113,7 @@ print(json.dumps({
         "OPENBLAS_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "MALLOC_ARENA_MAX": "2",
+        "MALLOC_MMAP_THRESHOLD_": "1048576",
         "CUDA_VISIBLE_DEVICES": "",
     }
     assert pinned["torch_threads"] == 1
