@@ -3,6 +3,7 @@
     python -m service.bench [--source DIR] [--requests 1000] [--backends onnx,torch]
     python -m service.bench --concurrency 1,8,32 [--seconds 20] [--backends onnx]
     python -m service.bench --bulk 1000,100000 [--backends onnx]
+    python -m service.bench --ocr 200 [--backends onnx]
 
 At RoBERTuito scale by default: a model with RoBERTuito's exact shape and real tokenizer
 (`../shared/models/robertuito-shape`) and random weights from a fixed seed, exported like a
@@ -11,7 +12,10 @@ real one. Memory and speed do not depend on the weights. Prints a table, then on
 --concurrency: closed-loop clients (threads, one text per request, tweet-sized texts) against a
 server with MICRO_BATCHING on, then one with it off: texts/s, p50/p95 latency and RSS per level.
 --bulk: one server, a CSV of each size through POST /analyze/file: rows/s and RSS while streaming.
-Both run under MEMORY_BUDGET_MB=--budget (512 by default: Render's free plan), on --cpus cores.
+--ocr N: one server with the sentiment model and OCR both loaded: its RSS after N mixed requests
+(single texts, batches, OCR of a page, OCR of a page with analyze=true), then the peak RSS and
+time of OCR of a 12 MP photo and of a 20-page PDF (pages/s).
+All three run under MEMORY_BUDGET_MB=--budget (512 by default: Render's free plan), on --cpus cores.
 """
 
 import argparse
@@ -28,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -360,6 +365,80 @@ def measure_bulk(
         server.stop()
 
 
+def multipart(fields: dict[str, str], file_name: str, data: bytes, content_type: str) -> tuple[bytes, str]:
+    """A multipart/form-data body with `fields` and one file part; returns it and its content type."""
+    boundary = "benchboundary7MA4YWxkTrZu0gW"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file_name}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def ocr(server: Server, data: bytes, content_type: str, **fields: str) -> dict[str, Any]:
+    body, form_type = multipart({"lang": "es", **fields}, "upload", data, content_type)
+    server.connection = None
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+    connection.request("POST", "/ocr", body, {"content-type": form_type})
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    connection.close()
+    if response.status != 200:
+        raise RuntimeError(f"/ocr answered {response.status}: {answer}")
+    return answer
+
+
+def measure_ocr(env: dict[str, str], port: int, requests: int, cpus: int | None) -> dict[str, float]:
+    """The sentiment model and OCR in one server: RSS after mixed requests, then OCR peaks."""
+    # Imported here: PIL and the page generators are needed by this measurement only.
+    from service.ocr.bench import encode, letter_page, pdf_of, photo_12mp
+
+    rng = random.Random(0)
+    page = encode(letter_page(), "PNG")
+    photo = encode(photo_12mp(), "JPEG", quality=85)
+    pdf = pdf_of([letter_page(seed=index) for index in range(20)])
+    server = start_server(env, port, cpus)
+    try:
+        page_seconds = []
+        for index in range(requests):
+            kind = index % 4
+            if kind == 0:
+                analyze(server, {"text": tweet(rng)})
+            elif kind == 1:
+                analyze(server, {"texts": [tweet(rng) for _ in range(8)]})
+            else:
+                extra = {"analyze": "true"} if kind == 3 else {}
+                page_seconds.append(timed(partial(ocr, server, page, "image/png", **extra)))
+        server.connection = None
+        _, memory = server.request("GET", "/memory")
+        figures = {
+            "rss_after_mixed_mb": round(server.rss_mb(), 1),
+            "loaded": sorted(item["key"] for item in memory["loaded"]),
+            "page_s_p50": round(statistics.median(page_seconds), 2),
+        }
+        documents = (("photo_12mp", photo, "image/jpeg"), ("pdf_20_pages", pdf, "application/pdf"))
+        for name, data, content_type in documents:
+            rss_before = server.rss_mb()
+            with RssSampler(server) as rss:
+                seconds = timed(partial(ocr, server, data, content_type))
+            figures[f"{name}_rss_before_mb"] = round(rss_before, 1)
+            figures[f"{name}_peak_mb"] = round(rss.max_mb, 1)
+            figures[f"{name}_s"] = round(seconds, 2)
+        figures["pdf_pages_per_s"] = round(20 / figures["pdf_20_pages_s"], 2)
+        figures["rss_end_mb"] = round(server.rss_mb(), 1)
+        figures["peak_rss_mb"] = round(server.peak_mb(), 1)
+        return figures
+    finally:
+        server.stop()
+
+
 def export(source: Path, out: Path) -> Path:
     subprocess.run(
         [
@@ -401,17 +480,20 @@ def main() -> None:
     parser.add_argument("--concurrency", help="client counts, e.g. 1,8,32: micro-batching on vs off")
     parser.add_argument("--seconds", type=float, default=20.0, help="per concurrency level")
     parser.add_argument("--bulk", help="CSV row counts, e.g. 1000,100000, through POST /analyze/file")
-    parser.add_argument("--budget", default="512", help="MEMORY_BUDGET_MB of --concurrency/--bulk servers")
-    parser.add_argument("--threads", help="NUM_THREADS of --concurrency/--bulk servers (default: detected)")
-    parser.add_argument("--cpus", type=int, help="run --concurrency/--bulk servers on this many cores")
+    parser.add_argument("--ocr", type=int, help="mixed sentiment + OCR requests, then the OCR peaks")
+    parser.add_argument("--onnx", type=Path, help="an exported model dir: no export")
+    parser.add_argument("--budget", default="512", help="MEMORY_BUDGET_MB of the servers")
+    parser.add_argument("--threads", help="NUM_THREADS of the servers (default: detected)")
+    parser.add_argument("--cpus", type=int, help="run the servers on this many cores")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
-        source = args.source or build_random_model(SHAPE, Path(work) / "robertuito-random")
-        models = {"torch": source}
+        models = {}
+        if "torch" in args.backends or not args.onnx:
+            models["torch"] = args.source or build_random_model(SHAPE, Path(work) / "robertuito-random")
         if "onnx" in args.backends:
-            models["onnx"] = export(source, Path(work) / "onnx")
-        if args.concurrency or args.bulk:
+            models["onnx"] = args.onnx or export(models["torch"], Path(work) / "onnx")
+        if args.concurrency or args.bulk or args.ocr:
             throughput(args, models, Path(work))
             return
         results = {
@@ -427,7 +509,7 @@ def main() -> None:
 
 
 def throughput(args: argparse.Namespace, models: dict[str, Path], work: Path) -> None:
-    """--concurrency and --bulk: each backend's servers in turn, then the table and one JSON line."""
+    """--concurrency, --bulk and --ocr: each backend's servers in turn, then the table and one JSON line."""
     columns: dict[str, dict] = {}
     summary: dict[str, Any] = {}
     port = args.port
@@ -467,6 +549,12 @@ def throughput(args: argparse.Namespace, models: dict[str, Path], work: Path) ->
             for rows, figures in bulk.items():
                 columns[f"{backend} {rows} rows"] = figures
             summary.setdefault(backend, {})["bulk"] = bulk
+        if args.ocr:
+            port += 1
+            env.pop("MICRO_BATCHING", None)
+            figures = measure_ocr(env, port, args.ocr, args.cpus)
+            columns[f"{backend} sentiment+ocr"] = figures
+            summary.setdefault(backend, {})["ocr"] = figures
     metrics = list(dict.fromkeys(metric for figures in columns.values() for metric in figures))
     print(f"{'metric':<14}" + "".join(f"{name:>22}" for name in columns))
     for metric in metrics:

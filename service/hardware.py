@@ -41,7 +41,11 @@ WORK_MB_FIXED, WORK_MB_PER_TEXT = 6.0, 7.0
 # (MEMORY.md); a GPU wants more (not measured: no GPU machine was available).
 CPU_BATCH, GPU_BATCH = 8, 64
 CPU_WAIT_MS, GPU_WAIT_MS = 5.0, 2.0
-QUEUE_BATCHES = 4  # the queue holds this many full batches: a caller waits at most ~4 model calls
+# Texts that may wait for one model: 4 full model calls, and at least 8 requests of MAX_BATCH
+# texts, so that a few clients sending full batches at once are queued, not refused. A queued
+# text costs only its characters; the bound caps waiting. Measured in the 512 MB soak (8
+# clients, MEMORY.md): a bound of 32 texts answered 503 to 52 of 149 batch requests.
+QUEUE_BATCHES, QUEUE_REQUESTS = 4, 8
 BATCH_BUDGET_SHARE = 0.25  # a full batch may need at most this share of the usable budget
 
 logger = logging.getLogger("uvicorn.error")  # configured at INFO under uvicorn, so the block shows
@@ -226,7 +230,7 @@ def derive(
     default_batch = max(1, min(default_batch, fits))
     batch = settings.batch_max_size or default_batch
     wait = settings.batch_max_wait_ms
-    queue = settings.queue_max or QUEUE_BATCHES * batch
+    queue = settings.queue_max or max(QUEUE_BATCHES * batch, QUEUE_REQUESTS * settings.max_batch)
     names = ("num_threads", "batch_max_size", "batch_max_wait_ms", "queue_max")
     return HardwareConfig(
         cpu_cores=round(cpus.cores, 3),

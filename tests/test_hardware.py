@@ -123,7 +123,7 @@ def test_derived_config_on_render_free():
         8,
         5.0,
     )
-    assert config.queue_max == 32 and config.micro_batching and config.from_settings == []
+    assert config.queue_max == 8 * 32 and config.micro_batching and config.from_settings == []
 
 
 def test_derived_config_with_a_gpu():

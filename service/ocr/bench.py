@@ -59,10 +59,15 @@ def photo_12mp() -> Image.Image:
     return photo
 
 
-def _encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
     return buffer.getvalue()
+
+
+def pdf_of(pages: list[Image.Image]) -> bytes:
+    """A 150 dpi PDF of the pages, one image each (as a scanner writes it)."""
+    return encode(pages[0], "PDF", resolution=150, save_all=True, append_images=pages[1:])
 
 
 def _reset_peak() -> None:
@@ -98,16 +103,12 @@ def main() -> None:
     parser.add_argument("--lang", default="es")
     args = parser.parse_args()
     print(f"baseline rss {rss_mb():.1f} MB (imports done)")
-    _measure("warm-up (engine load)", lambda: _encode(Image.new("L", (64, 64), 255), "PNG"), args.lang)
+    _measure("warm-up (engine load)", lambda: encode(Image.new("L", (64, 64), 255), "PNG"), args.lang)
     print(f"registry: {get_registry().snapshot()}")
-    _measure("150 dpi letter page, PNG", lambda: _encode(letter_page(), "PNG"), args.lang)
-    _measure("12 MP photo, JPEG", lambda: _encode(photo_12mp(), "JPEG", quality=85), args.lang)
+    _measure("150 dpi letter page, PNG", lambda: encode(letter_page(), "PNG"), args.lang)
+    _measure("12 MP photo, JPEG", lambda: encode(photo_12mp(), "JPEG", quality=85), args.lang)
 
-    def pdf() -> bytes:
-        rest = [letter_page()] * (args.pages - 1)
-        return _encode(letter_page(), "PDF", resolution=150, save_all=True, append_images=rest)
-
-    _measure(f"{args.pages}-page 150 dpi PDF", pdf, args.lang)
+    _measure(f"{args.pages}-page 150 dpi PDF", lambda: pdf_of([letter_page()] * args.pages), args.lang)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ pages into a bounded queue while the caller recognises the previous one. pdfium 
 thread-safe: every pdfium call happens in that thread, under a process-wide lock so that two
 requests' producers never call it at once, and every pdfium object is closed there too.
 Each page is rendered at OCR_DPI, lowered so that the bitmap stays within OCR_PAGE_PIXELS
-whatever the page's size, in 8-bit grayscale.
+whatever the page's size, in 8-bit grayscale. A page so large that this would take it below
+OCR_MIN_DPI, where text is no longer legible, is refused before anything renders.
 """
 
 import contextlib
@@ -202,8 +203,10 @@ class PdfPages:
             page = document[number - 1]
             try:
                 pixels = _embedded_image_pixels(page)
+                width, height = page.get_size()
             finally:
                 page.close()
+            self._check_legible(number, width, height)
             if pixels > self._settings.max_pixels:
                 raise TooLarge(
                     f"page {number} embeds images of {pixels:,} pixels; at most OCR_MAX_PIXELS="
@@ -213,6 +216,19 @@ class PdfPages:
                 )
             largest = max(largest, pixels)
         return _Outline(len(document), numbers, largest)
+
+    def _check_legible(self, number: int, width_pt: float, height_pt: float) -> None:
+        settings = self._settings
+        dpi = render_scale(width_pt, height_pt, settings.dpi, settings.page_pixels) * 72
+        if dpi < settings.min_dpi:
+            raise TooLarge(
+                f"page {number} is {width_pt / 72:.0f} x {height_pt / 72:.0f} inches: within "
+                f"OCR_PAGE_PIXELS={settings.page_pixels:,} it would render at {dpi:.0f} dpi, below "
+                f"the {settings.min_dpi} dpi that text needs to be read; send smaller pages",
+                page=number,
+                dpi=round(dpi, 1),
+                min_dpi=settings.min_dpi,
+            )
 
     def _render(self, document: pdfium.PdfDocument, number: int) -> RenderedPage:
         page = document[number - 1]

@@ -218,13 +218,20 @@ def test_chunked_body_is_cut_off_at_the_limit(ocr_client: MakeClient) -> None:
     assert pulled <= 5  # 0.1 MB + 64 KiB of multipart slack, in 64 KiB chunks
 
 
-def test_huge_pdf_page_is_rendered_within_the_pixel_budget(ocr_client: MakeClient) -> None:
-    # A 200 x 200 inch page at 150 dpi would be 30000 x 30000 pixels (900 MB).
+def test_huge_pdf_page_is_refused_before_it_renders(ocr_client: MakeClient) -> None:
+    # A 200 x 200 inch page at 150 dpi would be 30000 x 30000 pixels (900 MB); within the pixel
+    # cap it would be 7.5 dpi, which no text survives.
     before = rss_mb()
-    response = post(ocr_client(), blank_pdf(200 * 72, 200 * 72))
+    error = assert_error(post(ocr_client(), blank_pdf(200 * 72, 200 * 72)), 413, "too_large")
+    assert error["page"] == 1 and error["dpi"] < 8, error
+    assert rss_mb() - before < 50
+
+
+def test_a_poster_page_is_read_at_a_lower_dpi_within_the_pixel_cap(ocr_client: MakeClient) -> None:
+    # A2 (16.5 x 23.4 inches) fits OCR_PAGE_PIXELS at ~76 dpi: legible, so it is read.
+    response = post(ocr_client(), blank_pdf(16.5 * 72, 23.4 * 72))
     assert response.status_code == 200, response.text
     assert response.json()["pages"][0]["unreadable"]
-    assert rss_mb() - before < 150
 
 
 def test_budget_refuses_a_request_that_cannot_fit(

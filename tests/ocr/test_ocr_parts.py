@@ -57,7 +57,7 @@ def test_render_scale_caps_the_pixels_of_any_page() -> None:
 
 
 def test_pdf_pages_render_within_budget_and_stop_early() -> None:
-    settings = OcrSettings(page_pixels=500_000)
+    settings = OcrSettings(page_pixels=500_000, min_dpi=1)
     with PdfPages(blank_pdf(200 * 72, 100 * 72, pages=5), None, settings) as pdf:
         assert (pdf.page_count, pdf.numbers) == (5, [1, 2, 3, 4, 5])
         page = next(iter(pdf))

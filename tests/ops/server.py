@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 
+from service.bench import multipart  # noqa: F401 (re-exported for the ops tests)
 from service.ocr.config import TESSERACT_LANGS
 from service.ocr.tessdata import resolve_tessdata
 from tests.support import ROOT
@@ -154,22 +155,6 @@ def _unchunk(data: bytes) -> bytes:
         out += data[:size]
         data = data[size + 2 :]
     return out
-
-
-def multipart(fields: dict[str, str], file_name: str, data: bytes, content_type: str) -> tuple[bytes, str]:
-    boundary = "opsboundary7MA4YWxkTrZu0gW"
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-        for name, value in fields.items()
-    ]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file_name}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n".encode()
-        + data
-        + b"\r\n"
-    )
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def wait_until_serving(server: Server, timeout: float = 60) -> None:

@@ -207,6 +207,7 @@ CASES = [
     ("pdf-garbage", "POST", "/ocr", *ocr(b"%PDF-1.7\n" + os.urandom(3000), "application/pdf"), 422, None),
     ("pdf-truncated", "POST", "/ocr", *ocr(blank_pdf(612, 792)[:120], "application/pdf"), 422, None),
     ("pdf-encrypted", "POST", "/ocr", *ocr(encrypted_pdf(), "application/pdf"), 422, "encrypted_pdf"),
+    ("pdf-huge-page", "POST", "/ocr", *ocr(blank_pdf(14_400, 14_400), "application/pdf"), 413, "too_large"),
     (
         "pdf-too-many-pages",
         "POST",

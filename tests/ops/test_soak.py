@@ -263,6 +263,13 @@ class Tally:
                 self.failures.append(f"hostile input answered {response.status}")
 
 
+def error_code(response: Response) -> str:
+    try:
+        return response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return "no error code"
+
+
 def client_loop(server: Server, corpus: Corpus, seed: int, stop: threading.Event, tally: Tally) -> None:
     rng = random.Random(seed)
     while not stop.is_set():
@@ -276,7 +283,7 @@ def client_loop(server: Server, corpus: Corpus, seed: int, stop: threading.Event
                 break
             if response.status == 503 and "retry-after" in response.headers:
                 with tally.lock:
-                    tally.backpressure[kind] += 1
+                    tally.backpressure[f"{kind} {error_code(response)}"] += 1
                 time.sleep(min(float(response.headers["retry-after"]), 5) * rng.uniform(0.5, 1.0))
                 continue
             tally.record(kind, response, time.monotonic() - started)
