@@ -8,11 +8,12 @@ The test makes a child of its own memory cgroup (cgroup v2 `memory.max`, or v1
 onnx backend and the budget read from that cgroup, and drives 8 concurrent clients: single texts,
 batches, bulk CSV files, OCR of pages, PDFs and a 12 MP photo, and hostile inputs. It skips, saying
 why, where cgroups cannot be written or no exported model is found.
-Pass: no OOM kill (the cgroup's own counter), no worker restart, no 5xx except 503 + Retry-After
-backpressure (clients honour it and retry, as a client of a memory-bounded service must; those
-are counted and reported), and RSS flat after warm-up: the median of the last quarter of the run
-within 5% of the budget of the median of the second quarter. The figures go to SOAK_REPORT
-(JSON, default soak-report.json in the test's tmp dir) and are printed; MEMORY.md records them.
+Pass: no OOM kill (the cgroup's own counter), no worker restart, zero 5xx, and RSS flat after
+warm-up: the median of the last quarter of the run within 5% of the budget of the median of the
+second quarter. A 503 + Retry-After is retried as a client of a memory-bounded service should, so
+the load keeps its shape, but it fails the run all the same (counted by error code in the report).
+The figures go to SOAK_REPORT (JSON, default soak-report.json in the test's tmp dir) and are
+printed; MEMORY.md records them.
 """
 
 import io
@@ -381,7 +382,7 @@ def test_soak_in_a_512_mb_cgroup(tmp_path):
         "clients": CLIENTS,
         "requests": sum(tally.statuses.values()),
         "statuses": dict(sorted(tally.statuses.items())),
-        "backpressure_503_retried": dict(tally.backpressure),
+        "retried_503_by_code": dict(tally.backpressure),
         "failures": tally.failures[:20],
         "failure_count": len(tally.failures),
         "latency_p50_p95_s": {
@@ -409,6 +410,7 @@ def test_soak_in_a_512_mb_cgroup(tmp_path):
     assert oom_kills == 0, report
     assert report["worker_restarts"] == 0, report
     assert tally.failures == [], report
+    assert not tally.backpressure, report
     assert report["requests"] > CLIENTS, report
     assert second and last, "too short a run to judge the RSS curve"
     assert statistics.median(last) - statistics.median(second) < FLAT_TOLERANCE_MB, report

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from service.bench import multipart
+
 if TYPE_CHECKING:  # Pillow is imported only when OCR calls are asked for
     from PIL.Image import Image
     from PIL.ImageFont import FreeTypeFont, ImageFont
@@ -177,22 +179,6 @@ def _ocr_documents() -> list[tuple[str, str, str, bytes]]:
     ]
 
 
-def _multipart(fields: dict[str, str], filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
-    boundary = "service-profile-8d1c6f0e4b"  # fixed, so that a seeded plan is the same bytes
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-        for name, value in fields.items()
-    ]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n".encode()
-        + data
-        + b"\r\n"
-    )
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
 def _ocr_calls(count: int) -> list[Call]:
     try:
         documents = _ocr_documents()
@@ -202,7 +188,7 @@ def _ocr_calls(count: int) -> list[Call]:
     for index in range(count):
         name, lang, content_type, data = documents[index % len(documents)]
         analyze = "true" if index % 2 else "false"
-        body, multipart_type = _multipart({"lang": lang, "analyze": analyze}, name, data, content_type)
+        body, multipart_type = multipart({"lang": lang, "analyze": analyze}, name, data, content_type)
         calls.append(Call("ocr", f"ocr:{name}", "POST", "/ocr", body, multipart_type))
     return calls
 
