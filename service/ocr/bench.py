@@ -3,9 +3,13 @@
 Runs in-process through the same path as the route (registry, admission, decoding, PDF
 producer) and prints, per document: seconds, pages/s, the RSS it left and its peak RSS over
 the baseline. Peaks are reset between documents through /proc/self/clear_refs (Linux).
+
+`--legibility` instead reads a page of 10.5-pt text scaled to lower and lower dpi and prints how
+much of the text comes back at each: where OCR_MIN_DPI comes from.
 """
 
 import argparse
+import difflib
 import io
 import random
 import time
@@ -15,8 +19,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from service.budget import rss_mb
+from service.ocr.config import TESSERACT_LANGS, get_ocr_settings
 from service.ocr.schemas import OcrOptions
-from service.ocr.service import ocr_upload
+from service.ocr.service import engine_item, ocr_upload
 from service.registry import get_registry
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
@@ -97,11 +102,27 @@ def _measure(name: str, make: Callable[[], bytes], lang: str) -> None:
     )
 
 
+def legibility(lang: str) -> None:
+    """Similarity of the text read to the text printed, for a 150 dpi page scaled down."""
+    page, truth = letter_page(12), " ".join(page_lines(12))
+    with get_registry().use(engine_item(TESSERACT_LANGS[lang], get_ocr_settings())) as engine:
+        for dpi in (150, 100, 75, 60, 50, 40):
+            scale = dpi / 150
+            scaled = page.resize((round(page.width * scale), round(page.height * scale)), Image.LANCZOS)
+            text = " ".join(engine.recognize(scaled).text.split())
+            similarity = difflib.SequenceMatcher(None, text, truth).ratio()
+            print(f"{dpi:4d} dpi  {similarity:6.1%} similar to the text printed ({len(text)} chars)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pages", type=int, default=20, help="pages of the PDF")
     parser.add_argument("--lang", default="es")
+    parser.add_argument("--legibility", action="store_true", help="text read vs dpi, nothing else")
     args = parser.parse_args()
+    if args.legibility:
+        legibility(args.lang)
+        return
     print(f"baseline rss {rss_mb():.1f} MB (imports done)")
     _measure("warm-up (engine load)", lambda: encode(Image.new("L", (64, 64), 255), "PNG"), args.lang)
     print(f"registry: {get_registry().snapshot()}")

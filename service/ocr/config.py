@@ -33,7 +33,7 @@ class OcrSettings(BaseSettings):
     page_pixels: int = Field(default=2_250_000, ge=10_000)
     dpi: int = Field(default=150, ge=36, le=600)
     # A page that fits OCR_PAGE_PIXELS only below this dpi is refused (413) rather than read as
-    # blank: 10.5-pt text came out 100 % right at 75 dpi, 93 % at 60 and 18 % at 50 (MEMORY.md).
+    # blank: 10.5-pt text read back 100 % similar at 75 dpi, 93 % at 60 and 18 % at 50 (MEMORY.md).
     min_dpi: int = Field(default=60, ge=1, le=600)
     # Rendered pages waiting for recognition: 1 lets the next page render while one is read.
     render_queue: int = Field(default=1, ge=1, le=4)

@@ -37,7 +37,7 @@ def session_options(num_threads: int) -> ort.SessionOptions:
     return options
 
 
-def run_options() -> ort.RunOptions:
+def run_options(cpu_arena: bool = True) -> ort.RunOptions:
     """Each call gives its activations back to the system when it ends.
 
     Without it onnxruntime's CPU arena keeps the largest call's working memory for good (RSS
@@ -46,7 +46,8 @@ def run_options() -> ort.RunOptions:
     ~200 MB after every call, for 0-6 % more CPU time per call (MEMORY.md).
     """
     options = ort.RunOptions()
-    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    if cpu_arena:  # onnxruntime refuses to shrink an arena that does not exist
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     return options
 
 
@@ -60,12 +61,11 @@ class OnnxModel:
         self.tokenizer = Tokenizer.from_file(str(model_dir / manifest["tokenizer_file"]))
         self.tokenizer.enable_truncation(manifest["max_length"])
         self.tokenizer.enable_padding(pad_id=manifest["pad_token_id"], pad_token=manifest["pad_token"])
+        options = session_options(num_threads)
         self.session = ort.InferenceSession(
-            str(model_dir / manifest["model_file"]),
-            session_options(num_threads),
-            providers=onnx_providers(get_settings().use_gpu),
+            str(model_dir / manifest["model_file"]), options, providers=onnx_providers(get_settings().use_gpu)
         )
-        self.run_options = run_options()
+        self.run_options = run_options(options.enable_cpu_mem_arena)
         self.input_names = {node.name for node in self.session.get_inputs()}
         # A converted BERTweet tokenizer can emit ids past the model's vocab where the original
         # tokenizer gives <unk> (service/export/tokenizer.py): map them back to <unk>.
