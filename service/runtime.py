@@ -18,8 +18,7 @@ _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 # Blocks of 1 MB and more are mmapped and unmapped when freed. glibc's default threshold rises
 # with every large block freed (up to 32 MB), after which model activations land in the heap and
-# stay there: measured at RoBERTuito scale, RSS after a call of 32 long texts stayed at 328 MB
-# instead of returning to 199 MB.
+# stay there instead of going back when a call ends (MEMORY.md, "Working memory").
 MMAP_THRESHOLD_BYTES = 1 << 20
 _libc = None
 
