@@ -3,8 +3,9 @@
 Everything heavy (each (task, lang) model, the OCR engine) is a `Loadable`. It is loaded on
 first use, never at import or startup, exactly once even when the first requests arrive
 together. Before a load the registry checks that current RSS plus the item's cost fits the
-budget; if not it unloads the least recently used idle items, and if that cannot make room it
-refuses with `OverBudget` rather than letting the kernel's OOM killer end the process.
+budget; if not it unloads the least recently used idle items; if that cannot make room yet it waits
+a little for items in use and running work to be given back, then refuses with `OverBudget`
+rather than letting the kernel's OOM killer end the process.
 An item's cost is measured as the RSS it added when it loaded, and remembered for reloads;
 before its first load its `estimate_mb()` (from file sizes) stands in.
 """
@@ -12,6 +13,7 @@ before its first load its `estimate_mb()` (from file sizes) stands in.
 import gc
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -73,6 +75,9 @@ class Registry:
         # to finish before it is refused: their memory is coming back, so a 503 would be early.
         self.admission_wait_s = admission_wait_s
         self._released = threading.Condition(self._lock)
+        # Callers waiting for room, first come first served: without an order, a stream of small
+        # batches would take every MB given back and starve a large OCR request (seen in the soak).
+        self._queue: deque[object] = deque()
 
     @contextmanager
     def use(self, item: Loadable) -> Iterator[Any]:
@@ -92,7 +97,7 @@ class Registry:
             if entry is not None:
                 entry.in_use += 1
                 return entry
-        return self._when_room(lambda: self._load(item))
+        return self._when_room(lambda: self._load(item), f"loading {item.key}")
 
     def _load(self, item: Loadable) -> _Entry:
         """Load `item` under the load lock, once room is made for it; OverBudget if none can be."""
@@ -146,7 +151,7 @@ class Registry:
             with self._lock:
                 self._reserved_mb += need_mb
 
-        self._when_room(admit)
+        self._when_room(admit, what)
         try:
             yield
         finally:
@@ -154,25 +159,45 @@ class Registry:
                 self._reserved_mb -= need_mb
                 self._released.notify_all()
 
-    def _when_room(self, attempt: Callable[[], T]) -> T:
-        """Run `attempt` under the load lock; while it finds no room (OverBudget) but running work
-        or held items will be given back, wait for them, up to `admission_wait_s`, then refuse.
+    def _when_room(self, attempt: Callable[[], T], what: str) -> T:
+        """Run `attempt` under the load lock, in arrival order; while it finds no room (OverBudget)
+        but running work or held items will be given back, wait for them, up to
+        `admission_wait_s`, then refuse.
 
         A 503 would be early while memory is on its way back: a batch ends in a fraction of a
         second, and an item in use becomes evictable when its request ends."""
         deadline = time.monotonic() + self.admission_wait_s
-        while True:
-            try:
-                with self._load_lock:
-                    return attempt()
-            except OverBudget:
+        turn = object()
+        with self._lock:
+            self._queue.append(turn)
+        try:
+            while True:
                 with self._lock:
-                    left = deadline - time.monotonic()
-                    busy = self._reserved_mb > 0 or any(e.in_use for e in self._entries.values())
-                    if left <= 0 or not busy:
-                        self.counters["refusals"] += 1
-                        raise
-                    self._released.wait(timeout=left)
+                    while self._queue[0] is not turn:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            self.counters["refusals"] += 1
+                            raise OverBudget(
+                                f"{what} waited {self.admission_wait_s:.0f} s behind other work for "
+                                "memory; retry shortly",
+                                waiting=len(self._queue) - 1,
+                            )
+                        self._released.wait(timeout=left)
+                try:
+                    with self._load_lock:
+                        return attempt()
+                except OverBudget:
+                    with self._lock:
+                        left = deadline - time.monotonic()
+                        busy = self._reserved_mb > 0 or any(e.in_use for e in self._entries.values())
+                        if left <= 0 or not busy:
+                            self.counters["refusals"] += 1
+                            raise
+                        self._released.wait(timeout=left)
+        finally:
+            with self._lock:
+                self._queue.remove(turn)
+                self._released.notify_all()  # the next in line may go
 
     @property
     def reserved_mb(self) -> float:

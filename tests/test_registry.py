@@ -229,3 +229,29 @@ def test_a_load_is_refused_at_once_when_nothing_will_be_given_back():
     with pytest.raises(OverBudget), registry.use(item("m", memory, 100)):
         pass
     assert time.monotonic() - started < 1
+
+
+def test_large_work_is_not_starved_by_a_stream_of_small_work():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=3)  # 180 MB above the base
+    stop = threading.Event()
+
+    def small_work() -> None:  # two of these overlap, so some small work is always running
+        while not stop.is_set():
+            with registry.reserve(50, "a batch"):
+                time.sleep(0.02)
+
+    workers = [threading.Thread(target=small_work) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(0.1)
+        started = time.monotonic()
+        with registry.reserve(150, "a 12 MP photo"):  # fits only once no batch is running
+            waited = time.monotonic() - started
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert waited < 1, waited  # first come, first served: the batches behind it wait their turn
+    assert registry.counters["refusals"] == 0

@@ -1,16 +1,16 @@
-"""INT8 recipes: how each kind of weight of an fp32 ONNX graph is stored in 8 bits.
+"""INT8 recipes: how each kind of weight of an fp32 ONNX graph is stored in 8 (or 4) bits.
 
 All are calibration-free. Three storage schemes are mixed per kind of node:
 - dynamic INT8 (optimum's ORTQuantizer, MatMulInteger): weights and activations in int8, the
   activations quantized per tensor at run time. Fastest, but the FFN matmuls lose the most
   accuracy that way (measured role by role: docs/int8-recipes.md).
 - weight-only 8-bit (onnxruntime's MatMulNBits, blocks of 128 along K, accuracy_level 4): int8
-  weights, activations quantized per block and row inside the kernel; accurate, slower.
+  weights, activations quantized per block and row inside the kernel; accurate, slower. The same
+  kernel takes 4-bit blocks: half the bytes again, at some accuracy.
 - embeddings: ORTQuantizer's Gather (one scale for the whole table) or GatherBlockQuantized with
   uint8 blocks of 128 along the hidden axis (written here: onnxruntime's tool writes only 4 bits).
-`python -m service.export.recipes` measures every recipe (docs/int8-recipes.md). DEFAULT_RECIPE,
-mixed-attention, is the fastest that keeps the accuracy gate: dynamic INT8 where it is harmless
-(attention projections), weight-only 8-bit on the FFN, 8-bit blocks for the embeddings.
+`python -m service.export.recipes` measures every recipe (docs/int8-recipes.md). DEFAULT_RECIPE
+says which one is used and why.
 """
 
 import logging
@@ -31,6 +31,7 @@ _MS_DOMAIN = "com.microsoft"
 ALL_MATMULS = r"MatMul$"
 ATTENTION = r"attention/(self/(query|key|value)|output/dense)/MatMul$"
 QKV = r"attention/self/(query|key|value)/MatMul$"
+FFN = r"(intermediate|layer\.\d+/output)/dense/MatMul$"
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class Recipe:
     per_channel: bool = True
     reduce_range: bool = False
     dynamic: str | None = ALL_MATMULS  # regex of the MatMul node names quantized dynamically
-    weight_only: bool = False  # the other constant-weight MatMuls: MatMulNBits 8-bit
+    weight_only: bool = False  # the other constant-weight MatMuls: MatMulNBits 8-bit...
+    four_bit: str | None = None  # ...but 4-bit for the MatMul node names this regex matches
     embeddings: str = "per-tensor"  # or "blockwise"
 
 
@@ -59,6 +61,20 @@ RECIPES: dict[str, Recipe] = {
     ),
     "weight-only-emb-per-tensor": Recipe(
         "every MatMul weight-only 8-bit, per-tensor embeddings", dynamic=None, weight_only=True
+    ),
+    "weight-only-4bit-ffn": Recipe(
+        "FFN MatMuls weight-only 4-bit, the other MatMuls 8-bit, blockwise 8-bit embeddings",
+        dynamic=None,
+        weight_only=True,
+        four_bit=FFN,
+        embeddings="blockwise",
+    ),
+    "weight-only-4bit": Recipe(
+        "every MatMul weight-only 4-bit, blockwise 8-bit embeddings",
+        dynamic=None,
+        weight_only=True,
+        four_bit=ALL_MATMULS,
+        embeddings="blockwise",
     ),
     "mixed-attention": Recipe(
         "dynamic vnni per-channel on attention q/k/v/output, weight-only 8-bit FFN, blockwise embeddings",
@@ -88,7 +104,9 @@ def quantize(fp32: Path, out: Path, recipe: Recipe) -> Path:
     """Write the INT8 graph of `fp32` to `out` (optimum's intermediate files stay in a temp dir)."""
     model = _dynamic(fp32, recipe) if recipe.dynamic or recipe.embeddings == "per-tensor" else onnx.load(fp32)
     if recipe.weight_only:
-        model = _weight_only(model)
+        if recipe.four_bit:
+            model = _weight_only(model, 4, recipe.four_bit)
+        model = _weight_only(model, 8)
     if recipe.embeddings == "blockwise":
         quantize_embeddings(model)
     # Weights beside the graph: measured at RoBERTuito scale, load peak 191 -> 115 MB and
@@ -122,13 +140,21 @@ def _dynamic(fp32: Path, recipe: Recipe) -> onnx.ModelProto:
         return onnx.load(next(Path(tmp).glob("*_quantized.onnx")))
 
 
-def _weight_only(model: onnx.ModelProto) -> onnx.ModelProto:
+def _weight_only(model: onnx.ModelProto, bits: int, names: str = ALL_MATMULS) -> onnx.ModelProto:
+    """MatMuls whose name matches `names` (and are still MatMuls) -> MatMulNBits of `bits`."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     # The module configures the root logger at INFO on import and logs every node.
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    pattern = re.compile(names)
+    included = [n.name for n in model.graph.node if n.op_type == "MatMul" and pattern.search(n.name)]
     quantizer = MatMulNBitsQuantizer(
-        model, bits=8, block_size=BLOCK_SIZE, accuracy_level=ACCURACY_LEVEL, op_types_to_quantize=("MatMul",)
+        model,
+        bits=bits,
+        block_size=BLOCK_SIZE,
+        accuracy_level=ACCURACY_LEVEL,
+        nodes_to_include=included,
+        op_types_to_quantize=("MatMul",),
     )
     quantizer.process()
     return quantizer.model.model
