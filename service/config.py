@@ -62,6 +62,10 @@ class Settings(BaseSettings):
 
     memory_budget_mb: int | None = Field(default=None, gt=0)
     memory_margin_mb: int = Field(default=32, ge=0)
+    # How long work or a load that does not fit yet waits in line for memory before a 503: one
+    # batch of long texts takes seconds on a fraction of a CPU, and the line is first come, first
+    # served, so a wait includes the turns of those ahead.
+    admission_wait_s: float = Field(default=30, ge=0, le=600)
     # Unset: derived from the cores the process may use (service/hardware.py); these four too.
     num_threads: int | None = Field(default=None, ge=1, le=64)
     use_gpu: bool = False

@@ -55,7 +55,7 @@ class Registry:
         budget: Budget,
         rss: Callable[[], float] = rss_mb,
         failure_ttl_s: float = 30.0,
-        admission_wait_s: float = 10.0,
+        admission_wait_s: float = 30.0,
     ) -> None:
         self.budget = budget
         self._rss = rss
@@ -71,8 +71,8 @@ class Registry:
         self.failure_ttl_s = failure_ttl_s
         self._failures: dict[str, tuple[float, Exception]] = {}
         self._reserved_mb = 0.0  # working memory admitted to requests still running
-        # Work that does not fit while other requests hold reservations waits this long for them
-        # to finish before it is refused: their memory is coming back, so a 503 would be early.
+        # Work that does not fit while other requests hold memory waits this long (ADMISSION_WAIT_S)
+        # for it before it is refused: that memory is coming back, so a 503 would be early.
         self.admission_wait_s = admission_wait_s
         self._released = threading.Condition(self._lock)
         # Callers waiting for room, first come first served: without an order, a stream of small
@@ -289,4 +289,5 @@ class Registry:
 def get_registry() -> Registry:
     """The process's one registry, with the budget decided from settings and the cgroup."""
     settings = get_settings()
-    return Registry(detect_budget(settings.memory_budget_mb, settings.memory_margin_mb))
+    budget = detect_budget(settings.memory_budget_mb, settings.memory_margin_mb)
+    return Registry(budget, admission_wait_s=settings.admission_wait_s)
