@@ -243,6 +243,7 @@ def test_budget_refuses_a_request_that_cannot_fit(
     registry = get_registry()
     # 10 MB of headroom: a 1275x1650 page needs ~30 MB of working memory.
     monkeypatch.setattr(registry, "budget", Budget(limit_mb=rss_mb() + 10, source="test", margin_mb=0))
+    monkeypatch.setattr(registry, "admission_wait_s", 0.5)  # nothing running will make room
     response = post(client, page, lang="en")
     error = assert_error(response, 503, "over_memory_budget")
     assert int(response.headers["Retry-After"]) > 0 and error["needed_mb"] > error["headroom_mb"]
