@@ -31,7 +31,6 @@ _MS_DOMAIN = "com.microsoft"
 ALL_MATMULS = r"MatMul$"
 ATTENTION = r"attention/(self/(query|key|value)|output/dense)/MatMul$"
 QKV = r"attention/self/(query|key|value)/MatMul$"
-FFN = r"(intermediate|layer\.\d+/output)/dense/MatMul$"
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,8 @@ class Recipe:
     per_channel: bool = True
     reduce_range: bool = False
     dynamic: str | None = ALL_MATMULS  # regex of the MatMul node names quantized dynamically
-    weight_only: bool = False  # the other constant-weight MatMuls: MatMulNBits 8-bit...
-    four_bit: str | None = None  # ...but 4-bit for the MatMul node names this regex matches
+    weight_only: bool = False  # the other constant-weight MatMuls: MatMulNBits...
+    weight_bits: int = 8  # ...of this many bits
     embeddings: str = "per-tensor"  # or "blockwise"
 
 
@@ -62,18 +61,11 @@ RECIPES: dict[str, Recipe] = {
     "weight-only-emb-per-tensor": Recipe(
         "every MatMul weight-only 8-bit, per-tensor embeddings", dynamic=None, weight_only=True
     ),
-    "weight-only-4bit-ffn": Recipe(
-        "FFN MatMuls weight-only 4-bit, the other MatMuls 8-bit, blockwise 8-bit embeddings",
-        dynamic=None,
-        weight_only=True,
-        four_bit=FFN,
-        embeddings="blockwise",
-    ),
     "weight-only-4bit": Recipe(
         "every MatMul weight-only 4-bit, blockwise 8-bit embeddings",
         dynamic=None,
         weight_only=True,
-        four_bit=ALL_MATMULS,
+        weight_bits=4,
         embeddings="blockwise",
     ),
     "mixed-attention": Recipe(
@@ -104,9 +96,7 @@ def quantize(fp32: Path, out: Path, recipe: Recipe) -> Path:
     """Write the INT8 graph of `fp32` to `out` (optimum's intermediate files stay in a temp dir)."""
     model = _dynamic(fp32, recipe) if recipe.dynamic or recipe.embeddings == "per-tensor" else onnx.load(fp32)
     if recipe.weight_only:
-        if recipe.four_bit:
-            model = _weight_only(model, 4, recipe.four_bit)
-        model = _weight_only(model, 8)
+        model = _weight_only(model, recipe.weight_bits)
     if recipe.embeddings == "blockwise":
         quantize_embeddings(model)
     # Weights beside the graph: measured at RoBERTuito scale, load peak 191 -> 115 MB and
@@ -140,20 +130,16 @@ def _dynamic(fp32: Path, recipe: Recipe) -> onnx.ModelProto:
         return onnx.load(next(Path(tmp).glob("*_quantized.onnx")))
 
 
-def _weight_only(model: onnx.ModelProto, bits: int, names: str = ALL_MATMULS) -> onnx.ModelProto:
-    """MatMuls whose name matches `names` (and are still MatMuls) -> MatMulNBits of `bits`."""
+def _weight_only(model: onnx.ModelProto, bits: int) -> onnx.ModelProto:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     # The module configures the root logger at INFO on import and logs every node.
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    pattern = re.compile(names)
-    included = [n.name for n in model.graph.node if n.op_type == "MatMul" and pattern.search(n.name)]
     quantizer = MatMulNBitsQuantizer(
         model,
         bits=bits,
         block_size=BLOCK_SIZE,
         accuracy_level=ACCURACY_LEVEL,
-        nodes_to_include=included,
         op_types_to_quantize=("MatMul",),
     )
     quantizer.process()
