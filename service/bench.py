@@ -398,7 +398,7 @@ def ocr(server: Server, data: bytes, content_type: str, **fields: str) -> dict[s
 def measure_ocr(env: dict[str, str], port: int, requests: int, cpus: int | None) -> dict[str, float]:
     """The sentiment model and OCR in one server: RSS after mixed requests, then OCR peaks."""
     # Imported here: PIL and the page generators are needed by this measurement only.
-    from service.ocr.bench import encode, letter_page, pdf_of, photo_12mp
+    from service.ocr.documents import encode, letter_page, pdf_of, photo_12mp
 
     rng = random.Random(0)
     page = encode(letter_page(), "PNG")
@@ -439,27 +439,6 @@ def measure_ocr(env: dict[str, str], port: int, requests: int, cpus: int | None)
         server.stop()
 
 
-def export(source: Path, out: Path) -> Path:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.export",
-            "--task",
-            "sentiment",
-            "--lang",
-            "es",
-            "--source",
-            str(source),
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        check=True,
-    )
-    return out
-
-
 def print_table(results: dict[str, dict[str, float]]) -> None:
     backends = list(results)
     print(f"{'metric':<22}" + "".join(f"{b:>12}" for b in backends))
@@ -492,7 +471,13 @@ def main() -> None:
         if "torch" in args.backends or not args.onnx:
             models["torch"] = args.source or build_random_model(SHAPE, Path(work) / "robertuito-random")
         if "onnx" in args.backends:
-            models["onnx"] = args.onnx or export(models["torch"], Path(work) / "onnx")
+            if args.onnx:
+                models["onnx"] = args.onnx
+            else:  # the export stack is imported only when it is needed
+                from service.export.build import export_model
+
+                models["onnx"] = Path(work) / "onnx"
+                export_model("sentiment", "es", str(models["torch"]), models["onnx"])
         if args.concurrency or args.bulk or args.ocr:
             throughput(args, models, Path(work))
             return

@@ -10,69 +10,18 @@ much of the text comes back at each: where OCR_MIN_DPI comes from.
 
 import argparse
 import difflib
-import io
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from service.budget import rss_mb
 from service.ocr.config import TESSERACT_LANGS, get_ocr_settings
+from service.ocr.documents import encode, letter_page, page_lines, pdf_of, photo_12mp
 from service.ocr.schemas import OcrOptions
 from service.ocr.service import engine_item, ocr_upload
 from service.registry import get_registry
-
-DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-TEXT = (
-    "el informe trimestral muestra que las ventas crecieron un doce por ciento en marzo gracias a "
-    "la campaña de primavera aunque los costes de envío subieron y varios clientes pidieron más plazo "
-    "para pagar sus facturas según explicó ayer la directora financiera de la compañía"
-)
-
-
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(str(DEJAVU), size) if DEJAVU.is_file() else ImageFont.load_default(size=size)
-
-
-def page_lines(count: int, seed: int = 0) -> list[str]:
-    """Lines of ~75 characters of Spanish words in a varied order, like running text."""
-    lines, words = [], iter(random.Random(seed).choices(TEXT.split(), k=count * 20))
-    for _ in range(count):
-        line = next(words)
-        while len(line) < 70:
-            line += " " + next(words)
-        lines.append(line)
-    return lines
-
-
-def letter_page(lines: int = 36, seed: int = 0) -> Image.Image:
-    """A 150 dpi US-letter page (1275x1650) of 10-11 pt text."""
-    page = Image.new("L", (1275, 1650), 255)
-    draw = ImageDraw.Draw(page)
-    font = _font(22)
-    for index, line in enumerate(page_lines(lines, seed)):
-        draw.text((90, 90 + index * 40), line, font=font, fill=0)
-    return page
-
-
-def photo_12mp() -> Image.Image:
-    """A 4000x3000 photo-like image: a noisy, tinted background with a printed block in it."""
-    photo = Image.merge("RGB", [Image.effect_noise((4000, 3000), 25 + 5 * band) for band in range(3)])
-    photo.paste(letter_page(18).resize((2550, 1650)).convert("RGB"), (700, 700))
-    return photo
-
-
-def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def pdf_of(pages: list[Image.Image]) -> bytes:
-    """A 150 dpi PDF of the pages, one image each (as a scanner writes it)."""
-    return encode(pages[0], "PDF", resolution=150, save_all=True, append_images=pages[1:])
 
 
 def _reset_peak() -> None:

@@ -1,14 +1,14 @@
 """Test documents with known text, made on the fly: images, PDFs and broken files."""
 
-import io
-import struct
-import zlib
-from pathlib import Path
-
 import pytest
-from PIL import Image, ImageDraw, ImageFont
 
-DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # Debian's fonts-dejavu-core
+# The generators shared with the benchmarks, re-exported for the tests that import them from here.
+from service.ocr.documents import DEJAVU as DEJAVU
+from service.ocr.documents import encode as encode
+from service.ocr.documents import font as font
+from service.ocr.documents import pdf_of as pdf_of
+from service.ocr.documents import png_header_only as png_header_only
+from service.ocr.documents import text_page as text_page
 
 SPANISH = [
     "El señor Muñoz compró tres árboles frutales.",
@@ -27,35 +27,6 @@ needs_dejavu = pytest.mark.skipif(
 )
 
 
-def font(size: int = 28) -> ImageFont.FreeTypeFont:
-    """DejaVu Sans when installed, else the TrueType font Pillow embeds (ASCII glyphs only)."""
-    if DEJAVU.is_file():
-        return ImageFont.truetype(str(DEJAVU), size)
-    return ImageFont.load_default(size=size)
-
-
-def text_page(lines: list[str], size: tuple[int, int] = (1275, 260), font_size: int = 28) -> Image.Image:
-    """Black text on white, ~11 pt at 150 dpi by default."""
-    image = Image.new("L", size, 255)
-    draw = ImageDraw.Draw(image)
-    face = font(font_size)
-    for index, line in enumerate(lines):
-        draw.text((60, 40 + index * int(font_size * 1.8)), line, font=face, fill=0)
-    return image
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def pdf_of(pages: list[Image.Image], dpi: float = 150) -> bytes:
-    buffer = io.BytesIO()
-    pages[0].save(buffer, "PDF", resolution=dpi, save_all=True, append_images=pages[1:])
-    return buffer.getvalue()
-
-
 def cer(expected: str, actual: str) -> float:
     """Character error rate: edit distance over the expected length, whitespace collapsed."""
     a, b = " ".join(expected.split()), " ".join(actual.split())
@@ -66,21 +37,6 @@ def cer(expected: str, actual: str) -> float:
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
         previous = current
     return previous[-1] / max(len(a), 1)
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG declaring width x height 8-bit gray pixels, with almost no data: a bomb's header."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def pdf_from_objects(objects: list[bytes], trailer: bytes = b"") -> bytes:

@@ -16,7 +16,6 @@ The figures go to SOAK_REPORT (JSON, default soak-report.json in the test's tmp 
 printed; MEMORY.md records them.
 """
 
-import io
 import json
 import os
 import random
@@ -169,9 +168,7 @@ def photo_12mp() -> bytes:
     face = font(90)
     for index, line in enumerate(SPANISH + ENGLISH):
         draw.text((200, 300 + index * 200), line, font=face, fill=(10, 10, 10))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()
+    return encode(image, "JPEG", quality=85)
 
 
 def bulk_csv(rows: int) -> bytes:

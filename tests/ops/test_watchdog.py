@@ -162,7 +162,8 @@ def test_refusal_ends_halfway_back_to_the_soft_limit(collections):
             watchdog.release()
 
 
-def test_recycling_waits_for_the_work_in_flight_and_happens_once(collections):
+def over_the_hard_limit() -> tuple[Watchdog, list[float], list[float]]:
+    """A watchdog at 195 MB (hard limit 190) that records recycles, on a clock the test moves."""
     memory = Memory()
     memory.leaked.append(bytearray(135 * MB))  # 195 MB
     recycled: list[float] = []
@@ -175,6 +176,11 @@ def test_recycling_waits_for_the_work_in_flight_and_happens_once(collections):
         min_uptime_s=60,
         clock=lambda: now[0],
     )
+    return watchdog, recycled, now
+
+
+def test_recycling_waits_for_the_work_in_flight_and_happens_once(collections):
+    watchdog, recycled, now = over_the_hard_limit()
     assert watchdog.admit()  # a request in flight when the limit is reached
     watchdog.check()
     assert watchdog.refusing and not watchdog.admit()
@@ -190,18 +196,7 @@ def test_recycling_waits_for_the_work_in_flight_and_happens_once(collections):
 
 def test_a_young_worker_is_not_recycled(collections):
     """A worker over the hard limit right after it started would be over it again after a restart."""
-    memory = Memory()
-    memory.leaked.append(bytearray(135 * MB))
-    recycled: list[float] = []
-    now = [0.0]
-    watchdog = Watchdog(
-        Limits(BUDGET_MB, 170, 190),
-        evict_idle=lambda until_mb, min_idle_s: [],
-        rss=memory.rss,
-        recycle=lambda: recycled.append(memory.rss()),
-        min_uptime_s=60,
-        clock=lambda: now[0],
-    )
+    watchdog, recycled, now = over_the_hard_limit()
     for now[0] in (1, 30, 59):
         watchdog.check()
     assert watchdog.refusing and recycled == []

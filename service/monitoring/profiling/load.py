@@ -6,25 +6,16 @@ OCR files) generated images and PDFs, some of them broken or decompression bombs
 """
 
 import http.client
-import io
 import json
 import random
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from service.bench import multipart
-
-if TYPE_CHECKING:  # Pillow is imported only when OCR calls are asked for
-    from PIL.Image import Image
-    from PIL.ImageFont import FreeTypeFont, ImageFont
 
 SPANISH = [
     "¡Qué buen día hace hoy! 😍",
@@ -48,7 +39,6 @@ ENGLISH = [
     "Not sure how I feel about the new update",
     "Thanks everyone for the birthday wishes! 🎂",
 ]
-DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # Debian's fonts-dejavu-core
 
 
 @dataclass(frozen=True)
@@ -126,54 +116,17 @@ OPS = [
 ]
 
 
-def _font(size: int) -> "FreeTypeFont | ImageFont":
-    from PIL import ImageFont
-
-    return ImageFont.truetype(str(DEJAVU), size) if DEJAVU.is_file() else ImageFont.load_default(size=size)
-
-
-def _page(lines: list[str], size: tuple[int, int] = (1275, 420)) -> "Image":
-    from PIL import Image, ImageDraw
-
-    image = Image.new("L", size, 255)
-    draw = ImageDraw.Draw(image)
-    for index, line in enumerate(lines):
-        draw.text((60, 40 + index * 50), line, font=_font(28), fill=0)
-    return image
-
-
-def _encoded(image: "Image", fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def _png_bomb() -> bytes:
-    """A PNG header declaring 40000 x 40000 pixels with almost no data behind it."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", 40_000, 40_000, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 def _ocr_documents() -> list[tuple[str, str, str, bytes]]:
     """(name, lang, content type, bytes), cycled through by the OCR calls."""
-    es, en = _page(SPANISH[:6]), _page(ENGLISH[:6])
-    png = _encoded(es, "PNG")
-    pdf = io.BytesIO()
-    es.save(pdf, "PDF", resolution=150, save_all=True, append_images=[en])
+    from service.ocr.documents import encode, pdf_of, png_header_only, text_page
+
+    es, en = text_page(SPANISH[:6], size=(1275, 420)), text_page(ENGLISH[:6], size=(1275, 420))
+    png = encode(es, "PNG")
     return [
         ("png_es", "es", "image/png", png),
-        ("jpeg_en", "en", "image/jpeg", _encoded(en, "JPEG", quality=85)),
-        ("pdf_2_pages", "es", "application/pdf", pdf.getvalue()),
-        ("png_bomb_header", "es", "image/png", _png_bomb()),
+        ("jpeg_en", "en", "image/jpeg", encode(en, "JPEG", quality=85)),
+        ("pdf_2_pages", "es", "application/pdf", pdf_of([es, en])),
+        ("png_bomb_header", "es", "image/png", png_header_only(40_000, 40_000)),
         ("truncated_png", "es", "image/png", png[: len(png) // 3]),
         ("not_an_image", "en", "image/png", random.Random(7).randbytes(50_000)),
     ]
