@@ -75,7 +75,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(parts) + r"\Z")
 
 
-def _filesystem_and_path(uri: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
+def filesystem_and_path(uri: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
     if filesystem is not None:
         return filesystem, uri
     if "://" not in uri:  # a local path, relative or not
@@ -95,7 +95,7 @@ def _listed(filesystem: pafs.FileSystem, base: str) -> list[str]:
 
 
 def _expand_one(uri: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, list[str]]:
-    fs, path = _filesystem_and_path(uri, filesystem)
+    fs, path = filesystem_and_path(uri, filesystem)
     if _GLOB_CHARS.search(path):
         parts = path.split("/")
         first = next(i for i, part in enumerate(parts) if _GLOB_CHARS.search(part))
@@ -110,6 +110,14 @@ def _expand_one(uri: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.File
     if info.type == pafs.FileType.File:
         return fs, [path]
     raise BadInput(f"--input {uri}: no such file or directory")
+
+
+def output_in_use(uri: str, filesystem: pafs.FileSystem | None = None) -> bool:
+    """Whether the output directory already holds files (a run would mix its rows with them)."""
+    fs, path = filesystem_and_path(uri, filesystem)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return False
+    return bool(fs.get_file_info(pafs.FileSelector(path, recursive=False)))
 
 
 def expand_inputs(

@@ -31,6 +31,7 @@ from service.scale.files import (
     RowReader,
     RowsDatasource,
     expand_inputs,
+    output_in_use,
 )
 from service.sentiment.bulk import BulkOptions, Row, analyze_chunk
 from service.sentiment.service import check_supported, model_item, onnx_dir_for
@@ -124,6 +125,8 @@ def score(options: ScoreOptions, address: str | None = None, num_cpus: int | Non
             f"--id-column {options.id_column!r} clashes with an output column {RESERVED_COLUMNS}"
         )
     model = model_dir(options, task, lang)
+    if not options.overwrite and output_in_use(options.output, options.filesystem):
+        raise ValueError(f"--output {options.output} already holds files; pass --overwrite to replace them")
     paths, filesystem, input_format = expand_inputs(options.inputs, options.filesystem, options.input_format)
     bulk = BulkOptions(text_column=options.text_column, id_column=options.id_column)
     reader = RowReader(input_format, bulk, settings.max_text_chars)
@@ -144,13 +147,17 @@ def score(options: ScoreOptions, address: str | None = None, num_cpus: int | Non
     )
     mode = SaveMode.OVERWRITE if options.overwrite else SaveMode.CREATE
     if options.output_format == "parquet":
-        dataset.write_parquet(options.output, min_rows_per_file=MIN_ROWS_PER_FILE, mode=mode)
+        dataset.write_parquet(
+            options.output, filesystem=options.filesystem, min_rows_per_file=MIN_ROWS_PER_FILE, mode=mode
+        )
     else:
         dataset.write_datasink(
-            JsonLinesDatasink(options.output, min_rows_per_file=MIN_ROWS_PER_FILE, mode=mode)
+            JsonLinesDatasink(
+                options.output, filesystem=options.filesystem, min_rows_per_file=MIN_ROWS_PER_FILE, mode=mode
+            )
         )
     seconds = time.perf_counter() - started
-    written = summarize(options.output, options.output_format)
+    written = summarize(options.output, options.output_format, options.filesystem)
     return {
         "input_files": len(paths),
         "format": input_format,
@@ -164,14 +171,17 @@ def score(options: ScoreOptions, address: str | None = None, num_cpus: int | Non
     }
 
 
-def summarize(output: str, output_format: OutputFormat) -> dict[str, Any]:
+def summarize(
+    output: str, output_format: OutputFormat, filesystem: pafs.FileSystem | None = None
+) -> dict[str, Any]:
     """Rows written and errors by code, read back from the output's `error` column."""
     if output_format == "parquet":
-        data = pads.dataset(output, format="parquet")
+        data = pads.dataset(output, format="parquet", filesystem=filesystem)
     else:
         schema = pa.schema([("error", ERROR_TYPE)])
         parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-        data = pads.dataset(output, format=pads.JsonFileFormat(parse_options=parse), schema=schema)
+        file_format = pads.JsonFileFormat(parse_options=parse)
+        data = pads.dataset(output, format=file_format, schema=schema, filesystem=filesystem)
     errors: dict[str, int] = {}
     rows = 0
     for batch in data.to_batches(columns=["error"]):

@@ -176,7 +176,7 @@ def test_cli_parquet_on_an_existing_cluster(ray_cluster, onnx_minilm, tmp_path):
     }
     # The output is not overwritten unless asked: a second run refuses before scoring anything.
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert again.returncode != 0
+    assert again.returncode == 2 and "already holds files; pass --overwrite" in again.stderr
 
 
 def test_cli_refuses_bad_inputs_before_starting_ray(tmp_path, onnx_minilm):
