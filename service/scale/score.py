@@ -37,6 +37,10 @@ from service.sentiment.bulk import BulkOptions, Row, analyze_chunk
 from service.sentiment.service import check_supported, model_item, onnx_dir_for
 
 RESERVED_COLUMNS = ("path", "row", "label", "probas", "error", "text")
+# Reading and writing hold no CPU of their own: they parse and write in microseconds per row what
+# the model takes milliseconds for, and a task waiting for a CPU that the actors hold would never run
+# on a cluster they fill (a 1-CPU one deadlocked so).
+IO_TASKS = {"num_cpus": 0}
 # Enough rows per output file that millions of rows make hundreds of files, not thousands.
 MIN_ROWS_PER_FILE = 100_000
 
@@ -136,7 +140,7 @@ def score(options: ScoreOptions, address: str | None = None, num_cpus: int | Non
 
     DataContext.get_current().execution_options.preserve_order = True  # output rows in input order
     started = time.perf_counter()
-    dataset = ray.data.read_datasource(RowsDatasource(paths, filesystem, reader)).map_batches(
+    dataset = ray.data.read_datasource(RowsDatasource(paths, filesystem, reader), **IO_TASKS).map_batches(
         Scorer,
         fn_constructor_kwargs={"task": task, "lang": lang},
         batch_size=options.batch_size,
@@ -148,13 +152,18 @@ def score(options: ScoreOptions, address: str | None = None, num_cpus: int | Non
     mode = SaveMode.OVERWRITE if options.overwrite else SaveMode.CREATE
     if options.output_format == "parquet":
         dataset.write_parquet(
-            options.output, filesystem=options.filesystem, min_rows_per_file=MIN_ROWS_PER_FILE, mode=mode
+            options.output,
+            filesystem=options.filesystem,
+            min_rows_per_file=MIN_ROWS_PER_FILE,
+            mode=mode,
+            ray_remote_args=IO_TASKS,
         )
     else:
         dataset.write_datasink(
             JsonLinesDatasink(
                 options.output, filesystem=options.filesystem, min_rows_per_file=MIN_ROWS_PER_FILE, mode=mode
-            )
+            ),
+            ray_remote_args=IO_TASKS,
         )
     seconds = time.perf_counter() - started
     written = summarize(options.output, options.output_format, options.filesystem)
