@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.monitoring.profiling.server import free_port, running_server
+from bench.profiling.server import free_port, running_server
 from tests.support import MINILM
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

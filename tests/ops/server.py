@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from service.bench import multipart as multipart  # re-exported for the ops tests
+from bench.serving import multipart as multipart  # re-exported for the ops tests
 from service.ocr.config import TESSERACT_LANGS
 from service.ocr.tessdata import resolve_tessdata
 from tests.support import ROOT

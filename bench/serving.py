@@ -1,9 +1,9 @@
 """Benchmark the backends side by side, each in its own fresh uvicorn server process.
 
-    python -m service.bench [--source DIR] [--requests 1000] [--backends onnx,torch]
-    python -m service.bench --concurrency 1,8,32 [--seconds 20] [--backends onnx]
-    python -m service.bench --bulk 1000,100000 [--backends onnx]
-    python -m service.bench --ocr 200 [--backends onnx]
+    python -m bench [--source DIR] [--requests 1000] [--backends onnx,torch]
+    python -m bench --concurrency 1,8,32 [--seconds 20] [--backends onnx]
+    python -m bench --bulk 1000,100000 [--backends onnx]
+    python -m bench --ocr 200 [--backends onnx]
 
 At RoBERTuito scale by default: a model with RoBERTuito's exact shape and real tokenizer
 (`../shared/models/robertuito-shape`) and random weights from a fixed seed, exported like a
@@ -398,7 +398,7 @@ def ocr(server: Server, data: bytes, content_type: str, **fields: str) -> dict[s
 def measure_ocr(env: dict[str, str], port: int, requests: int, cpus: int | None) -> dict[str, float]:
     """The sentiment model and OCR in one server: RSS after mixed requests, then OCR peaks."""
     # Imported here: PIL and the page generators are needed by this measurement only.
-    from service.ocr.documents import encode, letter_page, pdf_of, photo_12mp
+    from bench.documents import encode, letter_page, pdf_of, photo_12mp
 
     rng = random.Random(0)
     page = encode(letter_page(), "PNG")

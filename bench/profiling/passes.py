@@ -21,8 +21,8 @@ from typing import Any
 
 import psutil
 
-from service.monitoring.profiling import load, report
-from service.monitoring.profiling.server import Server, running_server
+from bench.profiling import load, report
+from bench.profiling.server import Server, running_server
 
 MB = 1024 * 1024
 SIGNAL_TIMEOUT_S = 180.0
