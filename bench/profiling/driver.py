@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.profiling import load, report
 from bench.profiling.passes import PassResult, Tracer, run_pass
-from bench.profiling.server import free_port, uvicorn_args
+from bench.server import free_port, uvicorn_args
 from service.config import get_settings
 
 MB = 1024 * 1024

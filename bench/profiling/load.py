@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from bench.serving import multipart
+from bench.server import multipart
 
 SPANISH = [
     "¡Qué buen día hace hoy! 😍",

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 
 from bench.profiling.load import Result
-from bench.profiling.server import ROOT
+from bench.server import ROOT
 
 MB = 1024 * 1024
 _PROFILER = Path(__file__).resolve().parent
