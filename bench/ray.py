@@ -20,7 +20,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,32 +31,12 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from bench.server import free_port, serve_args, server_env
+from bench.serving import SHORT, tweet
+
 ROOT = Path(__file__).resolve().parents[1]
 CGROUP_V1 = Path("/sys/fs/cgroup/cpuacct")
-SHORT = [
-    "me encanta este lugar 😍",
-    "odio los lunes",
-    "qué día tan bonito",
-    "@usuario jajaja no puede ser",
-    "el tren llega tarde otra vez",
-    "gracias por todo!!",
-    "#NoMásViolencia basta ya",
-    "no sé qué pensar de esto",
-]
-WORDS = ["el", "servicio", "de", "hoy", "fue", "lento", "pero", "la", "gente", "amable", "y", "la", "comida"]
-
-
-def tweet(rng: random.Random) -> str:
-    """A short tweet three times in four, else a long one (280 characters)."""
-    if rng.random() < 0.25:
-        return " ".join(rng.choice(WORDS) for _ in range(150))[:280]
-    return rng.choice(SHORT)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class Group:
@@ -92,46 +71,63 @@ class Group:
                 time.sleep(0.1)
 
 
-def _status(pid: int) -> tuple[str, float]:
-    """A process's command line (Ray sets `ray::<Actor>` as its title) and RSS in MB."""
+def _status(pid: int) -> tuple[str, float, float]:
+    """A process's command line (Ray sets `ray::<Actor>` as its title), RSS in MB and CPU seconds."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return cmdline, int(line.split()[1]) / 1024
-    except OSError:
+                return cmdline, int(line.split()[1]) / 1024, (int(stat[11]) + int(stat[12])) / CLOCK_TICKS
+    except (OSError, IndexError):
         pass
-    return "", 0.0
+    return "", 0.0, 0.0
 
 
 class Sampler:
-    """Highest RSS of the group's processes whose title holds `marker` (each one), and of the group."""
+    """Highest RSS of the group's processes whose title holds `marker` (each one), and of the group;
+    the CPU seconds those processes spent while it ran (all of it for those started meanwhile)."""
 
     def __init__(self, group: Group, marker: str) -> None:
         self.group = group
         self.marker = marker
         self.per_process: dict[int, float] = {}
+        self.cpu_start: dict[int, float] = {}
+        self.cpu_last: dict[int, float] = {}
         self.total_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        total = 0.0
+        for pid in self.group.pids():
+            title, rss, cpu = _status(pid)
+            total += rss
+            if self.marker in title:
+                self.per_process[pid] = max(self.per_process.get(pid, 0.0), rss)
+                self.cpu_start.setdefault(pid, 0.0)
+                self.cpu_last[pid] = cpu
+        self.total_mb = max(self.total_mb, total)
+
     def _run(self) -> None:
         while not self._stop.wait(0.25):
-            total = 0.0
-            for pid in self.group.pids():
-                title, rss = _status(pid)
-                total += rss
-                if self.marker and self.marker in title:
-                    self.per_process[pid] = max(self.per_process.get(pid, 0.0), rss)
-            self.total_mb = max(self.total_mb, total)
+            self._sample()
 
     def __enter__(self) -> "Sampler":
+        for pid in self.group.pids():  # processes already running count from now
+            title, _, cpu = _status(pid)
+            if self.marker in title:
+                self.cpu_start[pid] = cpu
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self.cpu_last[pid] - self.cpu_start[pid] for pid in self.cpu_last)
 
     def report(self) -> dict[str, Any]:
         return {
@@ -152,7 +148,7 @@ def started(command: list[str], cpus: int, env: dict[str, str], name: str) -> It
     process = subprocess.Popen(
         command,
         cwd=ROOT,
-        env={**os.environ, "MALLOC_ARENA_MAX": "2", **env},
+        env=server_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -173,11 +169,11 @@ def started(command: list[str], cpus: int, env: dict[str, str], name: str) -> It
         group.remove()
 
 
-def plain_server(port: int, cpus: int, model: Path, name: str):
-    """One uvicorn worker with start.sh's flags, NUM_THREADS = its cores."""
-    command = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--workers", "1", "--loop", "asyncio", "--http", "h11", "--no-access-log"]
-    env = {"MODEL_SENTIMENT_ES": str(model), "NUM_THREADS": str(cpus), "MEMORY_BUDGET_MB": "1024"}
+def plain_server(port: int, cpus: int, model: Path, name: str, threads: int | None = None):
+    """start.sh's server command on `cpus` cores, NUM_THREADS = `threads` (default: its cores)."""
+    threads = threads or cpus
+    command = [sys.executable, *serve_args(port)]
+    env = {"MODEL_SENTIMENT_ES": str(model), "NUM_THREADS": str(threads), "MEMORY_BUDGET_MB": "1024"}
     return started(command, cpus, env, name)
 
 
@@ -217,7 +213,7 @@ def bulk_plain(source: Path, rows: int, cpus: int, model: Path) -> dict[str, Any
         ).encode()
         body = head + source.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
-        with Sampler(group, "uvicorn") as sampler:
+        with Sampler(group, "main:app") as sampler:
             cpu_before, start = group.cpu_s(), time.perf_counter()
             connection.request(
                 "POST", "/analyze/file", body, {"content-type": f"multipart/form-data; boundary={boundary}"}
@@ -261,6 +257,7 @@ def bulk_ray(source: Path, rows: int, cpus: int, model: Path, work: Path) -> dic
     return {
         "rows_per_s": summary["rows_per_s"],
         "rows_per_cpu_s": round(rows / summary["cpu_s"], 1),
+        "rows_per_actor_cpu_s": round(rows / sampler.cpu_s, 1),
         "actors": cpus,
         **sampler.report(),
     }
@@ -327,6 +324,7 @@ def load(port: int, group: Group, clients: int, seconds: float, marker: str) -> 
     return {
         "requests_per_s": round(len(latencies) / wall, 1),
         "requests_per_cpu_s": round(len(latencies) / cpu, 1),
+        "requests_per_worker_cpu_s": round(len(latencies) / sampler.cpu_s, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 1),
         "p95_ms": round(latencies[int(len(latencies) * 0.95)] * 1000, 1),
         "refused": len(refused),
@@ -336,9 +334,9 @@ def load(port: int, group: Group, clients: int, seconds: float, marker: str) -> 
 
 def serve_plain(model: Path, clients: int, seconds: float) -> dict[str, Any]:
     port = free_port()
-    with plain_server(port, 2, model, "plain-serve") as (_, group):
+    with plain_server(port, 2, model, "plain-serve", threads=1) as (_, group):  # start.sh's NUM_THREADS
         wait_until(port)
-        return load(port, group, clients, seconds, "uvicorn")
+        return load(port, group, clients, seconds, "main:app")
 
 
 def serve_ray(model: Path, replicas: int, clients: int, seconds: float) -> dict[str, Any]:

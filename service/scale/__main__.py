@@ -8,6 +8,7 @@ for the plain server (MODEL_*, ONNX_DIR, MAX_TEXT_CHARS...) and are passed on to
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import get_args
 
 from service.config import LANGS, TASKS
@@ -27,8 +28,8 @@ def actor_range(text: str) -> tuple[int, int]:
     return pool
 
 
-def positive(kind: type) -> object:
-    def parse(text: str) -> float | int:
+def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
         value = kind(text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{text!r}: must be positive")

@@ -89,11 +89,12 @@ def start(options: ServeOptions) -> None:
 
 
 def run(options: ServeOptions) -> None:
-    """Deploy, then serve until SIGINT or SIGTERM, and take the deployment down."""
+    """Deploy, then serve until SIGINT or SIGTERM, and take this application down (only it: on a
+    shared cluster other Serve applications keep running; `serve deploy` leaves it up instead)."""
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     start(options)
     print(f"serving on http://{options.host}:{options.port} (Ctrl-C stops)", flush=True)
     stop.wait()
-    serve.shutdown()
+    serve.delete(APP_NAME)
