@@ -23,10 +23,9 @@ import pypdfium2.raw as pdfium_c
 from PIL import Image
 
 from service.exceptions import BadInput, TooLarge
-from service.ocr.config import OcrSettings
+from service.ocr.config import PAGES_PATTERN, OcrSettings
 from service.ocr.errors import EncryptedPdf, Undecodable
 
-PAGES_PATTERN = r"^\s*\d{1,6}(\s*-\s*\d{1,6})?(\s*,\s*\d{1,6}(\s*-\s*\d{1,6})?)*\s*$"
 _PDFIUM_LOCK = threading.Lock()
 _POLL_S = 0.05
 
