@@ -76,6 +76,7 @@ def open_image(data: bytes, kind: Kind, settings: OcrSettings) -> ImageFile.Imag
             height=height,
         )
     if kind == "jpeg":
+        image.info["coefficient_bytes"] = jpeg_coefficient_bytes(image)  # before draft() shrinks size
         image.draft("L", fit_within(image.size, settings.max_side))
     return image
 
@@ -86,11 +87,26 @@ def decoded_bytes(image: Image.Image) -> int:
     return width * height * bytes_per_pixel(image.mode)
 
 
+def jpeg_coefficient_bytes(image: Image.Image) -> int:
+    """A progressive JPEG's coefficient buffers, which libjpeg keeps whole whatever the scale it
+    decodes at: 2 bytes per coefficient, one per pixel of each component at its sampling."""
+    if image.format != "JPEG" or not image.info.get("progressive"):
+        return 0
+    layers = getattr(image, "layer", None) or []
+    if not layers:
+        return 0
+    h_max = max(layer[1] for layer in layers)
+    v_max = max(layer[2] for layer in layers)
+    width, height = image.size
+    per_pixel = sum(h * v for _, h, v, _ in layers) / (h_max * v_max)
+    return int(width * height * per_pixel * 2)
+
+
 def check_work(image: Image.Image, settings: OcrSettings) -> None:
     """Refuse, from the header, an image whose decode and gray copies alone pass OCR_WORK_MB.
 
     A cheap early answer only: the worker's memory cap is what bounds decoding whatever the header says."""
-    need = decoded_bytes(image) + 3 * image.size[0] * image.size[1]
+    need = decoded_bytes(image) + 3 * image.size[0] * image.size[1] + image.info.get("coefficient_bytes", 0)
     if need > settings.work_mb * 1024 * 1024:
         raise TooLarge(
             f"the image is {image.size[0]}x{image.size[1]} {image.mode}: decoding it takes "

@@ -15,7 +15,6 @@ import gc
 import json
 import resource
 import sys
-import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -112,7 +111,7 @@ class Worker:
         except MemoryError:
             message = _error(TooLarge(_over_work_mb(settings), limit_mb=settings.work_mb))
         except Exception as error:  # a decoder's own failure on a malformed file
-            traceback.print_exc()
+            print(f"ocr worker: {type(error).__name__}: {error}", file=sys.stderr)
             message = _error(Undecodable(f"the upload cannot be decoded: {type(error).__name__}: {error}"))
         finally:
             del data
