@@ -146,7 +146,8 @@ def self_drawing_form_pdf() -> bytes:
             b"/Resources << /XObject << /Fm 5 0 R >> >> >>",
             _stream(b"", b"/Fm Do"),
             _stream(
-                b"/Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << /XObject << /Fm 5 0 R >> >>",
+                b"/Type /XObject /Subtype /Form /BBox [0 0 612 792] "
+                b"/Resources << /XObject << /Fm 5 0 R >> >>",
                 b"/Fm Do",
             ),
         ]
