@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -105,7 +105,7 @@ class Registry:
             if entry is not None:
                 entry.in_use += 1
                 return entry
-        return self._when_room(lambda: self._load(item), f"loading {item.key}", (), self.admission_wait_s)
+        return self._when_room(lambda: self._load(item), f"loading {item.key}", None, self.admission_wait_s)
 
     def _load(self, item: Loadable) -> _Entry:
         """Load `item` under the load lock, once room is made for it; OverBudget if none can be."""
@@ -157,15 +157,13 @@ class Registry:
         return True
 
     @contextmanager
-    def reserve(
-        self, need_mb: float, what: str, holding: Collection[str] = (), wait: bool = True
-    ) -> Iterator[None]:
+    def reserve(self, need_mb: float, what: str, on: str | None = None, wait: bool = True) -> Iterator[None]:
         """Admit work needing `need_mb` of working memory (a batch, an image, PDF pages).
 
         Refused before any work starts: 413 if it could never fit the budget, 503 +
         Retry-After if it cannot fit in time, even after unloading idle items. Reservations of
         requests still running count as used, so concurrent requests cannot overbook.
-        `holding`: the items the work itself holds (its model), which waiting cannot free.
+        `on`: the item the work runs on (its model), which waiting cannot free.
         `wait=False`: one try, no waiting in line (the halves of a batch that already waited).
         """
         if need_mb > self.budget.usable_mb:
@@ -182,7 +180,7 @@ class Registry:
             with self._lock:
                 self._reserved_mb += need_mb
 
-        self._when_room(admit, what, holding, self.admission_wait_s if wait else 0.0)
+        self._when_room(admit, what, on, self.admission_wait_s if wait else 0.0)
         try:
             yield
         finally:
@@ -190,7 +188,7 @@ class Registry:
                 self._reserved_mb -= need_mb
                 self._released.notify_all()
 
-    def _when_room(self, attempt: Callable[[], T], what: str, holding: Collection[str], wait_s: float) -> T:
+    def _when_room(self, attempt: Callable[[], T], what: str, on: str | None, wait_s: float) -> T:
         """Run `attempt` under the load lock, in arrival order; while it finds no room (OverBudget)
         but running work or items held by others could give enough back, wait for them, up to
         `wait_s`, then refuse.
@@ -220,7 +218,7 @@ class Registry:
                 except OverBudget as refused:
                     with self._lock:
                         left = deadline - time.monotonic()
-                        coming_back = self._coming_back_mb(holding)
+                        coming_back = self._coming_back_mb(on)
                         if refused.details.get("short_by_mb", 0.0) > coming_back:
                             self.counters["refusals"] += 1
                             raise self._hopeless(what, refused) from None
@@ -233,9 +231,9 @@ class Registry:
                 self._queue.remove(turn)
                 self._released.notify_all()  # the next in line may go
 
-    def _coming_back_mb(self, holding: Collection[str]) -> float:
+    def _coming_back_mb(self, on: str | None) -> float:
         """Memory that running work and items in use by others will give back (lock held)."""
-        held_by_others = sum(e.cost_mb for e in self._entries.values() if e.in_use and e.key not in holding)
+        held_by_others = sum(e.cost_mb for e in self._entries.values() if e.in_use and e.key != on)
         return self._reserved_mb + held_by_others
 
     def _hopeless(self, what: str, refused: OverBudget) -> OverBudget:

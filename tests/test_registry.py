@@ -264,7 +264,7 @@ def test_work_for_a_model_that_fills_the_budget_is_refused_at_once():
     registry = Registry(Budget(512, "test", 32), rss=memory, admission_wait_s=30)
     with registry.use(item("sentiment:es", memory, 420)):
         started = time.monotonic()
-        with pytest.raises(OverBudget) as refused, registry.reserve(20, "a text", holding=("sentiment:es",)):
+        with pytest.raises(OverBudget) as refused, registry.reserve(20, "a text", on="sentiment:es"):
             pass
         assert time.monotonic() - started < 1
     error = refused.value
@@ -283,7 +283,7 @@ def test_work_waits_for_an_item_another_request_holds():
     other.__enter__()
     threading.Timer(0.2, lambda: other.__exit__(None, None, None)).start()
     started = time.monotonic()
-    with registry.reserve(120, "a batch", holding=("sentiment:es",)):
+    with registry.reserve(120, "a batch", on="sentiment:es"):
         assert 0.15 < time.monotonic() - started < 4
         assert not registry.is_loaded("ocr:spa")
 

@@ -8,7 +8,6 @@ The engine is released before sentiment runs, so the registry may unload it to f
 """
 
 import time
-from contextlib import AbstractContextManager
 from typing import Any
 
 from service.exceptions import BadInput
@@ -70,15 +69,12 @@ def engine_item(code: str, settings: OcrSettings) -> Loadable:
     return Loadable(key=f"ocr:{code}", load=load, estimate_mb=estimate_mb, describe=describe)
 
 
-def _engine(lang: str, settings: OcrSettings) -> AbstractContextManager[EngineHandle]:
-    return get_registry().use(engine_item(TESSERACT_LANGS[lang], settings))
-
-
 def _read(
     data: bytes, kind: str, options: OcrOptions, lang: str, settings: OcrSettings
 ) -> tuple[int, list[PageResult]]:
     what = "this image" if kind != "pdf" else "these PDF pages"
-    with _engine(lang, settings) as engine, get_registry().reserve(settings.work_mb, f"reading {what}"):
+    item, registry = engine_item(TESSERACT_LANGS[lang], settings), get_registry()
+    with registry.use(item) as engine, registry.reserve(settings.work_mb, f"reading {what}", on=item.key):
         page_count, pages = engine.worker.ocr(data, kind, options.pages, engine.code, settings)
     return page_count, [
         PageResult(

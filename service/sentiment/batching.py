@@ -86,9 +86,7 @@ def _call(analyzer: Analyzer, texts: list[str], registry: Registry, wait: bool =
     """One model call under a working-memory reservation; on a memory failure, its two halves,
     which take what fits now: the batch already waited its turn for memory once."""
     try:
-        with registry.reserve(
-            work_mb(texts), f"a batch of {len(texts)} texts", holding=(analyzer.key,), wait=wait
-        ):
+        with registry.reserve(work_mb(texts), f"a batch of {len(texts)} texts", on=analyzer.key, wait=wait):
             observe_batch(len(texts))
             return analyzer.predict_preprocessed(texts)
     except Exception as error:
