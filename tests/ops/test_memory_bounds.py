@@ -16,12 +16,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from bench.server import Server, multipart, running_server
 
+from bench.server import Server, multipart
 from tests.ocr.samples import encode, text_page
 from tests.ops import hostile_files
 from tests.ops.test_soak import Cgroup, memory_cgroup
-from tests.support import tessdata_missing
+from tests.support import real_server, tessdata_missing
 
 pytestmark = pytest.mark.skipif(tessdata_missing() is not None, reason=f"{tessdata_missing()}")
 
@@ -92,7 +92,7 @@ def bounded(tmp_path_factory) -> Iterator[Bounded]:
         except pytest.skip.Exception:
             cgroup = None  # no writable memory cgroup here: the processes' own peaks still count
         server = stack.enter_context(
-            running_server(
+            real_server(
                 workdir,
                 cgroup=cgroup.path if cgroup else None,
                 MEMORY_BUDGET_MB=None if cgroup else str(LIMIT_MB),  # from the cgroup when there is one
