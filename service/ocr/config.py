@@ -42,7 +42,7 @@ class OcrSettings(BaseSettings):
     render_queue: int = Field(default=1, ge=1, le=4)
     # Working memory of one OCR job (decoding + recognition), enforced in the OCR worker process
     # as a hard cap (service/ocr/worker.py) and reserved in the budget while the job runs.
-    work_mb: float = Field(default=160, ge=32)
+    work_mb: float = Field(default=96, ge=32)
     # A job whose worker says nothing for this long (one page rendered and read) is stopped.
     page_timeout_s: float = Field(default=60, gt=0)
     # OCR requests that may wait for the worker while one runs; more get 503 at once.
