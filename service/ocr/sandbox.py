@@ -241,7 +241,18 @@ class OcrWorker:
         except WorkerDied as error:
             status = self._process.returncode if self._process is not None else None
             self._stop()
+            threading.Thread(target=self._restart, name="ocr-worker-restart", daemon=True).start()
             raise _death_error(status, current, settings, error) from error
+
+    def _restart(self) -> None:
+        """Start the next worker (and its engines) now, so the next upload does not wait for it."""
+        with self._lock:
+            if self._engines and self._process is None:
+                try:
+                    self._start()
+                except Exception:  # the next job retries and reports it
+                    logger.exception("the OCR worker could not be restarted")
+                    self._stop()
 
     def close(self) -> None:
         with self._lock:
