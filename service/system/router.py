@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from service.budget import peak_rss_mb, rss_mb, thread_count
+from service.budget import child_rss_mb, peak_rss_mb, rss_mb, thread_count
 from service.config import get_settings
 from service.exceptions import error_examples
 from service.hardware import current, num_threads
@@ -44,6 +44,7 @@ def memory() -> MemoryReport:
     settings = get_settings()
     return MemoryReport(
         rss_mb=round(rss, 1),
+        worker_rss_mb=round(child_rss_mb(), 1),
         peak_rss_mb=round(max(peak_rss_mb(), rss), 1),
         budget_mb=round(budget.limit_mb, 1),
         budget_source=budget.source,

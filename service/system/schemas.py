@@ -33,6 +33,7 @@ class MemoryReport(BaseModel):
             "examples": [
                 {
                     "rss_mb": 231.4,
+                    "worker_rss_mb": 0.0,
                     "peak_rss_mb": 262.0,
                     "budget_mb": 512.0,
                     "budget_source": "cgroup v2 memory.max",
@@ -58,7 +59,12 @@ class MemoryReport(BaseModel):
         }
     )
 
-    rss_mb: float = Field(description="Resident set size of this process now.")
+    rss_mb: float = Field(
+        description="Resident set size of the service now: this process and its OCR worker process."
+    )
+    worker_rss_mb: float = Field(
+        default=0.0, description="Of rss_mb, the OCR worker process's (0 while no OCR engine is loaded)."
+    )
     peak_rss_mb: float = Field(description="The process's RSS high-water mark.")
     budget_mb: float
     budget_source: str = Field(
