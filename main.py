@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.exceptions import install_handlers
+from service.monitoring.history import start_history, stop_history
 from service.monitoring.middleware import MetricsMiddleware
 from service.monitoring.router import router as monitoring_router
 from service.ocr.router import router as ocr_router
@@ -18,10 +19,12 @@ from service.system.router import router as system_router
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     start_watchdog()
+    start_history()  # after the watchdog, whose state it samples
     try:
         with throughput():  # hardware config logged once; micro-batching workers until shutdown
             yield
     finally:
+        stop_history()
         stop_watchdog()
 
 

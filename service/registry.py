@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from service import runtime
+from service import events, runtime
 from service.budget import Budget, detect_budget, rss_mb
 from service.config import get_settings
 from service.exceptions import OverBudget, TooLarge
@@ -118,6 +118,7 @@ class Registry:
         except Exception as error:
             self._failures[item.key] = (time.monotonic(), error)
             self.counters["load_failures"] += 1
+            events.emit("load_failure", item.key)
             raise
         self._failures.pop(item.key, None)
         runtime.trim_heap()
@@ -127,6 +128,7 @@ class Registry:
         with self._lock:
             self._entries[item.key] = entry
             self.counters["loads"] += 1
+        events.emit("load", item.key, measured)
         return entry
 
     @contextmanager
@@ -139,7 +141,7 @@ class Registry:
         """
         if need_mb > self.budget.usable_mb:
             with self._lock:
-                self.counters["refusals"] += 1
+                self._refused(what)
             raise TooLarge(
                 f"{what} needs ~{need_mb:.0f} MB of working memory, more than the whole "
                 f"{self.budget.usable_mb:.0f} MB usable budget; send less at once",
@@ -176,7 +178,7 @@ class Registry:
                     while self._queue[0] is not turn:
                         left = deadline - time.monotonic()
                         if left <= 0:
-                            self.counters["refusals"] += 1
+                            self._refused(what)
                             raise OverBudget(
                                 f"{what} waited {self.admission_wait_s:.0f} s behind other work for "
                                 "memory; retry shortly",
@@ -191,13 +193,18 @@ class Registry:
                         left = deadline - time.monotonic()
                         busy = self._reserved_mb > 0 or any(e.in_use for e in self._entries.values())
                         if left <= 0 or not busy:
-                            self.counters["refusals"] += 1
+                            self._refused(what)
                             raise
                         self._released.wait(timeout=left)
         finally:
             with self._lock:
                 self._queue.remove(turn)
                 self._released.notify_all()  # the next in line may go
+
+    def _refused(self, what: str) -> None:
+        """Count a refusal (the caller holds the lock) and say what was refused."""
+        self.counters["refusals"] += 1
+        events.emit("refusal", what)
 
     @property
     def reserved_mb(self) -> float:
@@ -239,7 +246,9 @@ class Registry:
             listener(key)
         gc.collect()
         runtime.trim_heap()
-        return max(before - self._rss(), 0.0)
+        freed = max(before - self._rss(), 0.0)
+        events.emit("eviction", key, freed)
+        return freed
 
     def evict_idle(self, until_mb: float, min_idle_s: float = 0.0) -> list[str]:
         """Unload items unused for `min_idle_s`, least recently used first, until RSS is at most
