@@ -10,6 +10,7 @@ class RouteStats(BaseModel):
     count: float = Field(description="Requests answered since start (all workers in multiprocess mode).")
     sum_s: float = Field(description="Their total latency in seconds.")
     errors: float = Field(description="Those answered with a 5xx status.")
+    refused: float = Field(default=0, description="Those answered 503: memory, queue or model unavailable.")
     buckets: dict[str, float] = Field(description="Cumulative latency histogram: upper bound (s) -> count.")
 
 
