@@ -15,16 +15,17 @@ logger = logging.getLogger(__name__)
 
 Kind = Literal["load", "eviction", "refusal", "load_failure", "watchdog", "recycle", "start", "stop"]
 KINDS: tuple[Kind, ...] = typing.get_args(Kind)
-Listener = Callable[[Kind, str, float], None]
+Listener = Callable[[Kind, str, float, float | None], None]
 
 _listeners: list[Listener] = []
 
 
-def emit(kind: Kind, detail: str = "", value: float = 0.0) -> None:
-    """Tell every listener; a listener that fails is logged, never raised into the caller's work."""
+def emit(kind: Kind, detail: str = "", value: float = 0.0, at: float | None = None) -> None:
+    """Tell every listener (`at`: when it began, Unix seconds, if not now); a listener that fails is
+    logged, never raised into the caller's work."""
     for listener in tuple(_listeners):
         try:
-            listener(kind, detail, value)
+            listener(kind, detail, value, at)
         except Exception:
             logger.exception("event listener failed on %s %s", kind, detail)
 

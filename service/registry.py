@@ -113,12 +113,13 @@ class Registry:
         cost = self._measured_cost.get(item.key) or item.estimate_mb()
         self._make_room(f"loading {item.key}", cost, item=item.key)
         before = self._rss()
+        started = time.time()
         try:
             value = item.load()
         except Exception as error:
             self._failures[item.key] = (time.monotonic(), error)
             self.counters["load_failures"] += 1
-            events.emit("load_failure", item.key)
+            events.emit("load_failure", item.key, at=started)
             raise
         self._failures.pop(item.key, None)
         runtime.trim_heap()
@@ -128,7 +129,7 @@ class Registry:
         with self._lock:
             self._entries[item.key] = entry
             self.counters["loads"] += 1
-        events.emit("load", item.key, measured)
+        events.emit("load", f"{item.key} in {time.time() - started:.1f} s", measured, at=started)
         return entry
 
     @contextmanager

@@ -183,7 +183,7 @@ def test_an_unusable_history_dir_falls_back_to_memory(tmp_path):
 
 def test_the_registry_and_the_watchdog_say_what_they_did():
     seen: list[tuple[str, str]] = []
-    unsubscribe = events.subscribe(lambda kind, detail, value: seen.append((kind, detail)))
+    unsubscribe = events.subscribe(lambda kind, detail, value, at: seen.append((kind, detail)))
     try:
         registry = Registry(Budget(limit_mb=1000, margin_mb=0, source="test"), rss=lambda: 100.0)
         with registry.use(Loadable("fake:a", load=object, estimate_mb=lambda: 10.0)):
@@ -204,8 +204,8 @@ def test_the_registry_and_the_watchdog_say_what_they_did():
         watchdog.check()  # still over it with nothing in flight: recycle
     finally:
         unsubscribe()
-    assert seen[:4] == [
-        ("load", "fake:a"),
+    assert seen[0][0] == "load" and seen[0][1].startswith("fake:a in ")
+    assert seen[1:4] == [
         ("eviction", "fake:a"),
         ("refusal", "loading huge"),
         ("refusal", "a batch of 500 texts"),
