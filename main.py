@@ -18,8 +18,8 @@ from service.system.router import router as system_router
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-    start_watchdog()
-    start_history()  # after the watchdog, whose state it samples
+    watchdog = start_watchdog()
+    start_history(refusing=lambda: watchdog is not None and watchdog.refusing)
     try:
         with throughput():  # hardware config logged once; micro-batching workers until shutdown
             yield

@@ -21,14 +21,14 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from service import events
 from service.budget import rss_mb
-from service.monitoring.config import MonitoringSettings, get_monitoring_settings
-from service.ops.watchdog import current_watchdog
+from service.monitoring.config import get_monitoring_settings
 from service.registry import get_registry
 
 logger = logging.getLogger(__name__)
@@ -143,8 +143,11 @@ def _open_map(layout: Layout, directory: Path | None) -> tuple[mmap.mmap, int | 
 class History:
     """The two rings over one map; every method is safe to call from any thread."""
 
-    def __init__(self, layout: Layout, directory: Path | None = None) -> None:
+    def __init__(
+        self, layout: Layout, directory: Path | None = None, refusing: Callable[[], bool] = lambda: False
+    ) -> None:
         self.layout = layout
+        self.refusing = refusing  # whether the watchdog refuses new work now (ops owns the watchdog)
         self._map, self._fd = _open_map(layout, directory)
         self.persisted = self._fd is not None
         self._lock = threading.Lock()
@@ -254,7 +257,6 @@ class History:
         budget = registry.budget
         rss = rss_mb()
         reserved = registry.reserved_mb
-        watchdog = current_watchdog()
         self.record_sample(
             {
                 "t": time.time(),
@@ -265,7 +267,7 @@ class History:
                 "headroom_mb": budget.usable_mb - rss - reserved,
                 "reserved_mb": reserved,
                 "models_loaded": len(registry.snapshot()),
-                "refusing": int(watchdog is not None and watchdog.refusing),
+                "refusing": int(self.refusing()),
             }
         )
 
@@ -350,13 +352,16 @@ def observe_request(route: str, status: int, seconds: float) -> None:
         history.observe_request(route, status, seconds)
 
 
-def start_history(settings: MonitoringSettings | None = None) -> History:
-    """Open the history (carrying on a previous worker's, if HISTORY_DIR holds one) and sample it."""
+def start_history(refusing: Callable[[], bool] = lambda: False) -> History:
+    """Open the history (carrying on a previous worker's, if HISTORY_DIR holds one) and sample it.
+
+    `refusing` says whether the memory watchdog refuses new work now (the app's lifespan passes it).
+    """
     global _current, _sampler, _unsubscribe
     stop_history()
-    settings = settings or get_monitoring_settings()
+    settings = get_monitoring_settings()
     layout = Layout(settings.history_samples, settings.history_events, settings.history_step_s)
-    history = History(layout, settings.history_dir)
+    history = History(layout, settings.history_dir, refusing)
     kept = ", the previous worker's history kept" if history.restored else ""
     history.record_event("start", f"worker {os.getpid()} started{kept}", rss_mb())
     history.sample()
