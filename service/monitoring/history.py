@@ -90,7 +90,7 @@ class Layout:
     events: int
     step_s: float
 
-    def _column_bytes(self) -> list[tuple[str, str, int, int]]:
+    def columns(self) -> list[tuple[str, str, int, int]]:
         """(ring, name, offset, bytes) of every column, sample columns first."""
         out = []
         offset = HEADER_BYTES
@@ -106,7 +106,7 @@ class Layout:
 
     @property
     def size(self) -> int:
-        *_, offset, size = self._column_bytes()[-1]
+        *_, offset, size = self.columns()[-1]
         return mmap.PAGESIZE * -(-(offset + size) // mmap.PAGESIZE)
 
     @property
@@ -154,7 +154,7 @@ class History:
         self._view = memoryview(self._map)
         self._samples: dict[str, memoryview] = {}
         self._events: dict[str, memoryview] = {}
-        for ring, name, offset, size in layout._column_bytes():
+        for ring, name, offset, size in layout.columns():
             view = self._view[offset : offset + size]
             if name not in ("kind", "detail"):
                 view = view.cast(dict(SAMPLE_COLUMNS if ring == "s" else EVENT_COLUMNS)[name])
@@ -168,6 +168,8 @@ class History:
         else:
             self._touch()
         self._step = dict.fromkeys(STEP_COUNTS, 0.0)
+        # Set under the lock by close(): a request or an event racing the app's shutdown is dropped.
+        self._closed = False
 
     @property
     def bytes(self) -> int:
@@ -187,6 +189,7 @@ class History:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for view in (*self._samples.values(), *self._events.values(), self._view):
                 view.release()
             self._map.close()
@@ -214,6 +217,8 @@ class History:
         code = events.KINDS.index(kind)
         ring = self._events
         with self._lock:
+            if self._closed:
+                return
             counted = COUNTED_KINDS.get(kind)
             if counted is not None:
                 self._step[counted] += 1
@@ -242,6 +247,8 @@ class History:
     def record_sample(self, values: dict[str, float]) -> None:
         """Store one sample: `values` (the readings) plus what the step counted, which starts over."""
         with self._lock:
+            if self._closed:
+                return
             row = {**values, **self._step}
             self._step = dict.fromkeys(STEP_COUNTS, 0.0)
             index = self._written % self.layout.samples
@@ -281,6 +288,8 @@ class History:
     def read(self, after: float | None = None) -> dict[str, Any]:
         """The samples taken after `after` (all when None) as columns, and every event kept."""
         with self._lock:
+            if self._closed:
+                return {"samples": {name: [] for name, _ in SAMPLE_COLUMNS}, "events": []}
             order = self._order(self._written, self.layout.samples)
             times = self._samples["t"].tolist()
             rows = [i for i in order if after is None or times[i] > after]

@@ -319,3 +319,12 @@ def test_the_history_survives_a_recycle_under_supervise_sh(tmp_path):
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=15) == 0
     assert not os.path.exists(history_dir)  # supervise.sh's own dir goes with it
+
+
+def test_a_closed_history_drops_what_races_the_shutdown():
+    history = History(Layout(samples=4, events=16, step_s=5))
+    history.close()
+    history.record_event("load", "sentiment:es", 1.0)  # an event from a request still finishing
+    sample(history, 1.0)
+    history.observe_request("/analyze", 200, 0.1)
+    assert history.read()["events"] == []
