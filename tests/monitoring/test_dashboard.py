@@ -14,14 +14,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from service.monitoring.profiling.server import Server, free_port, running_server
-from tests.support import MINILM, needs_minilm
+from bench.server import Server
+from tests.support import MINILM, needs_minilm, real_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -38,12 +37,6 @@ sync_api = pytest.importorskip(
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).is_file(), reason=f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)"
 )
-
-
-@contextmanager
-def serve(tmp_path: Path, **env: str) -> Iterator[Server]:
-    with running_server(env, free_port(), tmp_path / "server.log") as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +142,7 @@ EVICTION_PINK = (219, 39, 119)
 def test_without_a_key_set_the_page_loads_polls_and_starts_from_the_past(browser, tmp_path):
     """No model here: /analyze answers 503, which the history counts before the page is open."""
     env = {"MEMORY_BUDGET_MB": "4096", "BACKEND": "onnx", "ONNX_DIR": str(tmp_path / "no-models")}
-    with serve(tmp_path, HISTORY_STEP_S="0.25", **env) as server:
+    with real_server(tmp_path, HISTORY_STEP_S="0.25", **env) as server:
         asked = time.time()
         assert [analyze(server.url, text) for text in ("¡Qué buen día! 😍", "Odio los lunes")] == [503, 503]
         time.sleep(1.0)  # a few samples after the requests
@@ -187,7 +180,7 @@ def test_a_load_an_eviction_and_a_refusal_are_on_first_paint(browser, tmp_path):
         "HF_HUB_OFFLINE": "1",
         "HISTORY_STEP_S": "0.5",
     }
-    with serve(tmp_path, **env) as server:
+    with real_server(tmp_path, **env) as server:
         asked = time.time()
         assert [analyze(server.url, text) for text in ("¡Qué buen día! 😍", "Odio los lunes")] == [200, 200]
         assert analyze(server.url, "I love it", lang="en") == 503
@@ -222,7 +215,7 @@ def keyed_server(tmp_path_factory) -> Iterator[Server]:
         "ONNX_DIR": str(tmp_path / "no-models"),
         "HISTORY_STEP_S": "0.5",
     }
-    with serve(tmp_path, **env) as server:
+    with real_server(tmp_path, **env) as server:
         yield server
 
 
