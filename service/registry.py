@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from service import runtime
+from service import events, runtime
 from service.budget import Budget, detect_budget, rss_mb
 from service.config import get_settings
 from service.exceptions import OverBudget, TooLarge
@@ -121,11 +121,13 @@ class Registry:
         cost = self._measured_cost.get(item.key) or item.estimate_mb()
         self._make_room(f"loading {item.key}", cost, item=item.key)
         before = self._rss()
+        started = time.time()
         try:
             value = item.load()
         except Exception as error:
             self._failures[item.key] = (time.monotonic(), error)
             self.counters["load_failures"] += 1
+            events.emit("load_failure", item.key, at=started)
             raise
         self._failures.pop(item.key, None)
         runtime.trim_heap()
@@ -135,6 +137,7 @@ class Registry:
         with self._lock:
             self._entries[item.key] = entry
             self.counters["loads"] += 1
+        events.emit("load", f"{item.key} in {time.time() - started:.1f} s", measured, at=started)
         self.warn_if_no_room(f"{item.key} loaded ({measured:.0f} MB)")
         return entry
 
@@ -168,7 +171,7 @@ class Registry:
         """
         if need_mb > self.budget.usable_mb:
             with self._lock:
-                self.counters["refusals"] += 1
+                self._refused(what)
             raise TooLarge(
                 f"{what} needs ~{need_mb:.0f} MB of working memory, more than the whole "
                 f"{self.budget.usable_mb:.0f} MB usable budget; send less at once",
@@ -206,7 +209,7 @@ class Registry:
                     while self._queue[0] is not turn:
                         left = deadline - time.monotonic()
                         if left <= 0:
-                            self.counters["refusals"] += 1
+                            self._refused(what)
                             raise OverBudget(
                                 f"{what} waited {wait_s:.0f} s behind other work for memory; retry shortly",
                                 waiting=len(self._queue) - 1,
@@ -220,10 +223,10 @@ class Registry:
                         left = deadline - time.monotonic()
                         coming_back = self._coming_back_mb(on)
                         if refused.details.get("short_by_mb", 0.0) > coming_back:
-                            self.counters["refusals"] += 1
+                            self._refused(what)
                             raise self._hopeless(what, refused) from None
                         if left <= 0:
-                            self.counters["refusals"] += 1
+                            self._refused(what)
                             raise
                         self._released.wait(timeout=left)
         finally:
@@ -246,6 +249,11 @@ class Registry:
             retry_after_s=HOPELESS_RETRY_AFTER_S,
             **refused.details,
         )
+
+    def _refused(self, what: str) -> None:
+        """Count a refusal (the caller holds the lock) and say what was refused."""
+        self.counters["refusals"] += 1
+        events.emit("refusal", what)
 
     @property
     def reserved_mb(self) -> float:
@@ -287,7 +295,9 @@ class Registry:
             listener(key)
         gc.collect()
         runtime.trim_heap()
-        return max(before - self._rss(), 0.0)
+        freed = max(before - self._rss(), 0.0)
+        events.emit("eviction", key, freed)
+        return freed
 
     def evict_idle(self, until_mb: float, min_idle_s: float = 0.0) -> list[str]:
         """Unload items unused for `min_idle_s`, least recently used first, until RSS is at most

@@ -6,6 +6,7 @@ from service.budget import child_rss_mb, peak_rss_mb, rss_mb, thread_count
 from service.config import get_settings
 from service.exceptions import error_examples
 from service.hardware import current, num_threads
+from service.monitoring.history import current_history
 from service.registry import get_registry
 from service.sentiment.batching import active_pool
 from service.sentiment.service import model_item, model_key
@@ -42,6 +43,7 @@ def memory() -> MemoryReport:
     budget = registry.budget
     rss = rss_mb()
     settings = get_settings()
+    history = current_history()
     return MemoryReport(
         rss_mb=round(rss, 1),
         worker_rss_mb=round(child_rss_mb(), 1),
@@ -56,6 +58,7 @@ def memory() -> MemoryReport:
         backend=settings.backend,
         loaded=registry.snapshot(),
         counters=dict(registry.counters),
+        history_bytes=history.bytes if history is not None else 0,
     )
 
 

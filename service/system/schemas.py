@@ -54,6 +54,7 @@ class MemoryReport(BaseModel):
                         }
                     ],
                     "counters": {"loads": 1, "evictions": 0, "refusals": 0, "load_failures": 0},
+                    "history_bytes": 81920,
                 }
             ]
         }
@@ -80,6 +81,11 @@ class MemoryReport(BaseModel):
     backend: str
     loaded: list[LoadedItem]
     counters: dict[str, Any]
+    history_bytes: int = Field(
+        default=0,
+        description="Fixed memory of the dashboard's history (HISTORY_WINDOW_S / HISTORY_STEP_S samples "
+        "and HISTORY_EVENTS events), allocated at start and part of rss_mb.",
+    )
 
 
 class BatcherStats(BaseModel):
