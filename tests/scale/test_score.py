@@ -57,7 +57,7 @@ def read_output(path: Path, output_format: str) -> list[dict]:
 
 def served(model: Path, rows: list[tuple[str, str]], upload: Path) -> tuple[dict[str, dict], list[dict]]:
     """The plain app's answers: `/analyze` for each good text (in batches), `/analyze/file` for the file."""
-    with app_client(MODEL_SENTIMENT_ES=str(model), MEMORY_BUDGET_MB="4096") as client:
+    with app_client(MODEL_SENTIMENT_ES=str(model), MEMORY_BUDGET_MB="8192") as client:
         good = [(key, text) for key, text in rows if key not in BAD_TEXTS]
         answers = {}
         for start in range(0, len(good), 32):
@@ -146,7 +146,7 @@ def test_jsonl_glob_to_jsonl(ray_cluster, onnx_minilm, tmp_path):
     assert scored[5:] == [{**row, "path": row["path"].replace("a.jsonl", "b.jsonl")} for row in scored[:5]]
     assert scored[1]["error"]["message"].startswith("the line is not valid JSON")
     assert scored[2]["error"] == {"code": "invalid_input", "message": "'text' is missing or not a string"}
-    with app_client(MODEL_SENTIMENT_ES=str(onnx_minilm), MEMORY_BUDGET_MB="4096") as client:
+    with app_client(MODEL_SENTIMENT_ES=str(onnx_minilm), MEMORY_BUDGET_MB="8192") as client:
         for index in (0, 3, 4):
             expected = client.post("/analyze", json={"text": lines[index]["text"]}).json()
             assert scored[index]["error"] is None

@@ -63,7 +63,9 @@ def served(ray_cluster: str, env: dict[str, str]) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def plain(env: dict[str, str]) -> Iterator[TestClient]:
-    with app_client(**env) as client:
+    """The plain app in this process, whose RSS holds whatever earlier tests loaded: its budget is
+    the machine's, not a replica's (no compared answer depends on the budget)."""
+    with app_client(**{**env, "MEMORY_BUDGET_MB": "8192"}) as client:
         yield client
 
 
