@@ -107,7 +107,7 @@ def _run(job: Job) -> Outcome | str:
     from locust.env import Environment
     from locust.exception import StopUser
 
-    deadline = time.perf_counter() + job.seconds
+    deadline = float("inf")  # set just before the users start
     plan = iter(enumerate(job.plan)) if job.plan is not None else None
     records: list[Record] = []
     errors: list[str] = []
@@ -157,6 +157,7 @@ def _run(job: Job) -> Outcome | str:
     environment = Environment(user_classes=[Client], catch_exceptions=False)
     runner = environment.create_local_runner()
     outcome = Outcome(started=time.perf_counter(), ended=0.0, records=records)
+    deadline = outcome.started + job.seconds
     runner.spawn_users({Client.__name__: job.users}, wait=True)  # all at once; returns when all have stopped
     outcome.ended = time.perf_counter()
     runner.quit()
