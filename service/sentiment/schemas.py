@@ -1,7 +1,7 @@
 """Request and response models of `POST /analyze`."""
 
 import unicodedata
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -50,6 +50,23 @@ class AnalyzeRequest(BaseModel):
     texts: list[str] | None = Field(default=None, description="A batch of texts, at most MAX_BATCH.")
     task: Task | None = Field(default=None, description="Defaults to DEFAULT_TASK.")
     lang: Lang | None = Field(default=None, description="Defaults to DEFAULT_LANG.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_cheaply(cls, data: Any) -> Any:
+        """O(1) checks of the parsed body before pydantic validates it item by item: a million-item
+        `texts` or a million unknown keys would otherwise cost a million errors (GBs) first."""
+        if not isinstance(data, dict):
+            return data  # pydantic's own single error
+        unknown = [key for key in data if key not in cls.model_fields]
+        if unknown:
+            shown = ", ".join(repr(key[:40]) for key in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise ValueError(f"unknown field(s) {shown}{more}; the fields are {', '.join(cls.model_fields)}")
+        texts, max_batch = data.get("texts"), get_settings().max_batch
+        if isinstance(texts, list) and len(texts) > max_batch:
+            raise ValueError(f"{len(texts)} texts sent; at most MAX_BATCH={max_batch} per request")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "AnalyzeRequest":
