@@ -4,7 +4,9 @@ The budget is MEMORY_BUDGET_MB when set, else the container's own limit (cgroup 
 `memory.max`, cgroup v1 `memory.limit_in_bytes`), else 512 MB: Render's free plan.
 """
 
+import os
 import resource
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +101,39 @@ def detect_budget(
     return Budget(float(DEFAULT_BUDGET_MB), "default", margin_mb)
 
 
+class ProcFile:
+    """A /proc file kept open and re-read from offset 0: a read needs no new descriptor, so the
+    memory watchdog keeps reading RSS while the process has run out of them (EMFILE). Reopened in a
+    forked child, since /proc/self was resolved by the process that opened it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = -1
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def read(self) -> bytes:
+        pid = os.getpid()
+        if self._pid != pid:
+            with self._lock:
+                if self._pid != pid:
+                    if self._fd >= 0:
+                        os.close(self._fd)  # the parent's, inherited through fork
+                    self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                    self._pid = pid
+        return os.pread(self._fd, 4096, 0)
+
+
+_STATM = ProcFile("/proc/self/statm") if os.path.exists("/proc/self/statm") else None
+_PAGE_BYTES = resource.getpagesize()
+
+
 def rss_mb() -> float:
-    return _process.memory_info().rss / MB
+    """Resident set size: the second field of /proc/self/statm (what psutil reads), from a kept
+    descriptor; psutil where there is no /proc."""
+    if _STATM is None:
+        return _process.memory_info().rss / MB
+    return int(_STATM.read().split()[1]) * _PAGE_BYTES / MB
 
 
 def peak_rss_mb() -> float:
