@@ -13,6 +13,7 @@ import os
 import resource
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -20,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.server import ROOT, Server, free_port, serve_args, server_env
 from service.ops.connections import RepeatedErrorFilter
-from tests.ops.server import SERVE, Server, free_port, server_env, wait_until_serving
-from tests.support import ROOT
 
 HEADER_TIMEOUT_S = 2
 HALF_A_HEADER = b"POST /analyze HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl"
@@ -40,7 +40,7 @@ def server_with(tmp_path: Path, nofile: int | None = None, **env: str) -> Iterat
 
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*SERVE, "--port", str(port)],
+            [sys.executable, *serve_args(port)],
             cwd=ROOT,
             env=server_env(
                 BACKEND="onnx", ONNX_DIR="/nonexistent", HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S), **env
@@ -50,9 +50,9 @@ def server_with(tmp_path: Path, nofile: int | None = None, **env: str) -> Iterat
             start_new_session=True,
             preexec_fn=limit_descriptors,
         )
-    server = Server(process, port, log, supervised=False)
+    server = Server(process, port, log)
     try:
-        wait_until_serving(server)
+        server.wait_healthy()
         yield server
     finally:
         process.kill()
