@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from bench.refusals import BODIES, JSON, MIB, HealthProbe, status_mb
-from bench.server import Server, running_server
+from bench.server import Server
+from tests.support import real_server
 
 BUDGET_MB = 512
 
@@ -20,7 +21,7 @@ BUDGET_MB = 512
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
     # No model is needed: every body here is refused before one would load.
-    with running_server(
+    with real_server(
         tmp_path_factory.mktemp("refusals"),
         BACKEND="onnx",
         ONNX_DIR="/nonexistent",
