@@ -9,6 +9,8 @@ h11 protocol, adds:
 - a header deadline: a request's headers must arrive within HEADER_TIMEOUT_S of its first byte
   (or of the connection's opening), else 408 and the connection is closed; so must the rest of
   a body the app answered without reading (a 401, 413 or 429);
+- a bound on a request's head (request line and headers): 16 KB, else 431. h11 bounds only what
+  it buffers between reads, so a head that arrives in one read (up to 256 KB) got through;
 - a connection cap: past MAX_CONNECTIONS open connections (fewer when the descriptor limit is
   lower) a new one is answered 503 + Retry-After at once, without reading it, and closed.
 asyncio accepts up to the listen backlog per loop tick before any of those connections reaches
@@ -39,6 +41,8 @@ FD_RESERVE = 64
 FDS_PER_CONNECTION = 2
 # Accept bursts in flight before the cap sees them (accepted, not yet at `connection_made`).
 BURSTS_IN_FLIGHT = 4
+# A request line and its headers, at most: what h11 buffers between reads.
+MAX_HEAD_BYTES = 16 * 1024
 # The listen backlog serve.py sets (uvicorn's default is 2048): also the most asyncio accepts a tick.
 BACKLOG = 64
 
@@ -97,11 +101,46 @@ class GuardedH11Protocol(H11Protocol):
         self._arm(settings.header_timeout_s)
 
     def data_received(self, data: bytes) -> None:
-        if self._deadline is None and self.conn.their_state is h11.IDLE:
-            self._arm(get_ops_settings().header_timeout_s)  # the next request on a kept-alive connection
+        if self.conn.their_state is h11.IDLE:
+            if self._head_too_long(data):
+                self._refuse_head()
+                return
+            if self._deadline is None:
+                self._arm(get_ops_settings().header_timeout_s)  # the next request on a kept-alive connection
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE and self.conn.our_state is not h11.DONE:
             self._disarm()  # headers complete: the body's time is REQUEST_TIMEOUT_S (ops/timeout.py)
+
+    def _head_too_long(self, data: bytes) -> bool:
+        """Whether the head being received (what h11 holds plus `data`, up to the blank line that
+        ends it) is over MAX_HEAD_BYTES."""
+        end = data.find(b"\r\n\r\n")
+        return len(self.conn.trailing_data[0]) + (len(data) if end < 0 else end) > MAX_HEAD_BYTES
+
+    def _refuse_head(self) -> None:
+        self._disarm()
+        self.transport.write(
+            canned(
+                431,
+                "Request Header Fields Too Large",
+                "headers_too_large",
+                f"the request line and headers are longer than {MAX_HEAD_BYTES // 1024} KB",
+            )
+        )
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (bad syntax, headers over 16 KB): uvicorn answers text/plain;
+        every other error of the API is JSON."""
+        self.transport.write(
+            canned(
+                400,
+                "Bad Request",
+                "invalid_http",
+                "the request is not valid HTTP/1.1, or its headers are longer than 16 KB",
+            )
+        )
+        self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -160,25 +199,38 @@ class _OverCapacity:
 over_capacity = _OverCapacity()
 
 
-class RepeatedErrorFilter(logging.Filter):
-    """Lets a log message through once per `every_s` (per message template), with how many of it
-    were dropped meanwhile: asyncio logs `socket.accept() out of system resource` at every failed
-    accept, hundreds of thousands of lines while descriptors are exhausted."""
+# Messages a hostile client can make the server log once per connection or per failed accept.
+FLOOD_MESSAGES = ("socket.accept() out of system resource", "Invalid HTTP request received.")
 
-    def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+
+class RepeatedErrorFilter(logging.Filter):
+    """Lets a message that starts with one of `prefixes` through once per `every_s`, with how many
+    of it were dropped meanwhile: asyncio logs `socket.accept() out of system resource` at every
+    failed accept (hundreds of thousands of lines while descriptors are exhausted), uvicorn
+    `Invalid HTTP request received.` for every malformed request. Other messages pass."""
+
+    def __init__(
+        self,
+        prefixes: tuple[str, ...] = FLOOD_MESSAGES,
+        every_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
+        self.prefixes = prefixes
         self.every_s = every_s
         self._clock = clock
         self._seen: dict[str, tuple[float, int]] = {}  # template -> (last let through, dropped since)
 
     def filter(self, record: logging.LogRecord) -> bool:
         template = str(record.msg)
+        if not template.startswith(self.prefixes):
+            return True
         now = self._clock()
         last, dropped = self._seen.get(template, (None, 0))
         if last is not None and now - last < self.every_s:
             self._seen[template] = (last, dropped + 1)
             return False
-        if len(self._seen) > 1000:  # templates, not values: only a bug would make this many
+        if len(self._seen) > 1000:  # asyncio's message names the socket: a bounded few
             self._seen.clear()
         self._seen[template] = (now, 0)
         if dropped:

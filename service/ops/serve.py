@@ -11,9 +11,10 @@ interpreter alive until it returned (its threads are not daemons), so the exit i
 
 It also sets the defaults that hold against hostile clients (`harden`): h11 is the guarded
 protocol of ops/connections.py (header deadline, connection cap), the descriptor limit is raised,
-asyncio's repeated accept errors are logged once a minute, and X-Forwarded-For is believed only
-from FORWARDED_ALLOW_IPS (uvicorn's own default trusts 127.0.0.1, so anyone on the host, or a
-local proxy that passes the header on, could pick the address the rate limit sees).
+the listen backlog is small, what a client can make it log once per connection (a failed accept,
+a malformed request) is logged once a minute, and X-Forwarded-For is believed only from
+FORWARDED_ALLOW_IPS (uvicorn's own default trusts 127.0.0.1, so anyone on the host, or a local
+proxy that passes the header on, could pick the address the rate limit sees).
 """
 
 import logging
@@ -59,7 +60,9 @@ def harden(argv: list[str]) -> list[str]:
     """Install the hardening defaults; `argv` with the proxy trust and backlog added unless given."""
     HTTP_PROTOCOLS["h11"] = HTTP_PROTOCOLS["auto"] = GUARDED_H11
     raise_descriptor_limit()
-    logging.getLogger("asyncio").addFilter(RepeatedErrorFilter())
+    flood = RepeatedErrorFilter()
+    logging.getLogger("asyncio").addFilter(flood)
+    logging.getLogger("uvicorn.error").addFilter(flood)
     defaults = {
         # Unset: nobody is trusted (an empty list); render.yaml sets "*" (see README).
         "--forwarded-allow-ips": os.environ.get("FORWARDED_ALLOW_IPS", ""),
