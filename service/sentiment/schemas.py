@@ -96,6 +96,25 @@ class AnalyzeRequest(BaseModel):
         return [self.text] if self.text is not None else list(self.texts or [])
 
 
+def shape_problem(raw: bytes) -> str | None:
+    """Why a raw `/analyze` body cannot be valid from its size in structure alone, or None.
+
+    A valid body is one object of at most 4 fields and MAX_BATCH texts, so it holds at most one
+    comma, bracket or brace per character of its texts plus a few: counted in C, without parsing,
+    that refuses 2 MB of `1,` or `[],` before `json.loads` turns it into a million objects (tens of
+    MB and seconds of the event loop). What passes is bounded by MAX_BATCH x MAX_TEXT_CHARS items.
+    """
+    settings = get_settings()
+    structure = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+    most = settings.max_batch * (settings.max_text_chars + 2) + 2 * len(AnalyzeRequest.model_fields)
+    if structure <= most:
+        return None
+    return (
+        f"holds {structure} commas, brackets and braces: more than MAX_BATCH={settings.max_batch} "
+        f"texts of MAX_TEXT_CHARS={settings.max_text_chars} characters could"
+    )
+
+
 class AnalyzeResult(Prediction):
     model_config = ConfigDict(
         json_schema_extra={
