@@ -128,12 +128,17 @@ _STATM = ProcFile("/proc/self/statm") if os.path.exists("/proc/self/statm") else
 _PAGE_BYTES = resource.getpagesize()
 
 
-def rss_mb() -> float:
-    """Resident set size: the second field of /proc/self/statm (what psutil reads), from a kept
-    descriptor; psutil where there is no /proc."""
+def own_rss_mb() -> float:
+    """This process's resident set size: the second field of /proc/self/statm (what psutil
+    reads), from a kept descriptor; psutil where there is no /proc."""
     if _STATM is None:
         return _process.memory_info().rss / MB
     return int(_STATM.read().split()[1]) * _PAGE_BYTES / MB
+
+
+def rss_mb() -> float:
+    """The service's RSS, which the watchdog, the registry and /metrics compare with the budget."""
+    return own_rss_mb()
 
 
 def peak_rss_mb() -> float:
