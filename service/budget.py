@@ -4,6 +4,7 @@ The budget is MEMORY_BUDGET_MB when set, else the container's own limit (cgroup 
 `memory.max`, cgroup v1 `memory.limit_in_bytes`), else 512 MB: Render's free plan.
 """
 
+import contextlib
 import os
 import resource
 import threading
@@ -18,6 +19,8 @@ MB = 1024 * 1024
 _UNLIMITED_BYTES = 1 << 60
 
 _process = psutil.Process()
+# Child processes whose memory is the service's too (the OCR worker), by pid.
+_children: dict[int, "ProcFile"] = {}
 
 
 @dataclass(frozen=True)
@@ -123,22 +126,59 @@ class ProcFile:
                     self._pid = pid
         return os.pread(self._fd, 4096, 0)
 
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0 and self._pid == os.getpid():
+                os.close(self._fd)
+            self._fd, self._pid = -1, 0
+
 
 _STATM = ProcFile("/proc/self/statm") if os.path.exists("/proc/self/statm") else None
 _PAGE_BYTES = resource.getpagesize()
 
 
+def _statm_rss_mb(statm: ProcFile) -> float:
+    """The second field of a statm file (what psutil reads as RSS), in MB."""
+    return int(statm.read().split()[1]) * _PAGE_BYTES / MB
+
+
 def own_rss_mb() -> float:
-    """This process's resident set size: the second field of /proc/self/statm (what psutil
-    reads), from a kept descriptor; psutil where there is no /proc."""
+    """This process's resident set size, from a kept descriptor; psutil where there is no /proc."""
     if _STATM is None:
         return _process.memory_info().rss / MB
-    return int(_STATM.read().split()[1]) * _PAGE_BYTES / MB
+    return _statm_rss_mb(_STATM)
+
+
+def track_child(pid: int) -> None:
+    """Count a child process's RSS in `rss_mb` from now on (until `forget_child`); its statm is
+    opened now and kept, like this process's own."""
+    statm = ProcFile(f"/proc/{pid}/statm")
+    with contextlib.suppress(OSError):  # it has already ended
+        statm.read()
+        _children[pid] = statm
+
+
+def forget_child(pid: int) -> None:
+    statm = _children.pop(pid, None)
+    if statm is not None:
+        statm.close()
+
+
+def child_rss_mb() -> float:
+    """RSS of the tracked child processes, in MB."""
+    total = 0.0
+    for statm in list(_children.values()):
+        try:
+            total += _statm_rss_mb(statm)
+        except (OSError, IndexError, ValueError):  # it ended; its owner forgets it
+            continue
+    return total
 
 
 def rss_mb() -> float:
-    """The service's RSS, which the watchdog, the registry and /metrics compare with the budget."""
-    return own_rss_mb()
+    """The service's RSS: this process and its tracked children (the OCR worker), which the
+    watchdog, the registry and /metrics compare with the budget."""
+    return own_rss_mb() + (child_rss_mb() if _children else 0.0)
 
 
 def peak_rss_mb() -> float:
