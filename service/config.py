@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     onnx_dir: Path = Path("models")
     # The (task:lang) models that start.sh / the Render build export when missing.
     export_models: str = "sentiment:es"
+    # Serve each exported model from its prepacked variant (weights in a mapped file, not in
+    # anonymous memory), made on this machine when missing (service/sentiment/backends/prepacked.py).
+    prepacked: bool = True
+    # Where variants go; unset: `prepacked/` inside each exported model dir.
+    prepacked_dir: Path | None = None
 
     memory_budget_mb: int | None = Field(default=None, gt=0)
     memory_margin_mb: int = Field(default=32, ge=0)
