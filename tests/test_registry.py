@@ -40,7 +40,7 @@ def item(key: str, memory: FakeMemory, mb: float, loads: list[str] | None = None
 
 def test_loads_lazily_and_once_under_concurrent_first_requests():
     memory = FakeMemory(100)
-    registry = Registry(Budget(512, "test", 0), rss=memory)
+    registry = Registry(Budget(512, "test", 0), used=memory)
     loads: list[str] = []
     start = threading.Barrier(16)
 
@@ -70,7 +70,7 @@ def test_loads_lazily_and_once_under_concurrent_first_requests():
 
 def test_evicts_least_recently_used_idle_item_to_make_room():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory)  # 180 MB usable above the base
+    registry = Registry(Budget(300, "test", 20), used=memory)  # 180 MB usable above the base
     a, b, c = (item(k, memory, 80) for k in "abc")
     with registry.use(a):
         pass
@@ -87,7 +87,7 @@ def test_evicts_least_recently_used_idle_item_to_make_room():
 
 def test_refuses_when_nothing_idle_can_make_room():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=0)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=0)
     big, other = item("big", memory, 150), item("other", memory, 100)
     with registry.use(big), pytest.raises(OverBudget) as refused, registry.use(other):
         pass
@@ -101,14 +101,14 @@ def test_refuses_when_nothing_idle_can_make_room():
 
 def test_an_item_bigger_than_the_whole_budget_is_refused_even_when_empty():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory)
+    registry = Registry(Budget(300, "test", 20), used=memory)
     with pytest.raises(OverBudget), registry.use(item("huge", memory, 500)):
         pass
 
 
 def test_measured_cost_replaces_the_estimate_on_reload():
     memory = FakeMemory(100)
-    registry = Registry(Budget(1000, "test", 0), rss=memory)
+    registry = Registry(Budget(1000, "test", 0), used=memory)
     underestimated = Loadable(key="m", load=lambda: Weights(memory, 300), estimate_mb=lambda: 10)
     with registry.use(underestimated):
         pass
@@ -151,7 +151,7 @@ def test_unloading_gives_real_memory_back():
 
 def test_reserve_admits_work_that_fits_and_counts_it_until_done():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=0)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=0)
     with registry.reserve(100, "batch a"):
         assert registry.reserved_mb == 100
         with pytest.raises(OverBudget) as refused, registry.reserve(100, "batch b"):  # 300 > 280
@@ -165,7 +165,7 @@ def test_reserve_admits_work_that_fits_and_counts_it_until_done():
 
 def test_reserve_unloads_idle_models_to_make_room_for_work():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory)
+    registry = Registry(Budget(300, "test", 20), used=memory)
     with registry.use(item("idle", memory, 100)):
         pass
     with registry.reserve(120, "a big image"):
@@ -176,7 +176,7 @@ def test_reserve_unloads_idle_models_to_make_room_for_work():
 def test_reserve_refuses_work_larger_than_the_whole_budget_with_413():
     from service.exceptions import TooLarge
 
-    registry = Registry(Budget(300, "test", 20), rss=FakeMemory(0))
+    registry = Registry(Budget(300, "test", 20), used=FakeMemory(0))
     with pytest.raises(TooLarge), registry.reserve(281, "a 10k batch"):
         pass
     assert registry.counters["refusals"] == 1
@@ -184,14 +184,14 @@ def test_reserve_refuses_work_larger_than_the_whole_budget_with_413():
 
 def test_loads_count_running_reservations_as_used():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=0)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=0)
     with registry.reserve(100, "ocr page"), pytest.raises(OverBudget), registry.use(item("m", memory, 100)):
         pass
 
 
 def test_work_waits_for_running_reservations_rather_than_failing_early():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=5)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=5)
     first = registry.reserve(150, "ocr page")
     first.__enter__()
     threading.Timer(0.2, lambda: first.__exit__(None, None, None)).start()
@@ -203,7 +203,7 @@ def test_work_waits_for_running_reservations_rather_than_failing_early():
 
 def test_work_is_refused_once_the_admission_wait_runs_out():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=0.2)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=0.2)
     with registry.reserve(150, "ocr page"), pytest.raises(OverBudget), registry.reserve(150, "second"):
         pass
     assert registry.counters["refusals"] == 1
@@ -211,7 +211,7 @@ def test_work_is_refused_once_the_admission_wait_runs_out():
 
 def test_a_load_waits_for_an_item_in_use_to_become_evictable():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=5)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=5)
     held = registry.use(item("es", memory, 120))
     held.__enter__()
     threading.Timer(0.2, lambda: held.__exit__(None, None, None)).start()
@@ -224,7 +224,7 @@ def test_a_load_waits_for_an_item_in_use_to_become_evictable():
 
 def test_a_load_is_refused_at_once_when_nothing_will_be_given_back():
     memory = FakeMemory(250)  # something outside the registry holds the memory
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=5)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=5)
     started = time.monotonic()
     with pytest.raises(OverBudget), registry.use(item("m", memory, 100)):
         pass
@@ -233,7 +233,7 @@ def test_a_load_is_refused_at_once_when_nothing_will_be_given_back():
 
 def test_large_work_is_not_starved_by_a_stream_of_small_work():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=3)  # 180 MB above the base
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=3)  # 180 MB above the base
     stop = threading.Event()
 
     def small_work() -> None:  # two of these overlap, so some small work is always running

@@ -85,7 +85,8 @@ def is_allocation_failure(error: Exception) -> bool:
 def _call(analyzer: Analyzer, texts: list[str], registry: Registry) -> list[Prediction]:
     """One model call under a working-memory reservation; on a memory failure, its two halves."""
     try:
-        with registry.reserve(work_mb(texts), f"a batch of {len(texts)} texts"):
+        key = f"{analyzer.task}:{analyzer.lang}"  # its registry key: the file allowance of its weights
+        with registry.reserve(work_mb(texts), f"a batch of {len(texts)} texts", on=key):
             observe_batch(len(texts))
             return analyzer.predict_preprocessed(texts)
     except Exception as error:

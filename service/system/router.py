@@ -2,14 +2,14 @@
 
 from fastapi import APIRouter
 
-from service.budget import peak_rss_mb, rss_mb, thread_count
+from service.budget import CgroupMemory, cgroup_memory, own_cgroup, peak_rss_mb, process_memory, thread_count
 from service.config import get_settings
 from service.exceptions import error_examples
 from service.hardware import current, num_threads
 from service.registry import get_registry
 from service.sentiment.batching import active_pool
 from service.sentiment.service import model_item, model_key
-from service.system.schemas import Health, MemoryReport, Ready, SystemReport
+from service.system.schemas import CgroupReport, Health, MemoryReport, Ready, SystemReport
 
 router = APIRouter(tags=["system"])
 
@@ -40,21 +40,43 @@ def ready() -> Ready:
 def memory() -> MemoryReport:
     registry = get_registry()
     budget = registry.budget
-    rss = rss_mb()
+    process = process_memory()
+    group = cgroup_memory(own_cgroup())
+    used = registry.used_mb()
     settings = get_settings()
     return MemoryReport(
-        rss_mb=round(rss, 1),
-        peak_rss_mb=round(max(peak_rss_mb(), rss), 1),
+        rss_mb=round(process.rss_mb, 1),
+        anon_mb=round(process.anon_mb, 1),
+        file_mb=round(process.file_mb, 1),
+        shmem_mb=round(process.shmem_mb, 1),
+        used_mb=round(used, 1),
+        running_file_mb=round(registry.running_file_mb, 1),
+        peak_rss_mb=round(max(peak_rss_mb(), process.rss_mb), 1),
         budget_mb=round(budget.limit_mb, 1),
         budget_source=budget.source,
         margin_mb=budget.margin_mb,
-        headroom_mb=round(budget.usable_mb - rss - registry.reserved_mb, 1),
+        headroom_mb=round(budget.usable_mb - used, 1),
         reserved_mb=round(registry.reserved_mb, 1),
         threads=thread_count(),
         num_threads_setting=num_threads(settings),
         backend=settings.backend,
         loaded=registry.snapshot(),
         counters=dict(registry.counters),
+        cgroup=_cgroup_report(group),
+    )
+
+
+def _cgroup_report(group: CgroupMemory | None) -> CgroupReport | None:
+    if group is None:
+        return None
+    return CgroupReport(
+        version=group.version,
+        current_mb=round(group.current_mb, 1),
+        anon_mb=round(group.anon_mb, 1),
+        file_mb=round(group.file_mb, 1),
+        shmem_mb=round(group.shmem_mb, 1),
+        unreclaimable_mb=round(group.unreclaimable_mb, 1),
+        peak_mb=None if group.peak_mb is None else round(group.peak_mb, 1),
     )
 
 
