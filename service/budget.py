@@ -232,9 +232,15 @@ def unreclaimable_mb() -> float:
     also holds child processes, such as a prepacked variant being made, and kernel memory).
     Mapped weights are not in it: they are clean file pages, dropped and re-read under pressure.
     """
-    used = process_memory().unreclaimable_mb
-    group = cgroup_memory(own_cgroup())
-    return max(used, group.unreclaimable_mb) if group is not None else used
+    return unreclaimable_of(process_memory(), cgroup_memory(own_cgroup()))
+
+
+def unreclaimable_of(process: ProcessMemory, group: CgroupMemory | None) -> float:
+    return (
+        max(process.unreclaimable_mb, group.unreclaimable_mb)
+        if group is not None
+        else process.unreclaimable_mb
+    )
 
 
 def peak_rss_mb() -> float:

@@ -255,3 +255,49 @@ def test_large_work_is_not_starved_by_a_stream_of_small_work():
             worker.join()
     assert waited < 1, waited  # first come, first served: the batches behind it wait their turn
     assert registry.counters["refusals"] == 0
+
+
+# ---- file-backed allowances: counted while work runs on an item, not while it sits idle -------
+
+
+def mapped(key: str, memory: FakeMemory, anon_mb: float, file_mb: float) -> Loadable:
+    """An item like a prepacked model: a little anonymous memory, weights in a mapped file."""
+    return Loadable(
+        key=key, load=lambda: Weights(memory, anon_mb), estimate_mb=lambda: anon_mb, file_mb=lambda _: file_mb
+    )
+
+
+def test_idle_items_file_pages_leave_room_for_more_items():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=0)
+    for key in ("sentiment", "emotion", "hate_speech", "irony"):  # 4 x (8 anon + 100 file) > 380 free
+        with registry.use(mapped(key, memory, 8, 100)):
+            pass
+    assert registry.counters["evictions"] == 0 and len(registry.snapshot()) == 4
+    assert registry.used_mb() == 132 and registry.snapshot()[0]["file_mb"] == 100
+
+
+def test_running_work_counts_its_items_file_pages_once():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=0)
+    with registry.use(mapped("m", memory, 8, 100)):
+        pass
+    with registry.reserve(20, "a batch", on="m"):
+        assert registry.used_mb() == 100 + 8 + 20 + 100
+        with registry.reserve(20, "another batch", on="m"):  # the same weights: no second allowance
+            assert registry.used_mb() == 100 + 8 + 40 + 100
+            assert registry.snapshot()[0]["running"] == 2
+    assert registry.used_mb() == 108 and registry.running_file_mb == 0
+
+
+def test_work_is_refused_when_its_file_pages_would_not_fit():
+    """The allowance is what keeps a call's weights resident: without room for them it would
+    re-read them from disk page by page (measured: MEMORY.md, issue 11)."""
+    memory = FakeMemory(300)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=0)
+    with registry.use(mapped("m", memory, 8, 100)):  # held by the request, as the route does
+        with pytest.raises(OverBudget) as refused, registry.reserve(80, "a batch", on="m"):
+            pass
+        assert refused.value.details["needed_mb"] == 180
+        with registry.reserve(60, "a smaller batch", on="m"):  # 308 + 60 + 100 <= 480
+            pass

@@ -1,0 +1,369 @@
+"""File-backed models (issue 11): the old way (weights in anonymous memory) beside the new one
+(the prepacked variant, weights mapped from a file), each in its own fresh server process.
+
+    python -m bench.filebacked single --model DIR [--requests 1000]
+    python -m bench.filebacked cgroup --models DIR [--limit-mb 512] [--requests 200]
+    python -m bench.filebacked standins --source DIR --out DIR
+
+single: one exported RoBERTuito-scale model, served plain (PREPACKED=false), from a variant made
+before the server starts, and from a variant made by the server's first load (none on disk):
+first answer after process start, then the project's 1000 mixed requests (service/bench.py's
+mix), then anonymous, file-backed and total RSS, peak RSS and the server's CPU per text.
+cgroup: the four Spanish tasks (sentiment, emotion, hate_speech, irony; --models holds
+<task>-es dirs, as `standins` writes them) plus OCR in one server inside a real memory cgroup of
+--limit-mb (v1 or v2, no swap), requests cycling over the five: loaded items, evictions, OOM kills,
+the cgroup's own figures. Needs root (it writes the cgroup hierarchy).
+standins: RoBERTuito-shape models for emotion (7 labels), hate_speech (3, multi-label) and
+irony (2) from the random sentiment model at --source, with a new head, exported as the
+service exports (they stand in for pysentimiento's, which this machine cannot download).
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from service.bench import SHORT, Server, analyze, long_text, ocr
+
+MB = 1024 * 1024
+# pysentimiento's label sets (pysentimiento 0.7.3, Spanish models).
+STANDIN_HEADS: dict[str, tuple[list[str], str]] = {
+    "emotion": (
+        ["others", "joy", "sadness", "anger", "surprise", "disgust", "fear"],
+        "single_label_classification",
+    ),
+    "hate_speech": (["hateful", "targeted", "aggressive"], "multi_label_classification"),
+    "irony": (["not ironic", "ironic"], "single_label_classification"),
+}
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid: int) -> dict[str, float]:
+    """VmRSS, VmHWM, RssAnon, RssFile of a process (MB)."""
+    wanted = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in wanted:
+            out[name] = int(value.split()[0]) / 1024
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+class AnonSampler:
+    """The largest RssAnon and VmRSS of a process, sampled every 20 ms while the block runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.anon_max, self.rss_max = pid, 0.0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                status = proc_status(self.pid)
+            except OSError:
+                return
+            self.anon_max = max(self.anon_max, status["RssAnon"])
+            self.rss_max = max(self.rss_max, status["VmRSS"])
+
+    def __enter__(self) -> "AnonSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def mixed_requests(server: Server, requests: int, seed: int = 0) -> int:
+    """service/bench.py's mix: short and 150-word texts, singles and batches of 4 and 8; returns texts."""
+    rng, texts = random.Random(seed), 0
+    for index in range(requests):
+        kind = index % 4
+        if kind == 0:
+            body: dict[str, Any] = {"text": rng.choice(SHORT)}
+        elif kind == 1:
+            body = {"text": long_text(rng)}
+        elif kind == 2:
+            body = {"texts": rng.sample(SHORT, 4)}
+        else:
+            body = {"texts": [long_text(rng) if i % 2 else rng.choice(SHORT) for i in range(8)]}
+        analyze(server, body)
+        texts += len(body.get("texts", [None]))
+    return texts
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def single(model: Path, requests: int, work: Path) -> dict[str, dict[str, float]]:
+    """Plain vs variant (made before start, and made by the first load) of one model."""
+    from service.sentiment.backends import prepacked
+
+    results = {}
+    for mode in ("plain", "variant-made-at-first-load", "variant"):
+        copy = work / mode
+        shutil.copytree(
+            model, copy, ignore=shutil.ignore_patterns("prepacked", ".prepacked-*"), symlinks=True
+        )
+        figures: dict[str, float] = {}
+        if mode == "variant":
+            started = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-m", "service.sentiment.backends.prepacked", str(copy)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            figures["make_wall_s"] = round(time.perf_counter() - started, 2)
+            info = prepacked.read_info(copy / prepacked.LINK) or {}
+            figures["make_cpu_s"] = info.get("make_cpu_s", -1.0)
+            figures["variant_disk_mb"] = round(sum(info.get("files", {}).values()) / MB, 1)
+            print(done.stdout.strip(), file=sys.stderr)
+        env = {
+            "BACKEND": "onnx",
+            "MODEL_SENTIMENT_ES": str(copy),
+            "NUM_THREADS": "1",
+            "MEMORY_BUDGET_MB": "8192",
+            "PREPACKED": "false" if mode == "plain" else "true",
+        }
+        server = Server(env, free_port())
+        try:
+            server.wait_healthy()
+            pid = server.process.pid
+            cpu_start = cpu_seconds(pid)
+            analyze(server, {"text": SHORT[0]})
+            figures["first_answer_s"] = round(time.perf_counter() - server.started, 2)
+            figures["first_answer_server_cpu_s"] = round(cpu_seconds(pid) - cpu_start, 2)
+            first = proc_status(pid)
+            with AnonSampler(pid) as sampler:
+                cpu_before = cpu_seconds(pid)
+                texts = mixed_requests(server, requests)
+                cpu_used = cpu_seconds(pid) - cpu_before
+            after = proc_status(pid)
+            _, report = server.request("GET", "/memory")
+            figures.update(
+                {
+                    "anon_first_mb": round(first["RssAnon"], 1),
+                    "anon_after_mb": round(after["RssAnon"], 1),
+                    "anon_max_mb": round(sampler.anon_max, 1),
+                    "file_after_mb": round(after["RssFile"], 1),
+                    "rss_after_mb": round(after["VmRSS"], 1),
+                    "peak_rss_mb": round(after["VmHWM"], 1),
+                    "texts": texts,
+                    "cpu_ms_per_text": round(1000 * cpu_used / texts, 2),
+                    "model_cost_mb": report["loaded"][0]["cost_mb"],
+                    "model_file_mb": report["loaded"][0].get("file_mb", 0.0),
+                }
+            )
+        finally:
+            server.stop()
+        results[mode] = figures
+        print(mode, json.dumps(figures), file=sys.stderr)
+    plain, variant = results["plain"], results["variant"]
+    results["ratios"] = {
+        "cpu_per_text_variant_over_plain": round(variant["cpu_ms_per_text"] / plain["cpu_ms_per_text"], 3),
+        "anon_after_variant_over_plain": round(variant["anon_after_mb"] / plain["anon_after_mb"], 3),
+    }
+    return results
+
+
+@contextmanager
+def memory_cgroup(limit_mb: int) -> Iterator[Path]:
+    """A fresh memory cgroup (v1 if mounted, else v2) limited to `limit_mb`, no swap."""
+    v1 = Path("/sys/fs/cgroup/memory")
+    root, version = (v1, 1) if (v1 / "memory.limit_in_bytes").is_file() else (Path("/sys/fs/cgroup"), 2)
+    path = root / f"bench-filebacked-{os.getpid()}"
+    path.mkdir()
+    try:
+        if version == 1:
+            (path / "memory.limit_in_bytes").write_text(str(limit_mb * MB))
+            swap = path / "memory.memsw.limit_in_bytes"
+            if swap.exists():
+                swap.write_text(str(limit_mb * MB))
+        else:
+            (path / "memory.max").write_text(str(limit_mb * MB))
+            (path / "memory.swap.max").write_text("0")
+        yield path
+    finally:
+        for _ in range(50):
+            try:
+                path.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def cgroup_counters(path: Path) -> dict[str, float]:
+    """OOM kills, limit hits and peak of a cgroup (v1 or v2)."""
+    if (path / "memory.failcnt").exists():
+        control = dict(line.split() for line in (path / "memory.oom_control").read_text().splitlines())
+        return {
+            "oom_kills": int(control.get("oom_kill", 0)),
+            "limit_hits": int((path / "memory.failcnt").read_text()),
+            "peak_mb": round(int((path / "memory.max_usage_in_bytes").read_text()) / MB, 1),
+        }
+    events = dict(line.split() for line in (path / "memory.events").read_text().splitlines())
+    return {
+        "oom_kills": int(events.get("oom_kill", 0)),
+        "limit_hits": int(events.get("max", 0)),
+        "peak_mb": round(int((path / "memory.peak").read_text()) / MB, 1),
+    }
+
+
+TASKS_ES = ("sentiment", "emotion", "hate_speech", "irony")
+
+
+def in_cgroup(models: Path, limit_mb: int, requests: int, prepacked_on: bool, work: Path) -> dict[str, Any]:
+    """The four Spanish tasks and OCR in one server inside a memory cgroup of `limit_mb`."""
+    from service.ocr.documents import encode, letter_page
+
+    env = {
+        "BACKEND": "onnx",
+        "NUM_THREADS": "1",
+        "PREPACKED": "true" if prepacked_on else "false",
+        "RECYCLE_ON_HARD_LIMIT": "false",
+    }
+    for task in TASKS_ES:
+        copy = work / f"{task}-es-{'variant' if prepacked_on else 'plain'}"
+        shutil.copytree(models / f"{task}-es", copy, symlinks=True)
+        env[f"MODEL_{task.upper()}_ES"] = str(copy)
+        if prepacked_on and not (copy / "prepacked").exists():
+            subprocess.run(
+                [sys.executable, "-m", "service.sentiment.backends.prepacked", str(copy)], check=True
+            )
+    page = encode(letter_page(lines=12))
+    os.environ.pop("MEMORY_BUDGET_MB", None)  # the budget must come from the cgroup
+    with memory_cgroup(limit_mb) as path:
+        wrapper = Server.__new__(Server)
+        port = free_port()
+        wrapper.port, wrapper.connection, wrapper.started = port, None, time.perf_counter()
+        command = [
+            "bash", "-c", f'echo $$ > {path}/cgroup.procs && exec "$@"', "bench",
+            sys.executable, "-m", "uvicorn", "main:app", "--port", str(port),
+            "--workers", "1", "--loop", "asyncio",
+        ]  # fmt: skip
+        wrapper.process = subprocess.Popen(
+            command,
+            cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "MALLOC_ARENA_MAX": "2", **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        server = wrapper
+        try:
+            server.wait_healthy()
+            rng = random.Random(0)
+            statuses: dict[str, int] = {}
+            for index in range(requests):
+                slot = index % 5
+                if slot == 4:
+                    ocr(server, page, "image/png")
+                    statuses["ocr"] = statuses.get("ocr", 0) + 1
+                    continue
+                task = TASKS_ES[slot]
+                body: dict[str, Any] = {"task": task, "lang": "es"}
+                if index % 3:
+                    body["text"] = rng.choice(SHORT)
+                else:
+                    body["texts"] = [long_text(rng) for _ in range(4)]
+                analyze(server, body)
+                statuses[task] = statuses.get(task, 0) + 1
+            _, report = server.request("GET", "/memory")
+            status = proc_status(server.process.pid)
+            return {
+                "requests": statuses,
+                "loaded": {item["key"]: (item["cost_mb"], item.get("file_mb")) for item in report["loaded"]},
+                "evictions": report["counters"]["evictions"],
+                "refusals": report["counters"]["refusals"],
+                "anon_mb": round(status["RssAnon"], 1),
+                "file_mb": round(status["RssFile"], 1),
+                "rss_mb": round(status["VmRSS"], 1),
+                "peak_rss_mb": round(status["VmHWM"], 1),
+                "used_mb": report["used_mb"],
+                "budget": [report["budget_mb"], report["budget_source"]],
+                "cgroup": report.get("cgroup"),
+                **cgroup_counters(path),
+            }
+        finally:
+            server.stop()
+
+
+def build_standins(source: Path, out: Path) -> None:
+    """emotion, hate_speech and irony models of RoBERTuito's shape: `source` with a new head."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from service.export.build import export_model
+
+    for task, (labels, problem_type) in STANDIN_HEADS.items():
+        target = out / f"{task}-es"
+        if (target / "manifest.json").is_file():
+            continue
+        torch.manual_seed(1)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            problem_type=problem_type,
+            ignore_mismatched_sizes=True,
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+            export_model(task, "es", tmp, target)
+        print(f"standins: {target}", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.filebacked", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("single")
+    one.add_argument("--model", type=Path, required=True)
+    one.add_argument("--requests", type=int, default=1000)
+    group = sub.add_parser("cgroup")
+    group.add_argument("--models", type=Path, required=True)
+    group.add_argument("--limit-mb", type=int, default=512)
+    group.add_argument("--requests", type=int, default=200)
+    stand = sub.add_parser("standins")
+    stand.add_argument("--source", type=Path, required=True)
+    stand.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    if args.command == "standins":
+        build_standins(args.source, args.out)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-filebacked-") as tmp:
+        if args.command == "single":
+            result: dict[str, Any] = single(args.model, args.requests, Path(tmp))
+        else:
+            result = {
+                mode: in_cgroup(args.models, args.limit_mb, args.requests, mode == "variant", Path(tmp))
+                for mode in ("variant", "plain")
+            }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
