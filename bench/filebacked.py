@@ -3,6 +3,7 @@
 
     python -m bench.filebacked single --model DIR [--requests 1000]
     python -m bench.filebacked cgroup --models DIR [--limit-mb 512] [--requests 200]
+    python -m bench.filebacked allowance --model DIR [--room-mb 160,120,100,80,60,40]
     python -m bench.filebacked standins --source DIR --out DIR
 
 single: one exported RoBERTuito-scale model, served plain (PREPACKED=false), from a variant made
@@ -13,6 +14,8 @@ cgroup: the four Spanish tasks (sentiment, emotion, hate_speech, irony; --models
 <task>-es dirs, as `standins` writes them) plus OCR in one server inside a real memory cgroup of
 --limit-mb (v1 or v2, no swap), requests cycling over the five: loaded items, evictions, OOM kills,
 the cgroup's own figures. Needs root (it writes the cgroup hierarchy).
+allowance: one model served from its variant in memory cgroups of its anonymous memory plus
+each --room-mb for file pages: major page faults and CPU per call (the file allowance's evidence).
 standins: RoBERTuito-shape models for emotion (7 labels), hate_speech (3, multi-label) and
 irony (2) from the random sentiment model at --source, with a new head, exported as the
 service exports (they stand in for pysentimiento's, which this machine cannot download).
@@ -310,6 +313,69 @@ def in_cgroup(models: Path, limit_mb: int, requests: int, prepacked_on: bool, wo
             server.stop()
 
 
+def allowance_child(model: Path, calls: int) -> dict[str, float]:
+    """In this process: serve `model` as the backend does, then `calls` calls of a 64-token text:
+    the file pages one call references, and the major faults and CPU per call in steady state."""
+    import resource
+
+    from service.sentiment.backends.file_pages import mapped_kb
+    from service.sentiment.backends.onnx_backend import OnnxModel
+
+    analyzer = OnnxModel(model, num_threads=1)
+    text = " ".join(["el servicio de hoy fue lento pero la gente amable"] * 6)
+    Path("/proc/self/clear_refs").write_text("1")  # every page's referenced bit off
+    analyzer.predict_probas([text])  # and warm: every page a call needs has been read once
+    referenced = mapped_kb(analyzer.served.graph.parent.resolve())["Referenced"] / 1024
+    before, cpu, wall = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_majflt,
+        time.process_time(),
+        time.monotonic(),
+    )
+    for _ in range(calls):
+        analyzer.predict_probas([text])
+    status = proc_status(os.getpid())
+    return {
+        "served_variant": analyzer.served.variant,
+        "allowance_mb": round(analyzer.file_mb, 1),
+        "referenced_by_one_call_mb": round(referenced, 1),
+        "wall_ms_per_call": round(1000 * (time.monotonic() - wall) / calls, 1),
+        "major_faults_per_call": round(
+            (resource.getrusage(resource.RUSAGE_SELF).ru_majflt - before) / calls, 1
+        ),
+        "cpu_ms_per_call": round(1000 * (time.process_time() - cpu) / calls, 1),
+        "anon_mb": round(status["RssAnon"], 1),
+        "file_mb": round(status["RssFile"], 1),
+    }
+
+
+def allowance(model: Path, room_mb: list[int], calls: int) -> list[dict[str, Any]]:
+    """The same child in memory cgroups of its anonymous memory + each `room_mb` for file pages:
+    how much room a call's mapped weights need before it stops re-reading them from disk."""
+    child = [sys.executable, "-m", "bench.filebacked", "allowance-child", "--model", str(model)]
+    unlimited = subprocess.run([*child, "--calls", "3"], capture_output=True, text=True, check=True)
+    probe = json.loads(unlimited.stdout.splitlines()[-1])
+    rows = []
+    for room in room_mb:
+        limit = int(probe["anon_mb"] + room)
+        weights = model / "prepacked" / "model.onnx.data"
+        with weights.open("rb") as handle:  # drop its cached pages: they must be charged to the new group
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        with memory_cgroup(limit) as path:
+            command = ["bash", "-c", f'echo $$ > {path}/cgroup.procs && exec "$@"', "allowance", *child]
+            command += ["--calls", str(calls)]
+            done = subprocess.run(
+                command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
+            )
+            row: dict[str, Any] = {"limit_mb": limit, "room_for_file_pages_mb": room, **cgroup_counters(path)}
+            if done.returncode == 0:
+                row.update(json.loads(done.stdout.splitlines()[-1]))
+            else:
+                row["failed"] = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    return rows
+
+
 def build_standins(source: Path, out: Path) -> None:
     """emotion, hate_speech and irony models of RoBERTuito's shape: `source` with a new head."""
     import torch
@@ -347,12 +413,25 @@ def main() -> None:
     group.add_argument("--models", type=Path, required=True)
     group.add_argument("--limit-mb", type=int, default=512)
     group.add_argument("--requests", type=int, default=200)
+    room = sub.add_parser("allowance")
+    room.add_argument("--model", type=Path, required=True)
+    room.add_argument("--room-mb", default="160,120,100,80,60,40")
+    room.add_argument("--calls", type=int, default=20)
+    child = sub.add_parser("allowance-child")
+    child.add_argument("--model", type=Path, required=True)
+    child.add_argument("--calls", type=int, default=20)
     stand = sub.add_parser("standins")
     stand.add_argument("--source", type=Path, required=True)
     stand.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "standins":
         build_standins(args.source, args.out)
+        return
+    if args.command == "allowance-child":
+        print(json.dumps(allowance_child(args.model, args.calls)))
+        return
+    if args.command == "allowance":
+        print(json.dumps(allowance(args.model, [int(mb) for mb in args.room_mb.split(",")], args.calls)))
         return
     with tempfile.TemporaryDirectory(prefix="bench-filebacked-") as tmp:
         if args.command == "single":

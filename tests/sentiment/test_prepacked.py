@@ -142,17 +142,20 @@ def test_cpu_features_keep_only_kernel_selecting_flags(tmp_path):
     assert prepacked.cpu_features(tmp_path / "missing") == []
 
 
-def test_referenced_file_pages_of_a_mapping(tmp_path):
+def test_mapped_size_of_a_models_files(tmp_path):
     smaps = tmp_path / "smaps"
     smaps.write_text(
         "7f0000000000-7f0006400000 r--p 00000000 08:01 42   /models/es/prepacked/model.onnx.data\n"
         "Size:             102400 kB\nRss:               90000 kB\nReferenced:        80000 kB\n"
+        "7f0006400000-7f0006500000 r--p 06400000 08:01 42   /models/es/prepacked/model.onnx.data\n"
+        "Size:               1024 kB\nRss:                   0 kB\nReferenced:            0 kB\n"
         "7f1000000000-7f1000100000 r-xp 00000000 08:01 43   /usr/lib/libc.so.6\n"
         "Size:               1024 kB\nRss:                1000 kB\nReferenced:         1000 kB\n"
+        "7f2000000000-7f2000100000 rw-p 00000000 00:00 0 \n"
+        "Size:               1024 kB\nRss:                1000 kB\n"
     )
-    assert file_pages.mapped_kb(Path("/models/es/prepacked"), smaps) == {"Rss": 90000, "Referenced": 80000}
-    with file_pages.referenced(
-        Path("/models/es/prepacked"), smaps, tmp_path / "no" / "clear_refs"
-    ) as touched:
-        pass
-    assert touched.mb == 90000 / 1024  # clear_refs not writable: resident pages stand in
+    prefix = Path("/models/es/prepacked")
+    assert file_pages.mapped_kb(prefix, smaps) == {"Size": 103424, "Rss": 90000, "Referenced": 80000}
+    assert file_pages.mapped_mb(prefix, smaps) == 101
+    assert file_pages.mapped_mb(Path("/models/es"), smaps) == 101  # the variant is inside the model dir
+    assert file_pages.mapped_mb(Path("/models/en"), smaps) == 0

@@ -1,26 +1,23 @@
-"""How many file-backed pages of a model's own files a call reads: its allowance in the budget.
+"""The file-backed pages a model's calls read: its allowance in the budget while it runs.
 
 Mapped weights are clean file pages: the kernel may drop them under pressure and read them back
-on the next call. What a call must find resident, or fault in again, is the pages it references.
-The kernel tells: `/proc/self/clear_refs` resets every page's referenced bit, and after the call
-`/proc/self/smaps` sums `Referenced` per mapping. Where clear_refs cannot be written, the
-mappings' resident size stands in (an upper bound).
+on the next call. A call of a transformer runs every layer, so it reads nearly all of the weights
+onnxruntime mapped: measured without memory pressure, one call of the RoBERTuito-scale variant
+references 111.1 of its 115.3 mapped MB (MEMORY.md, issue 11). The allowance is therefore the size
+of the model's mappings, read from /proc/self/smaps: unlike the pages referenced or resident, it
+does not shrink when the cgroup is already short of memory, which is when it matters.
 """
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 SMAPS = Path("/proc/self/smaps")
-CLEAR_REFS = Path("/proc/self/clear_refs")
 _MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
 
 
 def mapped_kb(prefix: Path, smaps: Path = SMAPS) -> dict[str, int]:
-    """`Rss` and `Referenced` (kB) summed over the mappings of files under `prefix`."""
-    totals = {"Rss": 0, "Referenced": 0}
+    """`Size`, `Rss` and `Referenced` (kB) summed over the mappings of files under `prefix`."""
+    totals = {"Size": 0, "Rss": 0, "Referenced": 0}
     inside = False
     wanted = str(prefix).rstrip("/") + "/"
     try:
@@ -39,19 +36,6 @@ def mapped_kb(prefix: Path, smaps: Path = SMAPS) -> dict[str, int]:
     return totals
 
 
-@dataclass
-class Touched:
-    mb: float = 0.0
-
-
-@contextmanager
-def referenced(prefix: Path, smaps: Path = SMAPS, clear_refs: Path = CLEAR_REFS) -> Iterator[Touched]:
-    """Measure the MB of files under `prefix` that the block references."""
-    touched = Touched()
-    try:
-        clear_refs.write_text("1")
-        field = "Referenced"
-    except OSError:
-        field = "Rss"
-    yield touched
-    touched.mb = mapped_kb(prefix, smaps)[field] / 1024
+def mapped_mb(prefix: Path, smaps: Path = SMAPS) -> float:
+    """The MB of files under `prefix` that this process maps."""
+    return mapped_kb(prefix, smaps)["Size"] / 1024

@@ -90,9 +90,7 @@ def open_session(
             session = ort.InferenceSession(
                 str(choice.graph), session_options(num_threads), providers=providers
             )
-            with file_pages.referenced(choice.graph.parent.resolve()) as touched:
-                probas = _probe(session, tokenizer, multi_label)
-            diff = prepacked.check(probas, choice.info)
+            diff = prepacked.check(_probe(session, tokenizer, multi_label), choice.info)
         except Exception as error:  # a truncated or corrupt file: ORT refuses it or the probe fails
             session, diff = None, None
             choice.reason += f" is unusable ({type(error).__name__}: {error})"
@@ -102,15 +100,16 @@ def open_session(
                 choice.reason += " failed its check at load"
             else:
                 served = Served(
-                    choice.graph, True, f"{choice.reason} (probe max diff {diff:.2g})", touched.mb
+                    choice.graph,
+                    True,
+                    f"{choice.reason} (probe max diff {diff:.2g})",
+                    file_pages.mapped_mb(choice.graph.parent.resolve()),
                 )
     if session is None and choice.variant:
         prepacked.discard(model_dir, settings.prepacked_dir)
     if session is None:
         session = ort.InferenceSession(str(plain), session_options(num_threads), providers=providers)
-        with file_pages.referenced(model_dir.resolve()) as touched:
-            _probe(session, tokenizer, multi_label)
-        served = Served(plain, False, choice.reason, touched.mb)
+        served = Served(plain, False, choice.reason, file_pages.mapped_mb(model_dir.resolve()))
     logger.info(
         "onnx %s: serving %s: %s; file-backed pages per call %.1f MB",
         model_dir,
@@ -137,8 +136,8 @@ class OnnxModel:
         self.run_options = run_options(options.enable_cpu_mem_arena)
         self.session, self.served = open_session(model_dir, manifest, self.tokenizer, num_threads)
         self.input_names = {node.name for node in self.session.get_inputs()}
-        # File-backed pages one call reads (the mapped prepacked weights): the registry's allowance
-        # for this model while it runs (service/budget.py).
+        # File-backed MB its calls read (the mapped weights): the registry's allowance for this
+        # model while work runs on it (service/sentiment/backends/file_pages.py).
         self.file_mb = self.served.file_mb
         # A converted BERTweet tokenizer can emit ids past the model's vocab where the original
         # tokenizer gives <unk> (service/export/tokenizer.py): map them back to <unk>.
