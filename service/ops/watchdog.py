@@ -1,7 +1,8 @@
 """Memory watchdog: a thread that samples memory about once a second and acts on two limits.
 
-What it samples is the memory the budget counts (`Registry.used_mb`): unreclaimable memory plus
-the allowances of running work, not RSS, whose mapped weights the kernel reclaims by itself.
+What it samples is memory that cannot be reclaimed (`service.budget.unreclaimable_mb`: anonymous
+memory, the process's or its cgroup's), not RSS: mapped weights are file pages the kernel reclaims
+by itself, and what grows unnoticed (fragmentation, a leak) is anonymous.
 
 The registry keeps loads and reserved work under the budget, but nothing else stops memory that
 creeps up: heap fragmentation, caches, a leak in a native library. The watchdog does.
@@ -200,7 +201,6 @@ def start_watchdog() -> Watchdog | None:
     _current = Watchdog(
         Limits(limit, limit * settings.memory_soft_limit, limit * settings.memory_hard_limit),
         evict_idle=registry.evict_idle,
-        used=registry.used_mb,
         recycle=sigterm_self if settings.recycle_on_hard_limit else None,
         min_uptime_s=settings.recycle_min_uptime_s,
         interval_s=settings.watchdog_interval_s,
