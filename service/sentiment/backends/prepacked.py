@@ -196,6 +196,7 @@ class MakeError(Exception):
 def saving_options(base: ort.SessionOptions, graph: Path) -> ort.SessionOptions:
     """`base` that also writes the optimized graph to `graph`, prepacked weights beside it."""
     base.optimized_model_filepath = str(graph)
+    base.log_severity_level = 3  # not the warning that the saved graph is for this machine: it is keyed so
     for key, value in (
         ("session.save_external_prepacked_constant_initializers", "1"),
         ("session.optimized_model_external_initializers_file_name", WEIGHTS),
