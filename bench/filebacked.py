@@ -4,6 +4,7 @@
     python -m bench.filebacked single --model DIR [--requests 1000]
     python -m bench.filebacked cgroup --models DIR [--limit-mb 512] [--requests 200]
     python -m bench.filebacked allowance --model DIR [--room-mb 160,120,100,80,60,40]
+    python -m bench.filebacked render --model DIR [--limit-mb 512] [--cpus 0.1]
     python -m bench.filebacked standins --source DIR --out DIR
 
 single: one exported RoBERTuito-scale model, served plain (PREPACKED=false), from a variant made
@@ -16,6 +17,8 @@ cgroup: the four Spanish tasks (sentiment, emotion, hate_speech, irony; --models
 the cgroup's own figures. Needs root (it writes the cgroup hierarchy).
 allowance: one model served from its variant in memory cgroups of its anonymous memory plus
 each --room-mb for file pages: major page faults and CPU per call (the file allowance's evidence).
+render: a deploy's first start in cgroups like Render's free instance (512 MB, a CPU quota of
+0.1): making the variant, then the first answer with it, plain, and with it made by the first load.
 standins: RoBERTuito-shape models for emotion (7 labels), hate_speech (3, multi-label) and
 irony (2) from the random sentiment model at --source, with a new head, exported as the
 service exports (they stand in for pysentimiento's, which this machine cannot download).
@@ -31,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -120,12 +123,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def single(model: Path, requests: int, work: Path) -> dict[str, dict[str, float]]:
+MODES = ("plain", "variant-made-at-first-load", "variant")
+
+
+def single(
+    model: Path, requests: int, work: Path, modes: Sequence[str] = MODES
+) -> dict[str, dict[str, float]]:
     """Plain vs variant (made before start, and made by the first load) of one model."""
     from service.sentiment.backends import prepacked
 
     results = {}
-    for mode in ("plain", "variant-made-at-first-load", "variant"):
+    for mode in modes:
         copy = work / mode
         shutil.copytree(
             model, copy, ignore=shutil.ignore_patterns("prepacked", ".prepacked-*"), symlinks=True
@@ -184,6 +192,8 @@ def single(model: Path, requests: int, work: Path) -> dict[str, dict[str, float]
             server.stop()
         results[mode] = figures
         print(mode, json.dumps(figures), file=sys.stderr)
+    if not {"plain", "variant"} <= set(results):
+        return results
     plain, variant = results["plain"], results["variant"]
     results["ratios"] = {
         "cpu_per_text_variant_over_plain": round(variant["cpu_ms_per_text"] / plain["cpu_ms_per_text"], 3),
@@ -376,6 +386,83 @@ def allowance(model: Path, room_mb: list[int], calls: int) -> list[dict[str, Any
     return rows
 
 
+@contextmanager
+def render_like(limit_mb: int, cpus: float) -> Iterator[str]:
+    """Memory and CPU cgroups like a Render free instance (512 MB, 0.1 CPU; cgroup v1 here):
+    yields a bash prefix that moves a command into both."""
+    with memory_cgroup(limit_mb) as memory:
+        cpu = Path("/sys/fs/cgroup/cpu") / f"bench-filebacked-{os.getpid()}"
+        cpu.mkdir()
+        try:
+            period = int((cpu / "cpu.cfs_period_us").read_text())
+            (cpu / "cpu.cfs_quota_us").write_text(str(int(period * cpus)))
+            yield f'echo $$ > {memory}/cgroup.procs && echo $$ > {cpu}/cgroup.procs && exec "$@"'
+        finally:
+            for _ in range(50):
+                try:
+                    cpu.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+
+
+def render_cold_start(model: Path, work: Path, limit_mb: int, cpus: float) -> dict[str, float]:
+    """A deploy's first start on a Render-like instance: making the variant, then the first answer
+    with it, without it (PREPACKED=false), and with the variant made by the first load."""
+    figures: dict[str, float] = {}
+    with render_like(limit_mb, cpus) as prefix:
+        wrap = ["bash", "-c", prefix, "render"]
+        for mode in ("make", "variant", "plain", "made-at-first-load"):
+            copy = work / f"render-{mode}"
+            if not copy.exists():
+                shutil.copytree(model, copy, ignore=shutil.ignore_patterns("prepacked", ".prepacked-*"))
+            if mode == "make":
+                started = time.perf_counter()
+                subprocess.run(
+                    [*wrap, sys.executable, "-m", "service.sentiment.backends.prepacked", str(copy)],
+                    check=True,
+                )
+                figures["make_variant_s"] = round(time.perf_counter() - started, 1)
+                shutil.move(copy, work / "render-variant")
+                continue
+            env = {
+                "BACKEND": "onnx",
+                "MODEL_SENTIMENT_ES": str(copy),
+                "PREPACKED": str(mode != "plain").lower(),
+            }
+            env["NUM_THREADS"] = "1"
+            port = free_port()
+            server = Server.__new__(Server)
+            server.port, server.connection, server.started = port, None, time.perf_counter()
+            command = [
+                *wrap,
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "main:app",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ]
+            server.process = subprocess.Popen(
+                command,
+                cwd=Path(__file__).resolve().parents[1],
+                env={**os.environ, "MALLOC_ARENA_MAX": "2", **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            try:
+                server.wait_healthy(timeout_s=600)
+                figures[f"{mode}_listening_s"] = round(time.perf_counter() - server.started, 1)
+                analyze(server, {"text": SHORT[0]})
+                figures[f"{mode}_first_answer_s"] = round(time.perf_counter() - server.started, 1)
+            finally:
+                server.stop()
+            print(json.dumps(figures), file=sys.stderr)
+    return figures
+
+
 def build_standins(source: Path, out: Path) -> None:
     """emotion, hate_speech and irony models of RoBERTuito's shape: `source` with a new head."""
     import torch
@@ -409,6 +496,7 @@ def main() -> None:
     one = sub.add_parser("single")
     one.add_argument("--model", type=Path, required=True)
     one.add_argument("--requests", type=int, default=1000)
+    one.add_argument("--modes", default=",".join(MODES), help=f"some of {', '.join(MODES)}")
     group = sub.add_parser("cgroup")
     group.add_argument("--models", type=Path, required=True)
     group.add_argument("--limit-mb", type=int, default=512)
@@ -420,6 +508,10 @@ def main() -> None:
     child = sub.add_parser("allowance-child")
     child.add_argument("--model", type=Path, required=True)
     child.add_argument("--calls", type=int, default=20)
+    render = sub.add_parser("render")
+    render.add_argument("--model", type=Path, required=True)
+    render.add_argument("--limit-mb", type=int, default=512)
+    render.add_argument("--cpus", type=float, default=0.1)
     stand = sub.add_parser("standins")
     stand.add_argument("--source", type=Path, required=True)
     stand.add_argument("--out", type=Path, required=True)
@@ -435,7 +527,9 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bench-filebacked-") as tmp:
         if args.command == "single":
-            result: dict[str, Any] = single(args.model, args.requests, Path(tmp))
+            result: dict[str, Any] = single(args.model, args.requests, Path(tmp), args.modes.split(","))
+        elif args.command == "render":
+            result = render_cold_start(args.model, Path(tmp), args.limit_mb, args.cpus)
         else:
             result = {
                 mode: in_cgroup(args.models, args.limit_mb, args.requests, mode == "variant", Path(tmp))
