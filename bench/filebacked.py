@@ -39,7 +39,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from service.bench import SHORT, Server, analyze, long_text, ocr
+from bench.server import launch
+from bench.serving import SHORT, Client, analyze, bench_args, long_text, ocr, start_server
 
 MB = 1024 * 1024
 # pysentimiento's label sets (pysentimiento 0.7.3, Spanish models).
@@ -97,8 +98,8 @@ class AnonSampler:
         self._thread.join()
 
 
-def mixed_requests(server: Server, requests: int, seed: int = 0) -> int:
-    """service/bench.py's mix: short and 150-word texts, singles and batches of 4 and 8; returns texts."""
+def mixed_requests(server: Client, requests: int, seed: int = 0) -> int:
+    """bench/serving.py's mix: short and 150-word texts, singles and batches of 4 and 8; returns texts."""
     rng, texts = random.Random(seed), 0
     for index in range(requests):
         kind = index % 4
@@ -113,14 +114,6 @@ def mixed_requests(server: Server, requests: int, seed: int = 0) -> int:
         analyze(server, body)
         texts += len(body.get("texts", [None]))
     return texts
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 MODES = ("plain", "variant-made-at-first-load", "variant")
@@ -159,10 +152,9 @@ def single(
             "MEMORY_BUDGET_MB": "8192",
             "PREPACKED": "false" if mode == "plain" else "true",
         }
-        server = Server(env, free_port())
+        server = start_server(env, None, None)
         try:
-            server.wait_healthy()
-            pid = server.process.pid
+            pid = server.server.pid
             cpu_start = cpu_seconds(pid)
             analyze(server, {"text": SHORT[0]})
             figures["first_answer_s"] = round(time.perf_counter() - server.started, 2)
@@ -252,7 +244,7 @@ def in_cgroup(models: Path, limit_mb: int, requests: int, prepacked_on: bool, wo
     """The four Spanish tasks and OCR in one server inside a memory cgroup of `limit_mb`."""
     from service.ocr.documents import encode, letter_page
 
-    env = {
+    env: dict[str, str | None] = {
         "BACKEND": "onnx",
         "NUM_THREADS": "1",
         "PREPACKED": "true" if prepacked_on else "false",
@@ -267,26 +259,11 @@ def in_cgroup(models: Path, limit_mb: int, requests: int, prepacked_on: bool, wo
                 [sys.executable, "-m", "service.sentiment.backends.prepacked", str(copy)], check=True
             )
     page = encode(letter_page(lines=12))
-    os.environ.pop("MEMORY_BUDGET_MB", None)  # the budget must come from the cgroup
+    env["MEMORY_BUDGET_MB"] = None  # the budget must come from the cgroup
     with memory_cgroup(limit_mb) as path:
-        wrapper = Server.__new__(Server)
-        port = free_port()
-        wrapper.port, wrapper.connection, wrapper.started = port, None, time.perf_counter()
-        command = [
-            "bash", "-c", f'echo $$ > {path}/cgroup.procs && exec "$@"', "bench",
-            sys.executable, "-m", "uvicorn", "main:app", "--port", str(port),
-            "--workers", "1", "--loop", "asyncio",
-        ]  # fmt: skip
-        wrapper.process = subprocess.Popen(
-            command,
-            cwd=Path(__file__).resolve().parents[1],
-            env={**os.environ, "MALLOC_ARENA_MAX": "2", **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        server = wrapper
+        server = Client(launch(work / "cgroup-server.log", python_args=bench_args, cgroup=path, **env))
         try:
-            server.wait_healthy()
+            server.server.wait_healthy(120)
             rng = random.Random(0)
             statuses: dict[str, int] = {}
             for index in range(requests):
@@ -304,7 +281,7 @@ def in_cgroup(models: Path, limit_mb: int, requests: int, prepacked_on: bool, wo
                 analyze(server, body)
                 statuses[task] = statuses.get(task, 0) + 1
             _, report = server.request("GET", "/memory")
-            status = proc_status(server.process.pid)
+            status = proc_status(server.server.pid)
             return {
                 "requests": statuses,
                 "loaded": {item["key"]: (item["cost_mb"], item.get("file_mb")) for item in report["loaded"]},
@@ -387,16 +364,15 @@ def allowance(model: Path, room_mb: list[int], calls: int) -> list[dict[str, Any
 
 
 @contextmanager
-def render_like(limit_mb: int, cpus: float) -> Iterator[str]:
-    """Memory and CPU cgroups like a Render free instance (512 MB, 0.1 CPU; cgroup v1 here):
-    yields a bash prefix that moves a command into both."""
+def render_like(limit_mb: int, cpus: float) -> Iterator[tuple[Path, Path]]:
+    """A memory and a CPU cgroup like a Render free instance (512 MB, 0.1 CPU; cgroup v1 here)."""
     with memory_cgroup(limit_mb) as memory:
         cpu = Path("/sys/fs/cgroup/cpu") / f"bench-filebacked-{os.getpid()}"
         cpu.mkdir()
         try:
             period = int((cpu / "cpu.cfs_period_us").read_text())
             (cpu / "cpu.cfs_quota_us").write_text(str(int(period * cpus)))
-            yield f'echo $$ > {memory}/cgroup.procs && echo $$ > {cpu}/cgroup.procs && exec "$@"'
+            yield memory, cpu
         finally:
             for _ in range(50):
                 try:
@@ -410,52 +386,27 @@ def render_cold_start(model: Path, work: Path, limit_mb: int, cpus: float) -> di
     """A deploy's first start on a Render-like instance: making the variant, then the first answer
     with it, without it (PREPACKED=false), and with the variant made by the first load."""
     figures: dict[str, float] = {}
-    with render_like(limit_mb, cpus) as prefix:
-        wrap = ["bash", "-c", prefix, "render"]
+    with render_like(limit_mb, cpus) as (memory, cpu):
         for mode in ("make", "variant", "plain", "made-at-first-load"):
             copy = work / f"render-{mode}"
             if not copy.exists():
                 shutil.copytree(model, copy, ignore=shutil.ignore_patterns("prepacked", ".prepacked-*"))
             if mode == "make":
+                join = f'echo $$ > {memory}/cgroup.procs && echo $$ > {cpu}/cgroup.procs && exec "$@"'
+                make = [sys.executable, "-m", "service.sentiment.backends.prepacked", str(copy)]
                 started = time.perf_counter()
-                subprocess.run(
-                    [*wrap, sys.executable, "-m", "service.sentiment.backends.prepacked", str(copy)],
-                    check=True,
-                )
+                subprocess.run(["bash", "-c", join, "render", *make], check=True)
                 figures["make_variant_s"] = round(time.perf_counter() - started, 1)
                 shutil.move(copy, work / "render-variant")
                 continue
-            env = {
-                "BACKEND": "onnx",
-                "MODEL_SENTIMENT_ES": str(copy),
-                "PREPACKED": str(mode != "plain").lower(),
-            }
-            env["NUM_THREADS"] = "1"
-            port = free_port()
-            server = Server.__new__(Server)
-            server.port, server.connection, server.started = port, None, time.perf_counter()
-            command = [
-                *wrap,
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "main:app",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ]
-            server.process = subprocess.Popen(
-                command,
-                cwd=Path(__file__).resolve().parents[1],
-                env={**os.environ, "MALLOC_ARENA_MAX": "2", **env},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
+            env = {"BACKEND": "onnx", "MODEL_SENTIMENT_ES": str(copy), "NUM_THREADS": "1"}
+            env["PREPACKED"] = str(mode != "plain").lower()
+            server = launch(work / f"render-{mode}.log", python_args=bench_args, cgroup=memory, **env)
+            (cpu / "cgroup.procs").write_text(str(server.pid))  # before its imports: they take seconds
             try:
-                server.wait_healthy(timeout_s=600)
+                server.wait_healthy(600)
                 figures[f"{mode}_listening_s"] = round(time.perf_counter() - server.started, 1)
-                analyze(server, {"text": SHORT[0]})
+                analyze(Client(server), {"text": SHORT[0]})
                 figures[f"{mode}_first_answer_s"] = round(time.perf_counter() - server.started, 1)
             finally:
                 server.stop()

@@ -30,19 +30,11 @@ from typing import Any
 import psutil
 import pytest
 
+from bench.server import Server, launch
 from service.config import LANGS, TASKS
 from tests.ocr.samples import ENGLISH, SPANISH, encode, text_page
-from tests.ops.server import (
-    SERVE,
-    SUPERVISE,
-    Server,
-    free_port,
-    server_env,
-    tessdata_missing,
-    wait_until_serving,
-)
 from tests.ops.test_soak import LIMIT_MB, MAX_RETRIES, Tally, error_code, memory_cgroup, upload_request
-from tests.support import ROOT
+from tests.support import ROOT, tessdata_missing
 
 pytestmark = pytest.mark.soak
 
@@ -122,10 +114,15 @@ def client(
 def soak(
     tmp_path: Path, models: Path, pairs: list[tuple[str, str]], seconds: float, name: str
 ) -> dict[str, Any]:
-    env = server_env(
-        BACKEND="onnx", MEMORY_WATCHDOG="true", MALLOC_ARENA_MAX="2", ONNX_DIR=str(models), PREPACKED="true"
-    )
-    env.pop("MEMORY_BUDGET_MB", None)  # the budget must come from the cgroup
+    env: dict[str, str | None] = {
+        "BACKEND": "onnx",
+        "NUM_THREADS": "1",
+        "MEMORY_WATCHDOG": "true",
+        "MALLOC_ARENA_MAX": "2",
+        "ONNX_DIR": str(models),
+        "PREPACKED": "true",
+        "MEMORY_BUDGET_MB": None,  # the budget must come from the cgroup
+    }
     for task, lang in PAIRS:
         env[f"MODEL_{task.upper()}_{lang.upper()}"] = str(models / f"{task}-{lang}")
     page = encode(text_page(SPANISH * 2, size=(1275, 500)))
@@ -134,18 +131,19 @@ def soak(
         make = [sys.executable, "-m", "service.sentiment.backends.prepacked"]
         make += [str(models / f"{task}-{lang}") for task, lang in pairs]
         wrap = ["bash", "-c", f'echo $$ > {cgroup.path}/cgroup.procs && exec "$@"', "soak"]
-        subprocess.run([*wrap, *make], cwd=ROOT, env=env, check=True, timeout=1800)
-        port = free_port()
-        log = tmp_path / f"{name}.log"
-        command = [*wrap, *SUPERVISE, *SERVE, "--port", str(port), "--timeout-graceful-shutdown", "25"]
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        server = Server(process, port, log, supervised=True)
+        subprocess.run([*wrap, *make], cwd=ROOT, check=True, timeout=1800)
+        server = launch(
+            tmp_path / f"{name}.log",
+            "--timeout-graceful-shutdown",
+            "25",
+            supervised=True,
+            cgroup=cgroup.path,
+            **env,
+        )
+        process = server.process
         samples: list[dict[str, float]] = []
         try:
-            wait_until_serving(server, timeout=120)
+            server.wait_healthy(120)
             (worker,) = server.worker_pids()
             faults_start = worker_figures(worker)["major_faults"]
             stop, tally, done = threading.Event(), Tally(), []
