@@ -452,6 +452,7 @@ def main() -> None:
     group.add_argument("--models", type=Path, required=True)
     group.add_argument("--limit-mb", type=int, default=512)
     group.add_argument("--requests", type=int, default=200)
+    group.add_argument("--modes", default="variant,plain", help="variant, plain or both")
     room = sub.add_parser("allowance")
     room.add_argument("--model", type=Path, required=True)
     room.add_argument("--room-mb", default="160,120,100,80,60,40")
@@ -482,10 +483,12 @@ def main() -> None:
         elif args.command == "render":
             result = render_cold_start(args.model, Path(tmp), args.limit_mb, args.cpus)
         else:
-            result = {
-                mode: in_cgroup(args.models, args.limit_mb, args.requests, mode == "variant", Path(tmp))
-                for mode in ("variant", "plain")
-            }
+            result = {}
+            for mode in args.modes.split(","):
+                result[mode] = in_cgroup(
+                    args.models, args.limit_mb, args.requests, mode == "variant", Path(tmp)
+                )
+                print(mode, json.dumps(result[mode]), file=sys.stderr)
     print(json.dumps(result))
 
 
