@@ -242,7 +242,7 @@ TASKS_ES = ("sentiment", "emotion", "hate_speech", "irony")
 
 def in_cgroup(models: Path, limit_mb: int, requests: int, prepacked_on: bool, work: Path) -> dict[str, Any]:
     """The four Spanish tasks and OCR in one server inside a memory cgroup of `limit_mb`."""
-    from service.ocr.documents import encode, letter_page
+    from bench.documents import encode, letter_page
 
     env: dict[str, str | None] = {
         "BACKEND": "onnx",
