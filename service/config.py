@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     def model_source(self, task: str, lang: str) -> str:
         return getattr(self, f"model_{task}_{lang}")
 
+    def exported_dir(self, task: str, lang: str) -> Path:
+        """The exported dir the onnx backend serves: MODEL_<TASK>_<LANG> itself if it is one."""
+        source = Path(self.model_source(task, lang))
+        return source if (source / "manifest.json").is_file() else self.onnx_dir / f"{task}-{lang}"
+
     def export_targets(self) -> list[tuple[str, str]]:
         """Parse EXPORT_MODELS ("sentiment:es,irony:en") into (task, lang) pairs."""
         pairs = []

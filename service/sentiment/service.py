@@ -32,10 +32,7 @@ def model_key(task: str, lang: str) -> str:
 
 def onnx_dir_for(task: str, lang: str, settings: Settings) -> Path:
     """The exported dir the onnx backend serves: MODEL_<TASK>_<LANG> itself if it is one."""
-    source = Path(settings.model_source(task, lang))
-    if (source / "manifest.json").is_file():
-        return source
-    return settings.onnx_dir / f"{task}-{lang}"
+    return settings.exported_dir(task, lang)
 
 
 def model_source(task: str, lang: str, settings: Settings) -> str | Path:

@@ -350,9 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = args.store or settings.prepacked_dir
     dirs = list(args.model_dirs)
     if args.configured:
-        from service.sentiment.service import onnx_dir_for
-
-        dirs += [onnx_dir_for(task, lang, settings) for task, lang in settings.export_targets()]
+        dirs += [settings.exported_dir(task, lang) for task, lang in settings.export_targets()]
     failed = 0
     for model_dir in dirs:
         if not (model_dir / "manifest.json").is_file():
