@@ -281,7 +281,7 @@ def in_cgroup(models: Path, limit_mb: int, requests: int, prepacked_on: bool, wo
                         ocr(server, page, "image/png")
                         key = "ocr"
                     except RuntimeError as error:  # a refusal, counted like /analyze's
-                        key = f"ocr {str(error)[16:19]}"
+                        key = f"ocr {str(error).split()[2]}"
                     statuses[key] = statuses.get(key, 0) + 1
                     continue
                 task = TASKS_ES[slot]
