@@ -7,6 +7,7 @@ the process's and its cgroup's. File-backed pages (mapped prepacked weights) are
 the registry adds an allowance for those a running model reads (service/registry.py).
 """
 
+import contextlib
 import resource
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,6 +21,8 @@ MB = 1024 * 1024
 _UNLIMITED_BYTES = 1 << 60
 
 _process = psutil.Process()
+# Child processes whose memory is the service's too (the OCR worker), by pid.
+_children: dict[int, psutil.Process] = {}
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,30 @@ def detect_budget(
     return Budget(float(DEFAULT_BUDGET_MB), "default", margin_mb)
 
 
+def track_child(pid: int) -> None:
+    """Count a child process's RSS in `rss_mb` from now on (until `forget_child`)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        _children[pid] = psutil.Process(pid)
+
+
+def forget_child(pid: int) -> None:
+    _children.pop(pid, None)
+
+
+def child_rss_mb() -> float:
+    """RSS of the tracked child processes, in MB."""
+    total = 0
+    for child in list(_children.values()):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:  # it ended; its owner forgets it
+            continue
+    return total / MB
+
+
 def rss_mb() -> float:
-    return _process.memory_info().rss / MB
+    """The service's RSS: this process and its tracked children (the OCR worker)."""
+    return _process.memory_info().rss / MB + (child_rss_mb() if _children else 0.0)
 
 
 @dataclass(frozen=True)
@@ -118,6 +143,8 @@ def process_memory(status: Path = Path("/proc/self/status")) -> ProcessMemory:
     try:
         lines = status.read_text().splitlines()
     except OSError:
+        if status != Path("/proc/self/status"):  # a child that has ended
+            return ProcessMemory(0.0, 0.0, 0.0, 0.0)
         lines = []
     for line in lines:
         name, _, value = line.partition(":")
@@ -228,19 +255,19 @@ def own_cgroup() -> CgroupDir | None:
 def unreclaimable_mb() -> float:
     """What the budget counts as used: memory the kernel cannot take back without killing.
 
-    The process's anonymous memory, or its cgroup's unreclaimable memory when that is larger (it
-    also holds child processes, such as a prepacked variant being made, and kernel memory).
-    Mapped weights are not in it: they are clean file pages, dropped and re-read under pressure.
+    The process's anonymous memory and its tracked children's (the OCR worker), or its cgroup's
+    unreclaimable memory when that is larger (it also holds other child processes, such as a
+    prepacked variant being made, and kernel memory). Mapped weights are not in it: they are
+    clean file pages, dropped and re-read under pressure.
     """
-    return unreclaimable_of(process_memory(), cgroup_memory(own_cgroup()))
+    children = sum(process_memory(Path(f"/proc/{pid}/status")).unreclaimable_mb for pid in list(_children))
+    return unreclaimable_of(process_memory(), cgroup_memory(own_cgroup()), children)
 
 
-def unreclaimable_of(process: ProcessMemory, group: CgroupMemory | None) -> float:
-    return (
-        max(process.unreclaimable_mb, group.unreclaimable_mb)
-        if group is not None
-        else process.unreclaimable_mb
-    )
+def unreclaimable_of(process: ProcessMemory, group: CgroupMemory | None, children_mb: float = 0.0) -> float:
+    """The process's and its tracked children's, or the cgroup's when larger."""
+    own = process.unreclaimable_mb + children_mb
+    return max(own, group.unreclaimable_mb) if group is not None else own
 
 
 def peak_rss_mb() -> float:

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from service.budget import MB, cgroup_memory, own_cgroup, peak_rss_mb, process_memory
+from service.budget import MB, cgroup_memory, own_cgroup, peak_rss_mb, process_memory, rss_mb
 from service.registry import get_registry
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -80,9 +80,10 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         registry = get_registry()
         budget = registry.budget
-        process = process_memory()
-        rss = process.rss_mb
-        yield self._gauge("process_rss_bytes", "Resident set size of this process.", rss * MB)
+        process, rss = process_memory(), rss_mb()
+        yield self._gauge(
+            "process_rss_bytes", "Resident set size of this process and its OCR worker.", rss * MB
+        )
         yield self._gauge(
             "process_anon_bytes",
             "RssAnon: anonymous memory, never reclaimed without swap.",
@@ -195,7 +196,7 @@ def route_stats() -> dict[str, dict[str, Any]]:
     def entry(labels: dict[str, str]) -> dict[str, Any]:
         return stats.setdefault(
             f"{labels['method']} {labels['route']}",
-            {"count": 0.0, "sum_s": 0.0, "buckets": {}, "errors": 0.0},
+            {"count": 0.0, "sum_s": 0.0, "buckets": {}, "errors": 0.0, "refused": 0.0},
         )
 
     for family in _event_registry().collect():
@@ -204,6 +205,8 @@ def route_stats() -> dict[str, dict[str, Any]]:
                 item = entry(sample.labels)
                 if sample.labels["status"].startswith("5"):
                     item["errors"] += sample.value
+                if sample.labels["status"] == "503":
+                    item["refused"] += sample.value
             elif sample.name == "http_request_duration_seconds_count":
                 entry(sample.labels)["count"] += sample.value
             elif sample.name == "http_request_duration_seconds_sum":

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service import runtime
+from service import events, runtime
 from service.budget import unreclaimable_mb
 from service.ops.config import get_ops_settings
 from service.registry import get_registry
@@ -123,6 +123,7 @@ class Watchdog:
         self.used_mb = used
         if used >= self.limits.hard_mb and not self.refusing:
             self.refusing = True
+            events.emit("watchdog", "over the hard limit: refusing new work", used)
             logger.warning(
                 "memory watchdog: memory %.0f MB is over the hard limit %.0f MB; refusing new work",
                 used,
@@ -130,6 +131,7 @@ class Watchdog:
             )
         elif self.refusing and not self.recycling and used < self.limits.resume_mb:
             self.refusing = False
+            events.emit("watchdog", "back under the resume level: admitting work", used)
             logger.warning(
                 "memory watchdog: memory %.0f MB is back under %.0f MB; admitting work",
                 used,
@@ -138,6 +140,7 @@ class Watchdog:
         if self.refusing and idle_and_stuck and self._recycle is not None:
             self.recycling = True
             self.counters["recycles"] += 1
+            events.emit("recycle", "memory stays over the hard limit with nothing in flight", used)
             logger.warning(
                 "memory watchdog: memory %.0f MB stays over the hard limit with nothing in flight; recycling",
                 used,
@@ -156,6 +159,8 @@ class Watchdog:
         if evicted:
             self.counters["evictions"] += len(evicted)
             after = self._used()
+        unloaded = f": unloaded {', '.join(evicted)}" if evicted else ""
+        events.emit("watchdog", f"cleanup over the soft limit{unloaded}", after)
         logger.warning(
             "memory watchdog: memory %.0f MB over the soft limit %.0f MB; gc, malloc_trim%s -> %.0f MB",
             used,

@@ -25,12 +25,21 @@ class ProbabilityModel(Protocol):
     def predict_probas(self, texts: Sequence[str]) -> list[list[float]]: ...
 
 
+def model_key(task: str, lang: str) -> str:
+    return f"{task}:{lang}"
+
+
 class Analyzer:
     def __init__(self, model: ProbabilityModel, task: str, lang: str, backend: Backend) -> None:
         self.model = model
         self.task = task
         self.lang = lang
         self.backend = backend
+
+    @property
+    def key(self) -> str:
+        """The model's registry key (`task:lang`)."""
+        return model_key(self.task, self.lang)
 
     def preprocess(self, texts: Sequence[str]) -> list[str]:
         """Preprocess as pysentimiento does; a text that comes out empty cannot be analyzed."""

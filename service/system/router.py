@@ -2,10 +2,20 @@
 
 from fastapi import APIRouter
 
-from service.budget import CgroupMemory, cgroup_memory, own_cgroup, peak_rss_mb, process_memory, thread_count
+from service.budget import (
+    CgroupMemory,
+    cgroup_memory,
+    child_rss_mb,
+    own_cgroup,
+    peak_rss_mb,
+    process_memory,
+    rss_mb,
+    thread_count,
+)
 from service.config import get_settings
 from service.exceptions import error_examples
 from service.hardware import current, num_threads
+from service.monitoring.history import current_history
 from service.registry import get_registry
 from service.sentiment.batching import active_pool
 from service.sentiment.service import model_item, model_key
@@ -40,18 +50,20 @@ def ready() -> Ready:
 def memory() -> MemoryReport:
     registry = get_registry()
     budget = registry.budget
-    process = process_memory()
+    process, rss = process_memory(), rss_mb()
     group = cgroup_memory(own_cgroup())
     used = registry.used_mb()
     settings = get_settings()
+    history = current_history()
     return MemoryReport(
-        rss_mb=round(process.rss_mb, 1),
+        rss_mb=round(rss, 1),
+        worker_rss_mb=round(child_rss_mb(), 1),
         anon_mb=round(process.anon_mb, 1),
         file_mb=round(process.file_mb, 1),
         shmem_mb=round(process.shmem_mb, 1),
         used_mb=round(used, 1),
         running_file_mb=round(registry.running_file_mb, 1),
-        peak_rss_mb=round(max(peak_rss_mb(), process.rss_mb), 1),
+        peak_rss_mb=round(max(peak_rss_mb(), rss), 1),
         budget_mb=round(budget.limit_mb, 1),
         budget_source=budget.source,
         margin_mb=budget.margin_mb,
@@ -62,6 +74,7 @@ def memory() -> MemoryReport:
         backend=settings.backend,
         loaded=registry.snapshot(),
         counters=dict(registry.counters),
+        history_bytes=history.bytes if history is not None else 0,
         cgroup=_cgroup_report(group),
     )
 

@@ -50,6 +50,7 @@ class MemoryReport(BaseModel):
             "examples": [
                 {
                     "rss_mb": 231.4,
+                    "worker_rss_mb": 0.0,
                     "anon_mb": 96.3,
                     "file_mb": 135.1,
                     "shmem_mb": 0.0,
@@ -77,6 +78,7 @@ class MemoryReport(BaseModel):
                         }
                     ],
                     "counters": {"loads": 1, "evictions": 0, "refusals": 0, "load_failures": 0},
+                    "history_bytes": 81920,
                     "cgroup": {
                         "version": 2,
                         "current_mb": 240.2,
@@ -91,13 +93,22 @@ class MemoryReport(BaseModel):
         }
     )
 
-    rss_mb: float = Field(description="Resident set size of this process now: anon + file + shmem.")
-    anon_mb: float = Field(description="RssAnon: memory the kernel can never reclaim (no swap).")
-    file_mb: float = Field(description="RssFile: mapped files (prepacked weights); clean, reclaimable.")
+    rss_mb: float = Field(
+        description="Resident set size of the service now: this process and its OCR worker process."
+    )
+    worker_rss_mb: float = Field(
+        default=0.0, description="Of rss_mb, the OCR worker process's (0 while no OCR engine is loaded)."
+    )
+    anon_mb: float = Field(
+        description="This process's RssAnon: memory the kernel can never reclaim (no swap)."
+    )
+    file_mb: float = Field(
+        description="This process's RssFile: mapped files (prepacked weights); reclaimable."
+    )
     shmem_mb: float = Field(description="RssShmem.")
     used_mb: float = Field(
-        description="What the budget counts: unreclaimable memory (this process's, or its cgroup's when "
-        "larger) + reserved + running_file_mb."
+        description="What the budget counts: unreclaimable memory (this process's and its OCR worker's, or "
+        "their cgroup's when larger) + reserved + running_file_mb."
     )
     running_file_mb: float = Field(description="File allowances of the models work is running on now.")
     peak_rss_mb: float = Field(description="The process's RSS high-water mark.")
@@ -113,6 +124,11 @@ class MemoryReport(BaseModel):
     backend: str
     loaded: list[LoadedItem]
     counters: dict[str, Any]
+    history_bytes: int = Field(
+        default=0,
+        description="Fixed memory of the dashboard's history (HISTORY_WINDOW_S / HISTORY_STEP_S samples "
+        "and HISTORY_EVENTS events), allocated at start and part of rss_mb.",
+    )
     cgroup: CgroupReport | None = Field(description="The memory cgroup's own figures, when it has a limit.")
 
 
