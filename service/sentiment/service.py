@@ -105,7 +105,8 @@ def model_item(task: str, lang: str) -> Loadable:
             weights = _UNKNOWN_WEIGHTS_MB[backend]
         first_of_backend = not any(e.get("backend") == backend for e in get_registry().snapshot())
         imports = _IMPORT_MB[backend] if first_of_backend else 0.0
-        if backend == "onnx" and settings.prepacked and not settings.use_gpu:
+        exported = backend == "onnx" and (Path(source) / "manifest.json").is_file()
+        if exported and settings.prepacked and not settings.use_gpu:
             return _prepacked_estimate_mb(Path(source), settings, weights) + imports
         return weights * _WEIGHTS_FACTOR[backend] + imports
 
