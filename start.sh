@@ -66,6 +66,13 @@ fi
 
 [ "$mode" = "install" ] && exit 0
 
+# Prepacked variants are made here, on the machine that serves (their packing depends on its CPU),
+# in a process of their own: their load peak leaves with it (service/sentiment/backends/prepacked.py).
+if [ "${BACKEND:-onnx}" = "onnx" ] && [ "${PREPACKED:-true}" != "false" ]; then
+  python -m service.sentiment.backends.prepacked --configured ||
+    echo "start.sh: a prepacked variant could not be made; its model is served plain" >&2
+fi
+
 # uvicorn's CLI, run by service/ops/serve.py so that a SIGTERM ends it with 0 after in-flight requests
 # finish (up to GRACEFUL_TIMEOUT_S; Render kills at 30 s), in a loop that restarts a worker which
 # recycled itself (service/ops/supervise.sh). MAX_REQUESTS recycles after that many requests (+ up to

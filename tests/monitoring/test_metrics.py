@@ -39,8 +39,12 @@ def test_memory_and_budget_gauges(make_client):
     rss = sample(text, "process_rss_bytes")
     assert rss is not None and rss > 10 * MB
     assert sample(text, "process_peak_rss_bytes") >= rss
+    anon, file = sample(text, "process_anon_bytes"), sample(text, "process_file_bytes")
+    assert 0 < anon < rss and file > 0 and abs(anon + file - rss) < 2 * MB  # shmem: none here
+    used = sample(text, "memory_used_bytes")
+    assert used >= anon * 0.95  # the budget counts anonymous memory (nothing runs: no allowances)
     headroom = sample(text, "memory_headroom_bytes")
-    assert abs(headroom - (280 * MB - rss)) < 20 * MB  # RSS moves a little between the two readings
+    assert abs(headroom - (280 * MB - used)) < 1 * MB
     assert sample(text, "models_loaded") == 0
     assert 'pid="' not in text  # one process: no pid label
 
