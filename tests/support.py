@@ -58,3 +58,7 @@ def app_client(**env: str) -> Iterator[TestClient]:
 
         with TestClient(app, raise_server_exceptions=False) as client:
             yield client
+
+
+# The uncased WordPiece tokenizer that Italian and Portuguese BERT stand-ins use (bench/standins.py).
+WORDPIECE_TOKENIZER = MINILM / "tokenizer.json"

@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from service.sentiment import service
 from service.sentiment.analyzer import Analyzer
 from tests.sentiment.fakes import FakeModel
-from tests.support import MINILM, ROOT
+from tests.sentiment.standins import Standins
+from tests.support import MINILM, ROBERTUITO_SHAPE, ROOT, WORDPIECE_TOKENIZER
 
 
 @pytest.fixture
@@ -47,3 +48,11 @@ def onnx_minilm(tmp_path_factory) -> Path:
     command += ["--source", str(MINILM), "--out", str(out), "--no-quantize"]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def standins(tmp_path_factory) -> Standins:
+    """Tiny stand-ins of pysentimiento's models, built and exported on first use."""
+    if not (ROBERTUITO_SHAPE / "tokenizer.json").is_file() or not WORDPIECE_TOKENIZER.is_file():
+        pytest.skip("needs ../shared/models (RoBERTuito's shape and the minilm's tokenizer)")
+    return Standins(tmp_path_factory.mktemp("standins"))
