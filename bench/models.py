@@ -39,12 +39,18 @@ def _inputs(task: str, batch: list[str]) -> list[str]:
 
 
 def child(task: str, lang: str, model: str, backend: str, limit: int) -> dict[str, Any]:
-    """In a fresh process: RSS added by loading, CPU ms per text, and the outputs."""
+    """In a fresh process: RSS added by loading the model (the backend's libraries imported first;
+    spaCy, which a token model imports on its first call, counts), CPU ms per text, the outputs."""
+    import importlib
+
     import psutil
 
     from service import runtime
     from service.sentiment.analyzer import create_analyzer
 
+    importlib.import_module(f"service.sentiment.backends.{backend}_backend")
+    if backend == "torch":
+        importlib.import_module("pysentimiento")
     process = psutil.Process()
     sample = texts(limit)
     before = process.memory_info().rss

@@ -14,7 +14,14 @@ from service.config import HUB_MODELS, LANGS, TASKS, Settings, model_env_var
 from service.sentiment.analyzer import Pair, create_analyzer
 from tests.support import app_client
 
-SERVED_HERE = [("sentiment", "it"), ("hate_speech", "pt"), ("emotion", "pt"), ("ner", "es"), ("pos", "en")]
+SERVED_HERE = [
+    ("sentiment", "it"),
+    ("hate_speech", "pt"),
+    ("emotion", "pt"),
+    ("hate_speech", "en"),
+    ("emotion", "es"),
+]
+SERVED_HERE += [("ner", "es"), ("pos", "en")]
 SERVED_HERE += [("targeted_sentiment", "es")]
 
 
