@@ -22,8 +22,8 @@ MB = 1024 * 1024
 _IMPORT_MB = {"torch": 300.0, "onnx": 45.0}
 _WEIGHTS_FACTOR = {"torch": 1.3, "onnx": 1.2}
 _UNKNOWN_WEIGHTS_MB = {"torch": 500.0, "onnx": 130.0}  # a hub id: RoBERTuito-size guess
-# spaCy's tokenizer, imported with the first ner/pos model (measured +75 MB RSS with torch kept out).
-_WORD_TOKENIZER_MB = 75.0
+# spaCy's tokenizer, imported with the first ner/pos model: +51 MB RSS beside the onnx backend (MEMORY.md).
+_WORD_TOKENIZER_MB = 55.0
 _WEIGHT_SUFFIXES = (".onnx", ".data", ".safetensors", ".bin", ".pt")
 
 
