@@ -107,8 +107,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
         work = args.work or Path(tmp)
         print(
-            "| model (stand-in shape) | onnx INT8 MB | onnx RSS added at load (MB) | onnx CPU ms/text "
-            "| torch RSS added (MB) | torch CPU ms/text | torch vs onnx |"
+            "| model (stand-in shape) | onnx INT8 MB | onnx RSS added by the model (MB) | onnx CPU ms/text "
+            "| torch RSS added by the model (MB) | torch CPU ms/text | torch vs onnx |"
         )
         print("|---|---|---|---|---|---|---|")
         for kind in args.kinds.split(","):
