@@ -28,6 +28,10 @@ class ProbabilityModel(Protocol):
     def predict_probas(self, texts: Sequence[str]) -> list[list[float]]: ...
 
 
+def model_key(task: str, lang: str) -> str:
+    return f"{task}:{lang}"
+
+
 class PairModel(ProbabilityModel, Protocol):
     """A backend for targeted_sentiment / context_hate_speech: each text read with its second segment."""
 
@@ -52,6 +56,11 @@ class Analyzer:
         self.task = task
         self.lang = lang
         self.backend = backend
+
+    @property
+    def key(self) -> str:
+        """The model's registry key (`task:lang`)."""
+        return model_key(self.task, self.lang)
 
     def preprocess(self, texts: Sequence[str]) -> list[str]:
         """Preprocess as pysentimiento does; a text that comes out empty cannot be analyzed."""

@@ -13,7 +13,7 @@ from service.exceptions import ModelUnavailable, UnsupportedTaskOrLang
 from service.hardware import current, num_threads
 from service.registry import Loadable, get_registry
 from service.sentiment import batching
-from service.sentiment.analyzer import Analyzer, Pair, TokenAnalyzer, create_analyzer
+from service.sentiment.analyzer import Analyzer, Pair, TokenAnalyzer, create_analyzer, model_key
 from service.sentiment.schemas import Prediction, TokenPrediction
 
 MB = 1024 * 1024
@@ -25,10 +25,6 @@ _UNKNOWN_WEIGHTS_MB = {"torch": 500.0, "onnx": 130.0}  # a hub id: RoBERTuito-si
 # spaCy's tokenizer, imported with the first ner/pos model: +51 MB RSS beside the onnx backend (MEMORY.md).
 _WORD_TOKENIZER_MB = 55.0
 _WEIGHT_SUFFIXES = (".onnx", ".data", ".safetensors", ".bin", ".pt")
-
-
-def model_key(task: str, lang: str) -> str:
-    return f"{task}:{lang}"
 
 
 def onnx_dir_for(task: str, lang: str, settings: Settings) -> Path:
