@@ -109,6 +109,11 @@ class TokenAnalyzer:
         self.lang = lang
         self.backend = backend
 
+    @property
+    def key(self) -> str:
+        """The model's registry key (`task:lang`)."""
+        return model_key(self.task, self.lang)
+
     def preprocess(self, texts: Sequence[str]) -> list[str]:
         return _non_empty([preprocess_tweet(text, self.lang, preprocess_handles=False) for text in texts])
 
