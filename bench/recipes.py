@@ -109,9 +109,7 @@ def table(rows: list[dict[str, Any]], langs: list[str], scale: dict[str, float])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.recipes", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench.recipes", description=__doc__.split("\n")[0])
     parser.add_argument("--source", default=str(SHARED / "models" / "tweet-sentiment-minilm"))
     parser.add_argument(
         "--data",

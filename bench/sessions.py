@@ -131,9 +131,7 @@ def build(work: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.sessions", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench.sessions", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="an exported dir (default: build RoBERTuito scale)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/robertuito-int8"))
     parser.add_argument("--child", choices=[*VARIANTS, *RUN_VARIANTS], help=argparse.SUPPRESS)

@@ -14,20 +14,56 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Backend = Literal["onnx", "torch"]
 
-TASKS: tuple[str, ...] = ("sentiment", "emotion", "hate_speech", "irony")
-LANGS: tuple[str, ...] = ("es", "en")
-
-# pysentimiento 0.7.3's own hub models (pysentimiento.analyzer.models), the production default.
+# pysentimiento 0.7.3's own hub models: its `pysentimiento.analyzer.models` table, the production
+# default. Every (task, lang) pair of that table is served (tests/test_catalog.py enumerates it).
 HUB_MODELS: dict[tuple[str, str], str] = {
     ("sentiment", "es"): "pysentimiento/robertuito-sentiment-analysis",
     ("emotion", "es"): "pysentimiento/robertuito-emotion-analysis",
     ("hate_speech", "es"): "pysentimiento/robertuito-hate-speech",
     ("irony", "es"): "pysentimiento/robertuito-irony",
+    ("ner", "es"): "pysentimiento/robertuito-ner",
+    ("pos", "es"): "pysentimiento/robertuito-pos",
+    ("targeted_sentiment", "es"): "pysentimiento/roberta-targeted-sentiment-analysis",
+    ("context_hate_speech", "es"): "piuba-bigdata/beto-contextualized-hate-speech",
     ("sentiment", "en"): "finiteautomata/bertweet-base-sentiment-analysis",
     ("emotion", "en"): "finiteautomata/bertweet-base-emotion-analysis",
     ("hate_speech", "en"): "pysentimiento/bertweet-hate-speech",
     ("irony", "en"): "pysentimiento/bertweet-irony",
+    ("ner", "en"): "pysentimiento/robertuito-ner",
+    ("pos", "en"): "pysentimiento/robertuito-pos",
+    ("sentiment", "it"): "pysentimiento/bert-it-sentiment",
+    ("emotion", "it"): "pysentimiento/bert-it-emotion",
+    ("hate_speech", "it"): "pysentimiento/bert-it-hate-speech",
+    ("irony", "it"): "pysentimiento/bert-it-irony",
+    ("sentiment", "pt"): "pysentimiento/bertweet-pt-sentiment",
+    ("emotion", "pt"): "pysentimiento/bert-pt-emotion",
+    ("hate_speech", "pt"): "pysentimiento/bertabaporu-pt-hate-speech",
+    ("irony", "pt"): "pysentimiento/bertabaporu-pt-irony",
 }
+
+# What a task's model answers: a label per text, a label per word (ner, pos), or a label per text
+# read beside a second text (targeted_sentiment's target, context_hate_speech's context).
+TEXT_TASKS: tuple[str, ...] = ("sentiment", "emotion", "hate_speech", "irony")
+TOKEN_TASKS: tuple[str, ...] = ("ner", "pos")
+PAIR_TASKS: tuple[str, ...] = ("targeted_sentiment", "context_hate_speech")
+TASKS: tuple[str, ...] = TEXT_TASKS + TOKEN_TASKS + PAIR_TASKS
+LANGS: tuple[str, ...] = ("es", "en", "it", "pt")
+Task = Literal[
+    "sentiment", "emotion", "hate_speech", "irony", "ner", "pos", "targeted_sentiment", "context_hate_speech"
+]
+Lang = Literal["es", "en", "it", "pt"]
+
+
+def is_supported(task: str, lang: str) -> bool:
+    return (task, lang) in HUB_MODELS
+
+
+def supported_pairs() -> dict[str, list[str]]:
+    """lang -> its tasks, for error messages: what can be asked for instead."""
+    pairs: dict[str, list[str]] = {}
+    for task, lang in HUB_MODELS:
+        pairs.setdefault(lang, []).append(task)
+    return pairs
 
 
 def model_env_var(task: str, lang: str) -> str:
@@ -40,8 +76,8 @@ class Settings(BaseSettings):
 
     port: int = 8000
     backend: Backend = "onnx"
-    default_task: Literal["sentiment", "emotion", "hate_speech", "irony"] = "sentiment"
-    default_lang: Literal["es", "en"] = "es"
+    default_task: Task = "sentiment"
+    default_lang: Lang = "es"
 
     # Model sources: a hub id or a local directory (a transformers model, or an exported
     # ONNX dir holding manifest.json). Defaults are pysentimiento's own models.
@@ -49,10 +85,24 @@ class Settings(BaseSettings):
     model_emotion_es: str = HUB_MODELS[("emotion", "es")]
     model_hate_speech_es: str = HUB_MODELS[("hate_speech", "es")]
     model_irony_es: str = HUB_MODELS[("irony", "es")]
+    model_ner_es: str = HUB_MODELS[("ner", "es")]
+    model_pos_es: str = HUB_MODELS[("pos", "es")]
+    model_targeted_sentiment_es: str = HUB_MODELS[("targeted_sentiment", "es")]
+    model_context_hate_speech_es: str = HUB_MODELS[("context_hate_speech", "es")]
     model_sentiment_en: str = HUB_MODELS[("sentiment", "en")]
     model_emotion_en: str = HUB_MODELS[("emotion", "en")]
     model_hate_speech_en: str = HUB_MODELS[("hate_speech", "en")]
     model_irony_en: str = HUB_MODELS[("irony", "en")]
+    model_ner_en: str = HUB_MODELS[("ner", "en")]
+    model_pos_en: str = HUB_MODELS[("pos", "en")]
+    model_sentiment_it: str = HUB_MODELS[("sentiment", "it")]
+    model_emotion_it: str = HUB_MODELS[("emotion", "it")]
+    model_hate_speech_it: str = HUB_MODELS[("hate_speech", "it")]
+    model_irony_it: str = HUB_MODELS[("irony", "it")]
+    model_sentiment_pt: str = HUB_MODELS[("sentiment", "pt")]
+    model_emotion_pt: str = HUB_MODELS[("emotion", "pt")]
+    model_hate_speech_pt: str = HUB_MODELS[("hate_speech", "pt")]
+    model_irony_pt: str = HUB_MODELS[("irony", "pt")]
 
     # Where `python -m service.export` writes, and the onnx backend looks for, exported models
     # of sources that are not already exported dirs: <onnx_dir>/<task>-<lang>/.
@@ -95,10 +145,8 @@ class Settings(BaseSettings):
         pairs = []
         for item in filter(None, (part.strip() for part in self.export_models.split(","))):
             task, _, lang = item.partition(":")
-            if task not in TASKS or lang not in LANGS:
-                raise ValueError(
-                    f"EXPORT_MODELS: {item!r} is not task:lang with task in {TASKS}, lang in {LANGS}"
-                )
+            if not is_supported(task, lang):
+                raise ValueError(f"EXPORT_MODELS: {item!r} is not one of pysentimiento's task:lang pairs")
             pairs.append((task, lang))
         return pairs
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.config import get_settings
+from service.config import TOKEN_TASKS, get_settings
 from service.hardware import num_threads
 from service.sentiment.analyzer import Analyzer, create_analyzer
 from service.sentiment.backends.onnx_backend import MANIFEST, read_manifest
@@ -53,6 +53,14 @@ def read_labelled(data_dir: Path, limit: int | None = None) -> Labelled:
     return Labelled(data_dir.name, texts[:limit], labels[:limit])
 
 
+def read_texts(data_dir: Path, limit: int | None = None) -> list[str]:
+    """test_text.txt alone: what ner/pos agreement needs (no gold labels)."""
+    text_file = data_dir / "test_text.txt"
+    if not text_file.is_file():
+        raise EvaluationError(f"{data_dir} needs test_text.txt")
+    return [line for line in text_file.read_text(encoding="utf-8").splitlines() if line.strip()][:limit]
+
+
 def guess_lang(data_dir: Path) -> str:
     name = data_dir.name.lower()
     return next((lang for hint, lang in _LANG_HINTS.items() if hint in name), "es")
@@ -62,7 +70,7 @@ def is_exported(source: str | Path) -> bool:
     return (Path(source) / MANIFEST).is_file()
 
 
-def load_analyzer(source: str | Path, task: str, lang: str) -> Analyzer:
+def load_analyzer(source: str | Path, task: str, lang: str) -> Any:
     backend = "onnx" if is_exported(source) else "torch"
     try:
         return create_analyzer(task, lang, source, backend, num_threads(get_settings()))
@@ -160,6 +168,48 @@ def evaluate(
     if reference is not None:
         head["reference"] = str(reference)
     return head | score(labelled.labels, analyzer.model.labels, predictions, reference_predictions)
+
+
+def token_agreement(model: Path, reference: Path, texts: Sequence[str]) -> dict[str, Any]:
+    """ner/pos of two exported dirs (INT8 and its fp32 reference) on the same texts: the share of
+    words labelled alike, of texts labelled alike throughout, and (ner) entity spans' F1 with the
+    reference's spans (type, start, end) as gold."""
+    manifest = read_manifest(model)
+    task, lang = manifest["task"], manifest["lang"]
+    if task not in TOKEN_TASKS:
+        raise EvaluationError(f"{model} is a {task} model, not ner or pos")
+    mine_analyzer, their_analyzer = load_analyzer(model, task, lang), load_analyzer(reference, task, lang)
+    processed = sorted(
+        (text for text in (preprocess_tweet(t, lang, preprocess_handles=False) for t in texts) if text),
+        key=len,
+    )
+    words = same_words = same_texts = spans_mine = spans_theirs = spans_both = 0
+    for start in range(0, len(processed), BATCH):
+        batch = processed[start : start + BATCH]
+        mine = mine_analyzer.predict_preprocessed(batch)
+        theirs = their_analyzer.predict_preprocessed(batch)
+        for a, b in zip(mine, theirs, strict=True):
+            words += len(a.labels)
+            same = sum(x == y for x, y in zip(a.labels, b.labels, strict=True))
+            same_words += same
+            same_texts += same == len(a.labels)
+            if a.entities is not None and b.entities is not None:
+                a_spans = {(e.type, e.start, e.end) for e in a.entities}
+                b_spans = {(e.type, e.start, e.end) for e in b.entities}
+                spans_mine, spans_theirs = spans_mine + len(a_spans), spans_theirs + len(b_spans)
+                spans_both += len(a_spans & b_spans)
+    if not words:
+        raise EvaluationError("no words to compare: every text was empty after preprocessing")
+    report: dict[str, Any] = {
+        "texts": len(processed),
+        "words": words,
+        "label_agreement": same_words / words,
+        "texts_identical": same_texts / len(processed),
+    }
+    if task == "ner":
+        total = spans_mine + spans_theirs
+        report["entity_span_f1"] = 2 * spans_both / total if total else 1.0
+    return report
 
 
 def _single_label(prediction: Prediction | None) -> str:

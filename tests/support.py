@@ -78,3 +78,7 @@ def real_server(workdir: Path, *args: str, **options: Any) -> AbstractContextMan
     """bench.server's real server with one thread, as the tests' servers always ran (two agents'
     servers on two shared cores must not oversubscribe them)."""
     return running_server(workdir, *args, **{"NUM_THREADS": "1", **options})
+
+
+# The uncased WordPiece tokenizer that Italian and Portuguese BERT stand-ins use (bench/standins.py).
+WORDPIECE_TOKENIZER = MINILM / "tokenizer.json"

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.config import LANGS, TASKS, get_settings
+from service.config import LANGS, TASKS, get_settings, is_supported
 from service.sentiment.service import onnx_dir_for
 
 
@@ -36,6 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", help="a transformers model dir or hub id (default: MODEL_<TASK>_<LANG>)")
     parser.add_argument("--out", type=Path, help="the dir to write (default: <ONNX_DIR>/<task>-<lang>)")
     parser.add_argument("--data", type=Path, help="labelled texts: record accuracy vs fp32 in the manifest")
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        help="ner/pos with --data: refuse the export when fewer words than this share (default 0.97) "
+        "get fp32's label",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--no-quantize", action="store_true", help="keep the fp32 graph")
     group.add_argument("--recipe", help="an INT8 recipe of service/export/quantize.py (default: its DEFAULT)")
@@ -45,8 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not (args.task and args.lang):
         parser.error("--task and --lang are required")
+    if not is_supported(args.task, args.lang):
+        parser.error(f"pysentimiento has no {args.task} model for {args.lang}")
 
-    from service.export.build import export_model
+    from service.export.build import MIN_TOKEN_AGREEMENT, export_model
     from service.export.manifest import model_bytes
     from service.export.onnx_export import ExportError
     from service.export.quantize import DEFAULT_RECIPE, RECIPES
@@ -62,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--source {source} is already an exported dir; pass the transformers model it came from"
         )
     try:
-        manifest = export_model(args.task, args.lang, source, out, args.data, recipe)
+        min_agreement = MIN_TOKEN_AGREEMENT if args.min_agreement is None else args.min_agreement
+        manifest = export_model(args.task, args.lang, source, out, args.data, recipe, min_agreement)
     except ExportError as error:
         print(f"export: error: {error}", file=sys.stderr)
         return 2

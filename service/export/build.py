@@ -12,12 +12,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from service.evaluate import EvaluationError, evaluate
+from service.config import TOKEN_TASKS
+from service.evaluate import EvaluationError, evaluate, read_texts, token_agreement
 from service.export.manifest import MAX_LENGTH, MODEL_FILE, build_manifest, write_manifest
 from service.export.onnx_export import ExportError, export_fp32, load_source
 from service.export.quantize import DEFAULT_RECIPE, RECIPES, describe, quantize
 from service.export.tokenizer import save_tokenizer_json
 from service.sentiment.backends.onnx_backend import MANIFEST
+
+# ner/pos INT8 vs fp32: the least share of words whose label must agree (the gate of `--data`).
+MIN_TOKEN_AGREEMENT = 0.97
 
 
 def export_model(
@@ -27,11 +31,17 @@ def export_model(
     out: Path,
     data: Path | None = None,
     recipe: str | None = DEFAULT_RECIPE,
+    min_agreement: float = MIN_TOKEN_AGREEMENT,
 ) -> dict[str, Any]:
-    """Export `source` to `out` with `recipe` (None: fp32); with `data`, record accuracy vs fp32."""
+    """Export `source` to `out` with `recipe` (None: fp32); with `data`, record accuracy vs fp32.
+
+    For ner and pos, `data` (its test_text.txt) is the accuracy gate: the export is refused when the
+    INT8 model's word labels agree with fp32's on fewer than `min_agreement` of the words."""
     config, tokenizer = load_source(source)
+    token_task = task in TOKEN_TASKS
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
-        fp32 = _export_fp32(source, Path(tmp) / "fp32")
+        head = "token-classification" if token_task else "text-classification"
+        fp32 = _export_fp32(source, Path(tmp) / "fp32", head)
         finish = functools.partial(
             _finish,
             task=task,
@@ -53,14 +63,18 @@ def export_model(
             reference = None if recipe is None else fp32.parent
             if reference is not None:
                 finish(reference, quantization=None)  # makes optimum's dir servable: the fp32 reference
-            manifest = finish(staged, quantization=quantization, accuracy=_accuracy(staged, data, reference))
+            if token_task:
+                accuracy = _token_gate(staged, data, reference, min_agreement)
+            else:
+                accuracy = _accuracy(staged, data, reference)
+            manifest = finish(staged, quantization=quantization, accuracy=accuracy)
         _publish(staged, out)
     return manifest
 
 
-def _export_fp32(source: str, work_dir: Path) -> Path:
+def _export_fp32(source: str, work_dir: Path, head: str) -> Path:
     try:
-        return export_fp32(source, work_dir)
+        return export_fp32(source, work_dir, head)
     except Exception as error:  # an architecture optimum cannot export, a broken checkpoint
         raise ExportError(f"optimum could not export {source}: {type(error).__name__}: {error}") from error
 
@@ -92,6 +106,22 @@ def file_mode() -> int:
     umask = os.umask(0o022)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def _token_gate(model_dir: Path, data: Path, reference: Path | None, min_agreement: float) -> dict[str, Any]:
+    if reference is None:
+        return {"reference": None, "note": "fp32 export: nothing to compare with"}
+    try:
+        report = token_agreement(model_dir, reference, read_texts(data))
+    except EvaluationError as error:
+        raise ExportError(f"token accuracy gate on {data}: {error}") from error
+    report |= {"reference": "the fp32 ONNX export of the same source", "min_agreement": min_agreement}
+    if report["label_agreement"] < min_agreement:
+        raise ExportError(
+            f"the INT8 model's word labels agree with fp32's on {100 * report['label_agreement']:.1f} % of "
+            f"{report['words']} words, under the {100 * min_agreement:.1f} % gate: try another --recipe"
+        )
+    return report
 
 
 def _publish(staged: Path, out: Path) -> None:

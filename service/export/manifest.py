@@ -7,6 +7,7 @@ from typing import Any
 
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
+from service.config import TOKEN_TASKS
 from service.sentiment.backends.onnx_backend import MANIFEST
 
 FORMAT_VERSION = 1
@@ -14,6 +15,8 @@ MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 # pysentimiento's analyzers set tokenizer.model_max_length = 128 whatever the model's config says.
 MAX_LENGTH = 128
+SINGLE_LABEL = "single_label_classification"
+TOKEN_PROBLEM = "token_classification"  # ner, pos: logits per sub-token
 
 
 def build_manifest(
@@ -39,7 +42,7 @@ def build_manifest(
         "model_file": MODEL_FILE,
         "tokenizer_file": TOKENIZER_FILE,
         "id2label": {str(i): config.id2label[i] for i in range(config.num_labels)},
-        "problem_type": config.problem_type or "single_label_classification",
+        "problem_type": TOKEN_PROBLEM if task in TOKEN_TASKS else config.problem_type or SINGLE_LABEL,
         "max_length": MAX_LENGTH,
         "pad_token_id": tokenizer.pad_token_id,
         "pad_token": str(tokenizer.pad_token),

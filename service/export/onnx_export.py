@@ -35,11 +35,11 @@ def load_source(source: str) -> tuple[PretrainedConfig, PreTrainedTokenizerBase]
     return config, tokenizer
 
 
-def export_fp32(source: str, work_dir: Path) -> Path:
-    """Export to `work_dir` (optimum also writes config and tokenizer files there); the ONNX path."""
+def export_fp32(source: str, work_dir: Path, head: str = "text-classification") -> Path:
+    """Export to `work_dir` (optimum also writes config and tokenizer files there); the ONNX path.
+
+    `head` is optimum's task: text-classification, or token-classification for ner and pos."""
     from optimum.exporters.onnx import main_export
 
-    main_export(
-        source, output=work_dir, task="text-classification", opset=OPSET, device="cpu", do_validation=False
-    )
+    main_export(source, output=work_dir, task=head, opset=OPSET, device="cpu", do_validation=False)
     return work_dir / "model.onnx"

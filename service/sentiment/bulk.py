@@ -22,13 +22,13 @@ from typing import Any, BinaryIO, Literal, TextIO
 
 from pydantic import BaseModel, Field
 
-from service.config import get_settings
+from service.config import TEXT_TASKS, get_settings
 from service.exceptions import BadInput, ServiceError
 from service.hardware import current
 from service.registry import Loadable, Registry, get_registry
 from service.sentiment.batching import infer
-from service.sentiment.schemas import Lang, Prediction, Task, unreadable
-from service.sentiment.service import model_item
+from service.sentiment.schemas import Lang, Prediction, TextTask, unreadable
+from service.sentiment.service import check_supported, model_item
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class BulkOptions(BaseModel):
     id_column: str | None = Field(
         default=None, description="A column or key copied to each result line as `id`, to match rows."
     )
-    task: Task | None = Field(default=None, description="Defaults to DEFAULT_TASK.")
+    task: TextTask | None = Field(default=None, description="Defaults to DEFAULT_TASK.")
     lang: Lang | None = Field(default=None, description="Defaults to DEFAULT_LANG.")
     format: FileFormat | None = Field(
         default=None, description="`csv` or `jsonl`; by default from the file name, else from the content."
@@ -273,6 +273,7 @@ def analyze_file(upload: BinaryIO, filename: str | None, options: BulkOptions) -
     settings = get_settings()
     task = options.task or settings.default_task
     lang = options.lang or settings.default_lang
+    check_supported(task, lang, TEXT_TASKS)
     item, registry = model_item(task, lang), get_registry()
     with registry.use(item):
         pass

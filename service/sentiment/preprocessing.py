@@ -4,12 +4,14 @@ Ported from pysentimiento 0.7.3 (Juan Manuel Pérez et al.), `pysentimiento/prep
 wheel's LICENSE.md reads "an open-source library for non-commercial use and scientific research purposes
 only" (no MIT text ships with it). Ported because importing any pysentimiento module runs its package
 `__init__`, which pulls torch, transformers' Trainer and datasets: hundreds of MB the lean ONNX runtime
-must not load. Only the default arguments for "es" and "en" are kept (what `create_analyzer` uses); the
-regexes and the character table are the original's, and `tests/sentiment/test_preprocessing.py` checks
-the port against the original.
+must not load. Only what `create_analyzer` uses is kept: each language's default tokens (Italian's are
+`##user`, `##url`, `##hashtag`; Portuguese's laughter is `kk`) and `preprocess_handles`, which the
+token-classification analyzers (ner, pos) turn off; the regexes and the character table are the
+original's, and `tests/sentiment/test_preprocessing.py` checks the port against the original.
 """
 
 import re
+from collections.abc import Callable
 
 import emoji
 
@@ -74,16 +76,18 @@ _CHAR_TABLE = str.maketrans(
     }
 )
 
-# lang -> (user token, url token, laughter regex, laughter replacement); the hashtag token is "hashtag".
-_LANGS: dict[str, tuple[str, str, re.Pattern[str], str]] = {
-    "es": ("@usuario", "url", re.compile("[ja][ja]+aj[ja]+"), "jaja"),
-    "en": ("@USER", "HTTPURL", re.compile("[ha][ha]+ah[ha]+"), "haha"),
+# lang -> (user token, url token, hashtag token, laughter regex, laughter replacement).
+_LANGS: dict[str, tuple[str, str, str, re.Pattern[str], str]] = {
+    "es": ("@usuario", "url", "hashtag", re.compile("[ja][ja]+aj[ja]+"), "jaja"),
+    "en": ("@USER", "HTTPURL", "hashtag", re.compile("[ha][ha]+ah[ha]+"), "haha"),
+    "it": ("##user", "##url", "##hashtag", re.compile("[ha][ha]+ah[ha]+"), "haha"),
+    "pt": ("@USER", "HTTPURL", "hashtag", re.compile("[ha][ha]+ah[ha]+|kk+"), "kk"),
 }
 
 
-def _hashtag(match: re.Match[str]) -> str:
+def _hashtag(token: str) -> Callable[[re.Match[str]], str]:
     """'#NoMásViolencia' -> 'hashtag no más violencia': split camel case so the words are tokens."""
-    return "hashtag " + _CAMEL_START.sub(r" \1", match.group(1)).strip().lower()
+    return lambda match: f"{token} " + _CAMEL_START.sub(r" \1", match.group(1)).strip().lower()
 
 
 def _emoji_words(match: re.Match[str]) -> str:
@@ -91,15 +95,16 @@ def _emoji_words(match: re.Match[str]) -> str:
     return " emoji " + " ".join(match.group(1).split("_")) + " emoji "
 
 
-def preprocess_tweet(text: str, lang: str) -> str:
+def preprocess_tweet(text: str, lang: str, preprocess_handles: bool = True) -> str:
     """Normalise a tweet the way pysentimiento's models were trained to see it."""
     try:
-        user_token, url_token, laughter, laugh = _LANGS[lang]
+        user_token, url_token, hashtag_token, laughter, laugh = _LANGS[lang]
     except KeyError:
         raise ValueError(f"unsupported language {lang!r}: expected one of {sorted(_LANGS)}") from None
-    text = _HASHTAG.sub(_hashtag, text)
+    text = _HASHTAG.sub(_hashtag(hashtag_token), text)
     text = text.translate(_CHAR_TABLE)
-    text = _USER.sub(user_token, text)
+    if preprocess_handles:
+        text = _USER.sub(user_token, text)
     text = _URL.sub(url_token, text)
     text = _REPEATED.sub(r"\1\1\1", text)
     text = emoji.demojize(text, language=lang, delimiters=("|", "|"))

@@ -11,7 +11,15 @@ from fastapi.routing import APIRoute
 
 from service.exceptions import error_examples
 from service.sentiment.bulk import NDJSON, BulkOptions, analyze_file
-from service.sentiment.schemas import AnalyzeBatchResult, AnalyzeRequest, AnalyzeResult, shape_problem
+from service.sentiment.schemas import (
+    AnalyzeBatchResult,
+    AnalyzeRequest,
+    AnalyzeResult,
+    TokenBatchResult,
+    TokenPrediction,
+    TokenResult,
+    shape_problem,
+)
 from service.sentiment.service import analyze
 
 
@@ -46,17 +54,29 @@ class ShapeCheckedRoute(APIRoute):
 router = APIRouter(tags=["sentiment"], route_class=ShapeCheckedRoute)
 
 
+Answer = AnalyzeResult | AnalyzeBatchResult | TokenResult | TokenBatchResult
+
+
 @router.post(
     "/analyze",
-    response_model=AnalyzeResult | AnalyzeBatchResult,
+    response_model=Answer,
     responses=error_examples(400, 422, 503),
-    summary="Sentiment, emotion, hate speech or irony of one text or a batch",
+    summary="Sentiment, emotion, hate speech, irony, targeted sentiment, named entities or parts of "
+    "speech of one text or a batch",
+    description="Every model of pysentimiento's `create_analyzer`: `sentiment`, `emotion`, `hate_speech` "
+    "and `irony` in es, en, it and pt; `ner` and `pos` (a label per word, entities with offsets) in es "
+    "and en; `targeted_sentiment` and `context_hate_speech` (es), which read each text with its "
+    "`context`. An unsupported task/lang pair gets 422 listing the supported ones.",
 )
-def analyze_texts(request: AnalyzeRequest) -> AnalyzeResult | AnalyzeBatchResult:
-    predictions = analyze(request.all_texts(), request.task, request.lang)
+def analyze_texts(request: AnalyzeRequest) -> Answer:
+    task, lang = request.task, request.lang
+    predictions = analyze(request.all_texts(), task, lang, request.all_contexts())
+    tokens = bool(predictions) and isinstance(predictions[0], TokenPrediction)
     if request.text is not None:
-        return AnalyzeResult(task=request.task, lang=request.lang, **predictions[0].model_dump())
-    return AnalyzeBatchResult(task=request.task, lang=request.lang, results=predictions)
+        single = TokenResult if tokens else AnalyzeResult
+        return single(task=task, lang=lang, **predictions[0].model_dump())
+    batch = TokenBatchResult if tokens else AnalyzeBatchResult
+    return batch(task=task, lang=lang, results=predictions)
 
 
 @router.post(

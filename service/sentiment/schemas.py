@@ -5,10 +5,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.config import get_settings
+from service.config import PAIR_TASKS, TEXT_TASKS, Lang, Task, get_settings
 
-Task = Literal["sentiment", "emotion", "hate_speech", "irony"]
-Lang = Literal["es", "en"]
+# The tasks whose answer is one label per text (bulk analysis serves these).
+TextTask = Literal["sentiment", "emotion", "hate_speech", "irony"]
+assert set(TextTask.__args__) == set(TEXT_TASKS)
 
 # Unicode categories that show nothing: controls, format, surrogates, private use, unassigned, spaces.
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
@@ -35,6 +36,29 @@ class Prediction(BaseModel):
     probas: dict[str, float] = Field(description="Every label's probability.")
 
 
+class Entity(BaseModel):
+    """A named entity, as pysentimiento's NER analyzer groups BIO labels into one."""
+
+    type: str = Field(description="PER, LOC, ORG, ... (USER for an @handle)")
+    text: str
+    start: int = Field(description="Offset of its first character in `text`, the preprocessed input.")
+    end: int = Field(description="Offset just past its last character in `text`.")
+
+
+class TokenPrediction(BaseModel):
+    """One text's result for ner or pos, as pysentimiento's TokenClassificationOutput gives it."""
+
+    text: str = Field(description="The input after pysentimiento's preprocessing: what offsets refer to.")
+    tokens: list[str] = Field(description="spaCy's words of `text`, as pysentimiento splits it.")
+    labels: list[str | None] = Field(
+        description="One label per token: BIO tags (ner) or a part of speech (pos); an @handle is "
+        "B-USER / USER; null for a word the model saw no sub-token of (past 128, a run of spaces)."
+    )
+    entities: list[Entity] | None = Field(
+        default=None, description="ner only: consecutive B-/I- tokens grouped into entities."
+    )
+
+
 class AnalyzeRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -42,6 +66,15 @@ class AnalyzeRequest(BaseModel):
             "examples": [
                 {"text": "¡Qué buen día hace hoy! 😍"},
                 {"texts": ["I love this!", "This is awful"], "task": "sentiment", "lang": "en"},
+                {"text": "Che bella giornata! @mario", "task": "sentiment", "lang": "it"},
+                {"text": "Lionel Messi juega en Miami con @usuario", "task": "ner", "lang": "es"},
+                {"text": "I love this song", "task": "pos", "lang": "en"},
+                {
+                    "text": "El gobierno de Milei anunció nuevos recortes",
+                    "context": "Milei",
+                    "task": "targeted_sentiment",
+                    "lang": "es",
+                },
             ]
         },
     )
@@ -50,6 +83,12 @@ class AnalyzeRequest(BaseModel):
     texts: list[str] | None = Field(default=None, description="A batch of texts, at most MAX_BATCH.")
     task: Task | None = Field(default=None, description="Defaults to DEFAULT_TASK.")
     lang: Lang | None = Field(default=None, description="Defaults to DEFAULT_LANG.")
+    context: str | list[str] | None = Field(
+        default=None,
+        description="targeted_sentiment: the target; context_hate_speech: the context (e.g. the news "
+        "headline a comment answers). One string for `text`, one per text for `texts`; "
+        "not accepted by other tasks.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -90,10 +129,35 @@ class AnalyzeRequest(BaseModel):
                 )
         self.task = self.task or settings.default_task
         self.lang = self.lang or settings.default_lang
+        self._check_context(len(texts))
         return self
+
+    def _check_context(self, count: int) -> None:
+        if self.task not in PAIR_TASKS:
+            if self.context is not None:
+                raise ValueError(f"`context` is only for {' and '.join(PAIR_TASKS)}, not {self.task}")
+            return
+        contexts = self.all_contexts()
+        if not contexts or (self.text is not None) != isinstance(self.context, str):
+            shape = "one string" if self.text is not None else f"a list of {count} strings"
+            raise ValueError(f"{self.task} needs `context`: {shape}, the target or context of each text")
+        if len(contexts) != count:
+            raise ValueError(f"{len(contexts)} contexts for {count} texts: send one per text")
+        for index, context in enumerate(contexts):
+            if not context.strip() or unreadable(context):
+                raise ValueError(f"context[{index}] is empty or unreadable")
+            if len(context) > get_settings().max_text_chars:
+                raise ValueError(
+                    f"context[{index}] is longer than MAX_TEXT_CHARS={get_settings().max_text_chars}"
+                )
 
     def all_texts(self) -> list[str]:
         return [self.text] if self.text is not None else list(self.texts or [])
+
+    def all_contexts(self) -> list[str] | None:
+        if self.context is None:
+            return None
+        return [self.context] if isinstance(self.context, str) else list(self.context)
 
 
 def shape_problem(raw: bytes) -> str | None:
@@ -152,3 +216,33 @@ class AnalyzeBatchResult(BaseModel):
     task: Task
     lang: Lang
     results: list[Prediction]
+
+
+class TokenResult(TokenPrediction):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "ner",
+                    "lang": "es",
+                    "text": "Lionel Messi juega en Miami con @usuario",
+                    "tokens": ["Lionel", "Messi", "juega", "en", "Miami", "con", "@usuario"],
+                    "labels": ["B-PER", "I-PER", "O", "O", "B-LOC", "O", "B-USER"],
+                    "entities": [
+                        {"type": "PER", "text": "Lionel Messi", "start": 0, "end": 12},
+                        {"type": "LOC", "text": "Miami", "start": 22, "end": 27},
+                        {"type": "USER", "text": "@usuario", "start": 32, "end": 40},
+                    ],
+                }
+            ]
+        }
+    )
+
+    task: Task
+    lang: Lang
+
+
+class TokenBatchResult(BaseModel):
+    task: Task
+    lang: Lang
+    results: list[TokenPrediction]

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.config import LANGS, TASKS, Settings, get_settings, model_env_var
+from service.config import TOKEN_TASKS, Settings, get_settings, is_supported, model_env_var, supported_pairs
 from service.exceptions import ModelUnavailable, UnsupportedTaskOrLang
 from service.hardware import current, num_threads
 from service.registry import Loadable, get_registry
 from service.sentiment import batching
-from service.sentiment.analyzer import Analyzer, create_analyzer, model_key
-from service.sentiment.schemas import Prediction
+from service.sentiment.analyzer import Analyzer, Pair, TokenAnalyzer, create_analyzer, model_key
+from service.sentiment.schemas import Prediction, TokenPrediction
 
 MB = 1024 * 1024
 # RSS a backend's imports add the first time a model loads (measured: torch + transformers +
@@ -22,6 +22,8 @@ MB = 1024 * 1024
 _IMPORT_MB = {"torch": 300.0, "onnx": 45.0}
 _WEIGHTS_FACTOR = {"torch": 1.3, "onnx": 1.2}
 _UNKNOWN_WEIGHTS_MB = {"torch": 500.0, "onnx": 130.0}  # a hub id: RoBERTuito-size guess
+# spaCy's tokenizer, imported with the first ner/pos model: +51 MB RSS beside the onnx backend (MEMORY.md).
+_WORD_TOKENIZER_MB = 55.0
 _WEIGHT_SUFFIXES = (".onnx", ".data", ".safetensors", ".bin", ".pt")
 _VARIANT_MB, _MAKE_VARIANT_FACTOR = 8.0, 2.0  # see _prepacked_estimate_mb
 
@@ -93,7 +95,7 @@ def model_item(task: str, lang: str) -> Loadable:
         if backend == "torch" and _is_local_path(source) and not Path(source).is_dir():
             raise _unavailable(task, lang, settings, FileNotFoundError(f"no model dir at {source}"))
 
-    def load() -> Analyzer:
+    def load() -> Analyzer | TokenAnalyzer:
         try:
             return create_analyzer(task, lang, source, backend, num_threads(settings))
         except Exception as error:  # a hub that cannot be reached, a missing or broken dir
@@ -103,8 +105,12 @@ def model_item(task: str, lang: str) -> Loadable:
         weights = _weights_mb(source)
         if weights is None:
             weights = _UNKNOWN_WEIGHTS_MB[backend]
-        first_of_backend = not any(e.get("backend") == backend for e in get_registry().snapshot())
-        imports = _IMPORT_MB[backend] if first_of_backend else 0.0
+        loaded = get_registry().snapshot()
+        first_of_backend = not any(e.get("backend") == backend for e in loaded)
+        first_token_model = task in TOKEN_TASKS and not any(e.get("task") in TOKEN_TASKS for e in loaded)
+        imports = (_IMPORT_MB[backend] if first_of_backend else 0.0) + (
+            _WORD_TOKENIZER_MB if first_token_model else 0.0
+        )
         exported = backend == "onnx" and (Path(source) / "manifest.json").is_file()
         if exported and settings.prepacked and not settings.use_gpu:
             return _prepacked_estimate_mb(Path(source), settings, weights) + imports
@@ -113,7 +119,13 @@ def model_item(task: str, lang: str) -> Loadable:
     def describe() -> dict[str, Any]:
         path = Path(source)
         files = {f.name: f.stat().st_size for f in path.iterdir() if f.is_file()} if path.is_dir() else {}
-        return {"kind": "sentiment", "backend": backend, "source": str(source), "file_bytes": files}
+        return {
+            "kind": "sentiment",
+            "task": task,
+            "backend": backend,
+            "source": str(source),
+            "file_bytes": files,
+        }
 
     def file_allowance(analyzer: Analyzer) -> float:
         return float(getattr(analyzer.model, "file_mb", 0.0))
@@ -128,22 +140,33 @@ def model_item(task: str, lang: str) -> Loadable:
     )
 
 
-def check_supported(task: str, lang: str) -> None:
-    if task not in TASKS or lang not in LANGS:
-        raise UnsupportedTaskOrLang(
-            f"unsupported task/lang {task}/{lang}; tasks: {', '.join(TASKS)}; langs: {', '.join(LANGS)}",
-            supported_tasks=list(TASKS),
-            supported_langs=list(LANGS),
-        )
+def check_supported(task: str, lang: str, tasks: Sequence[str] | None = None) -> None:
+    """Every (task, lang) pair of pysentimiento's `create_analyzer` table is served; anything else is
+    refused naming, per language, what is (`tasks` narrows it: bulk files take one label per text)."""
+    pairs = {
+        lang: [t for t in names if tasks is None or t in tasks] for lang, names in supported_pairs().items()
+    }
+    if is_supported(task, lang) and lang in pairs and task in pairs[lang]:
+        return
+    listing = "; ".join(f"{name}: {', '.join(names)}" for name, names in pairs.items() if names)
+    raise UnsupportedTaskOrLang(
+        f"unsupported task/lang {task}/{lang}; supported per language: {listing}",
+        supported=pairs,
+    )
 
 
-def analyze(texts: Sequence[str], task: str, lang: str) -> list[Prediction]:
+def analyze(
+    texts: Sequence[str], task: str, lang: str, contexts: Sequence[str] | None = None
+) -> list[Prediction] | list[TokenPrediction]:
     """Analyze raw texts with the (task, lang) model, loading it on first use.
 
     Preprocessing runs in the caller's thread, inference in the model's micro-batches; the model
-    is held meanwhile, so it cannot be unloaded while the request waits for its batch.
+    is held meanwhile, so it cannot be unloaded while the request waits for its batch. Pair tasks
+    take one context (a target) per text.
     """
     check_supported(task, lang)
+    if contexts is not None:
+        texts = [Pair(text, context) for text, context in zip(texts, contexts, strict=True)]
     item, registry = model_item(task, lang), get_registry()
     with registry.use(item) as analyzer:
         max_size = current(get_settings()).batch_max_size

@@ -37,6 +37,9 @@ CHECKS = [
     response_schema_conformance,
 ]
 EXAMPLES_PER_OPERATION = int(os.environ.get("SCHEMA_EXAMPLES", "25"))
+# A case's first request for a (task, lang) loads a torch model (22 pairs, ner/pos also spaCy): on
+# two shared cores that passes schemathesis' default 10 s read timeout.
+CALL_TIMEOUT_S = 120
 
 
 def _run(operation: schemathesis.APIOperation, mode: GenerationMode) -> None:
@@ -52,7 +55,7 @@ def _run(operation: schemathesis.APIOperation, mode: GenerationMode) -> None:
         suppress_health_check=list(HealthCheck),
     )
     def run(case: schemathesis.Case) -> None:
-        case.call_and_validate(checks=checks)
+        case.call_and_validate(checks=checks, timeout=CALL_TIMEOUT_S)
 
     run()
 

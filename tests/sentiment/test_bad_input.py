@@ -45,8 +45,16 @@ BAD_BODIES = [
     ({"texts": "not a list"}, "texts"),
     ({"texts": [1, 2]}, "texts"),
     ({"text": ["a"]}, "text"),
-    ({"text": "hola", "task": "sarcasm"}, "'sentiment', 'emotion', 'hate_speech' or 'irony'"),
-    ({"text": "hola", "lang": "fr"}, "'es' or 'en'"),
+    (
+        {"text": "hola", "task": "sarcasm"},
+        "'irony', 'ner', 'pos', 'targeted_sentiment' or 'context_hate_speech'",
+    ),
+    ({"text": "hola", "lang": "fr"}, "'es', 'en', 'it' or 'pt'"),
+    ({"text": "hola", "task": "targeted_sentiment"}, "targeted_sentiment needs `context`: one string"),
+    ({"texts": ["a", "b"], "task": "context_hate_speech", "context": ["x"]}, "1 contexts for 2 texts"),
+    ({"texts": ["a"], "task": "targeted_sentiment", "context": "x"}, "a list of 1 strings"),
+    ({"text": "hola", "task": "sentiment", "context": "x"}, "`context` is only for targeted_sentiment"),
+    ({"text": "hola", "task": "targeted_sentiment", "context": "  "}, "context[0] is empty"),
     ({"text": "hola", "colour": "red"}, "colour"),
 ]
 

@@ -15,7 +15,7 @@ from service.sentiment.preprocessing import preprocess_tweet
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).resolve().parent / "data" / "tricky_tweets.txt"
-LANGS = ("es", "en")
+LANGS = ("es", "en", "it", "pt")
 
 
 def tweets() -> list[str]:
@@ -27,15 +27,16 @@ def test_corpus_is_big_enough() -> None:
     assert len(tweets()) >= 300
 
 
+@pytest.mark.parametrize("handles", [True, False], ids=["text tasks", "ner/pos: handles kept"])
 @pytest.mark.parametrize("lang", LANGS)
-def test_matches_pysentimiento(lang: str) -> None:
+def test_matches_pysentimiento(lang: str, handles: bool) -> None:
     original = pytest.importorskip(
         "pysentimiento.preprocessing", reason="pysentimiento is not installed: nothing to compare with"
     )
     mismatches = []
     for text in tweets():
-        expected = original.preprocess_tweet(text, lang=lang)
-        got = preprocess_tweet(text, lang)
+        expected = original.preprocess_tweet(text, lang=lang, preprocess_handles=handles)
+        got = preprocess_tweet(text, lang, preprocess_handles=handles)
         if got != expected:
             mismatches.append(f"{text!r}\n  pysentimiento: {expected!r}\n  port:          {got!r}")
     shown = "\n".join(mismatches[:10])
@@ -47,8 +48,16 @@ def test_matches_pysentimiento(lang: str) -> None:
 def test_empty_results_and_unsupported_language() -> None:
     assert preprocess_tweet("☹☹☹☹", "es") == ""
     assert preprocess_tweet("… ~~~", "en") == ""
-    with pytest.raises(ValueError, match="unsupported language 'pt'"):
-        preprocess_tweet("hola", "pt")
+    with pytest.raises(ValueError, match="unsupported language 'fr'"):
+        preprocess_tweet("bonjour", "fr")
+
+
+def test_language_tokens() -> None:
+    """Each language's own tokens, as pysentimiento's preprocessing tests show them."""
+    text = "@mario guarda http://www.repubblica.it #BuonaSera ahahah kkkk"
+    assert preprocess_tweet(text, "it") == "##user guarda ##url ##hashtag buona sera haha kkk"
+    assert preprocess_tweet(text, "pt") == "@USER guarda HTTPURL hashtag buona sera kk kk"
+    assert preprocess_tweet(text, "pt", preprocess_handles=False).startswith("@mario guarda")
 
 
 def test_import_loads_no_numeric_library() -> None:

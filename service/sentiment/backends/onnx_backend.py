@@ -1,7 +1,8 @@
 """The onnx backend: onnxruntime + tokenizers + numpy, and nothing that imports torch.
 
 It reads a model dir written by `python -m service.export`: `manifest.json` (labels, problem
-type, max length, padding token, model file), the ONNX model and `tokenizer.json`.
+type, max length, padding token, model file), the ONNX model and `tokenizer.json`. One class serves
+every kind of task: texts, text pairs, and words (ner, pos: logits per sub-token).
 """
 
 import json
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from service.config import get_settings
 from service.hardware import onnx_providers
@@ -145,7 +146,32 @@ class OnnxModel:
         self.unk_token_id = manifest.get("unk_token_id")
 
     def predict_probas(self, texts: Sequence[str]) -> list[list[float]]:
-        encodings = self.tokenizer.encode_batch(list(texts))
+        return self._probas(self.tokenizer.encode_batch(list(texts)))
+
+    def predict_pair_probas(self, texts: Sequence[str], contexts: Sequence[str]) -> list[list[float]]:
+        """Each text with its context as the second segment, as `tokenizer(texts, contexts)` encodes them."""
+        return self._probas(
+            self.tokenizer.encode_batch([(str(t), c) for t, c in zip(texts, contexts, strict=True)])
+        )
+
+    def predict_word_labels(self, words: Sequence[Sequence[str]]) -> list[list[int | None]]:
+        """Per word, the argmax label id of its first sub-token (None when truncation dropped it), as
+        `tokenizer(words, is_split_into_words=True)` encodes words."""
+        encodings = self.tokenizer.encode_batch([list(w) for w in words], is_pretokenized=True)
+        label_ids = self._logits(encodings).argmax(axis=-1)
+        result = []
+        for sentence, encoding, row in zip(words, encodings, label_ids, strict=True):
+            first: dict[int, int] = {}
+            for position, word_id in enumerate(encoding.word_ids):
+                if word_id is not None and word_id not in first:
+                    first[word_id] = int(row[position])
+            result.append([first.get(index) for index in range(len(sentence))])
+        return result
+
+    def _probas(self, encodings: list[Encoding]) -> list[list[float]]:
+        return _probabilities(self._logits(encodings), self.multi_label).tolist()
+
+    def _logits(self, encodings: list[Encoding]) -> np.ndarray:
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         if self.vocab_size is not None and self.unk_token_id is not None:
             ids[ids >= self.vocab_size] = self.unk_token_id
@@ -156,7 +182,7 @@ class OnnxModel:
         if "token_type_ids" in self.input_names:
             feed["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
         (logits,) = self.session.run(["logits"], feed, self.run_options)
-        return _probabilities(logits.astype(np.float32), self.multi_label).tolist()
+        return logits.astype(np.float32)
 
 
 def _probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:

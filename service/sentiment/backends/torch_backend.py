@@ -31,5 +31,41 @@ class TorchModel:
         )
         with torch.inference_mode():
             logits = self.model(**inputs).logits
+        return self._probas(logits)
+
+    def predict_pair_probas(self, texts: Sequence[str], contexts: Sequence[str]) -> list[list[float]]:
+        inputs = self.tokenizer(
+            [str(text) for text in texts],
+            list(contexts),
+            padding=True,
+            truncation=True,
+            max_length=MAX_LENGTH,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            return self._probas(self.model(**inputs).logits)
+
+    def predict_word_labels(self, words: Sequence[Sequence[str]]) -> list[list[int | None]]:
+        """pysentimiento's token path: words encoded with is_split_into_words, first sub-token's argmax."""
+        inputs = self.tokenizer(
+            [list(w) for w in words],
+            is_split_into_words=True,
+            padding=True,
+            truncation=True,
+            max_length=MAX_LENGTH,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            label_ids = self.model(**inputs).logits.argmax(dim=2).tolist()
+        result = []
+        for index, (sentence, row) in enumerate(zip(words, label_ids, strict=True)):
+            first: dict[int, int] = {}
+            for position, word_id in enumerate(inputs.word_ids(index)):
+                if word_id is not None and word_id not in first:
+                    first[word_id] = row[position]
+            result.append([first.get(w) for w in range(len(sentence))])
+        return result
+
+    def _probas(self, logits: torch.Tensor) -> list[list[float]]:
         probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
         return probs.tolist()
