@@ -69,7 +69,7 @@ class Analyzer:
 
 
 def create_analyzer(
-    task: str, lang: str, source: str | Path, backend: Backend, num_threads: int = 1
+    task: str, lang: str, source: str | Path, backend: Backend, num_threads: int = 1, prepacked: bool = True
 ) -> Analyzer:
     """Load the model for (task, lang) from `source` with the given backend.
 
@@ -83,5 +83,5 @@ def create_analyzer(
     else:
         from service.sentiment.backends.onnx_backend import OnnxModel
 
-        model = OnnxModel(Path(source), num_threads)
+        model = OnnxModel(Path(source), num_threads, prepacked)
     return Analyzer(model, task, lang, backend)
