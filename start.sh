@@ -4,6 +4,7 @@
 #   bash start.sh            install what is missing, export missing models, serve on $PORT
 #   bash start.sh install    the same without serving (Render's build, CI)
 #   bash start.sh install dev    also the test tools
+#   bash start.sh install ray    also Ray, for `python -m service.scale` (bulk scoring, Ray Serve)
 #
 # Installs are skipped when the requirement files have not changed since the last one, so a
 # second start is quick. Thread pools are pinned here as well as in service/runtime.py:
@@ -51,6 +52,7 @@ python -m service.ocr.tessdata check >/dev/null 2>&1 || python -m service.ocr.te
   echo "start.sh: OCR language data missing; /ocr will answer 503 until it is installed" >&2
 [ "${BACKEND:-onnx}" = "torch" ] && install_requirements requirements-torch.txt
 [ "$extras" = "dev" ] && install_requirements requirements-dev.txt
+[ "$extras" = "ray" ] && install_requirements requirements-ray.txt
 
 # Export the configured models that the onnx backend would miss (needs the export stack).
 if [ "${BACKEND:-onnx}" = "onnx" ]; then
@@ -77,6 +79,8 @@ fi
 # finish (up to GRACEFUL_TIMEOUT_S; Render kills at 30 s), in a loop that restarts a worker which
 # recycled itself (service/ops/supervise.sh). MAX_REQUESTS recycles after that many requests (+ up to
 # MAX_REQUESTS_JITTER): off by default, each recycle closes the port for a cold start (MEMORY.md).
+# serve.py also adds --forwarded-allow-ips "$FORWARDED_ALLOW_IPS" (unset: trust no proxy; render.yaml
+# sets "*"), --backlog 64, and the h11 protocol with HEADER_TIMEOUT_S and MAX_CONNECTIONS (README).
 exec bash service/ops/supervise.sh python -m service.ops.serve main:app --host 0.0.0.0 --port "${PORT:-8000}" \
   --workers 1 --loop asyncio --http h11 --no-access-log --timeout-graceful-shutdown "${GRACEFUL_TIMEOUT_S:-25}" \
   ${MAX_REQUESTS:+--limit-max-requests "$MAX_REQUESTS" --limit-max-requests-jitter "${MAX_REQUESTS_JITTER:-0}"}

@@ -8,7 +8,9 @@ the registry adds an allowance for those a running model reads (service/registry
 """
 
 import contextlib
+import os
 import resource
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +24,7 @@ _UNLIMITED_BYTES = 1 << 60
 
 _process = psutil.Process()
 # Child processes whose memory is the service's too (the OCR worker), by pid.
-_children: dict[int, psutil.Process] = {}
+_children: dict[int, "ProcFile"] = {}
 
 
 @dataclass(frozen=True)
@@ -98,30 +100,81 @@ def detect_budget(
     return Budget(float(DEFAULT_BUDGET_MB), "default", margin_mb)
 
 
+class ProcFile:
+    """A /proc file kept open and re-read from offset 0: a read needs no new descriptor, so the
+    memory watchdog keeps reading RSS while the process has run out of them (EMFILE). Reopened in a
+    forked child, since /proc/self was resolved by the process that opened it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = -1
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def read(self) -> bytes:
+        pid = os.getpid()
+        if self._pid != pid:
+            with self._lock:
+                if self._pid != pid:
+                    if self._fd >= 0:
+                        os.close(self._fd)  # the parent's, inherited through fork
+                    self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                    self._pid = pid
+        return os.pread(self._fd, 4096, 0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0 and self._pid == os.getpid():
+                os.close(self._fd)
+            self._fd, self._pid = -1, 0
+
+
+_STATM = ProcFile("/proc/self/statm") if os.path.exists("/proc/self/statm") else None
+_PAGE_BYTES = resource.getpagesize()
+
+
+def _statm_rss_mb(statm: ProcFile) -> float:
+    """The second field of a statm file (what psutil reads as RSS), in MB."""
+    return int(statm.read().split()[1]) * _PAGE_BYTES / MB
+
+
+def own_rss_mb() -> float:
+    """This process's resident set size, from a kept descriptor; psutil where there is no /proc."""
+    if _STATM is None:
+        return _process.memory_info().rss / MB
+    return _statm_rss_mb(_STATM)
+
+
 def track_child(pid: int) -> None:
-    """Count a child process's RSS in `rss_mb` from now on (until `forget_child`)."""
-    with contextlib.suppress(psutil.NoSuchProcess):
-        _children[pid] = psutil.Process(pid)
+    """Count a child process's RSS in `rss_mb` from now on (until `forget_child`); its statm is
+    opened now and kept, like this process's own."""
+    statm = ProcFile(f"/proc/{pid}/statm")
+    with contextlib.suppress(OSError):  # it has already ended
+        statm.read()
+        _children[pid] = statm
 
 
 def forget_child(pid: int) -> None:
-    _children.pop(pid, None)
+    statm = _children.pop(pid, None)
+    if statm is not None:
+        statm.close()
 
 
 def child_rss_mb() -> float:
     """RSS of the tracked child processes, in MB."""
-    total = 0
-    for child in list(_children.values()):
+    total = 0.0
+    for statm in list(_children.values()):
         try:
-            total += child.memory_info().rss
-        except psutil.Error:  # it ended; its owner forgets it
+            total += _statm_rss_mb(statm)
+        except (OSError, IndexError, ValueError):  # it ended; its owner forgets it
             continue
-    return total / MB
+    return total
 
 
 def rss_mb() -> float:
-    """The service's RSS: this process and its tracked children (the OCR worker)."""
-    return _process.memory_info().rss / MB + (child_rss_mb() if _children else 0.0)
+    """The service's RSS: this process and its tracked children (the OCR worker), which the
+    watchdog, the registry and /metrics compare with the budget."""
+    return own_rss_mb() + (child_rss_mb() if _children else 0.0)
 
 
 @dataclass(frozen=True)

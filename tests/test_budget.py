@@ -1,8 +1,11 @@
 """The budget comes from the env var, the container's cgroup (v2 or v1), or the 512 MB default;
 it is spent on memory that cannot be reclaimed, read from the process and its cgroup."""
 
+import errno
+import resource
 from pathlib import Path
 
+import psutil
 import pytest
 
 from service.budget import (
@@ -17,6 +20,7 @@ from service.budget import (
     unreclaimable_of,
 )
 from service.exceptions import OverBudget
+from service.ops.watchdog import Limits, Watchdog
 from service.registry import Loadable, Registry
 
 MB = 1024 * 1024
@@ -82,6 +86,29 @@ def test_unreadable_cgroup_files_mean_the_default(tmp_path):
 def test_rss_readings_are_real():
     assert 10 < rss_mb() < 4096
     assert peak_rss_mb() >= rss_mb() * 0.9
+
+
+def test_rss_is_read_while_no_descriptor_can_be_opened():
+    """The watchdog reads RSS from a kept descriptor: it works when the process runs out (EMFILE)."""
+    rss_mb()  # opened once, as the watchdog's first check does at startup
+    watchdog = Watchdog(Limits(1e6, 1e6 * 0.85, 1e6 * 0.95), evict_idle=lambda *_: [])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        with pytest.raises(OSError):  # exhaust the descriptors below the limit
+            while True:
+                held.append(open("/dev/null"))  # noqa: SIM115
+        with pytest.raises(OSError) as exhausted:
+            psutil.Process().memory_info()  # what the watchdog used to do: open /proc/self/statm
+        assert exhausted.value.errno == errno.EMFILE or "Too many open files" in str(exhausted.value)
+        assert rss_mb() > 10
+        watchdog.check()
+        assert watchdog.used_mb > 10
+    finally:
+        for file in held:
+            file.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # ---- memory that cannot be reclaimed: what the budget counts -------------------------------------

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -41,6 +41,10 @@ LATENCY = Histogram(
     registry=None,
 )
 BATCH_SIZE = Histogram("sentiment_batch_size", "Texts per model call.", buckets=BATCH_BUCKETS, registry=None)
+# Prometheus' standard process metrics (process_resident_memory_bytes, process_cpu_seconds_total,
+# process_open_fds, process_start_time_seconds...) that existing dashboards and alerts expect. They
+# live in prometheus-client's global registry, which /metrics does not serve, so they are added here.
+PROCESS = ProcessCollector(registry=None)
 
 _queue_depth: Callable[[], int] | None = None
 
@@ -179,6 +183,7 @@ def scrape_registry() -> CollectorRegistry:
     """Everything /metrics serves, built per scrape as multiprocess mode needs."""
     registry = _event_registry()
     registry.register(StateCollector(pid_label=multiproc_dir() is not None))
+    registry.register(PROCESS)
     return registry
 
 

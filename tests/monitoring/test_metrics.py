@@ -49,6 +49,17 @@ def test_memory_and_budget_gauges(make_client):
     assert 'pid="' not in text  # one process: no pid label
 
 
+def test_standard_process_metrics(make_client):
+    """prometheus-client's process collector, as dashboards and alerts expect it."""
+    text = make_client(MEMORY_BUDGET_MB="300").get("/metrics").text
+    resident = sample(text, "process_resident_memory_bytes")
+    assert resident is not None and abs(resident - sample(text, "process_rss_bytes")) < 20 * MB
+    assert sample(text, "process_cpu_seconds_total") > 0
+    assert 3 <= sample(text, "process_open_fds") <= sample(text, "process_max_fds")
+    assert sample(text, "process_start_time_seconds") > 1_600_000_000
+    assert sample(text, "process_virtual_memory_bytes") > resident
+
+
 def test_requests_are_counted_by_route_template(make_client):
     client = make_client()
     before = sample(client.get("/metrics").text, "http_requests_total", route="/health", status="200") or 0
@@ -216,3 +227,4 @@ def test_multiprocess_workers_are_summed(tmp_path):
     # Process state describes the worker that answered, and says which one.
     assert sample(text, "process_rss_bytes") > 0
     assert 'process_rss_bytes{pid="' in text
+    assert sample(text, "process_resident_memory_bytes") > 0
