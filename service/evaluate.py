@@ -73,7 +73,9 @@ def is_exported(source: str | Path) -> bool:
 def load_analyzer(source: str | Path, task: str, lang: str) -> Any:
     backend = "onnx" if is_exported(source) else "torch"
     try:
-        return create_analyzer(task, lang, source, backend, num_threads(get_settings()))
+        # The exported model itself: a prepacked variant belongs to the machine that serves it, and
+        # the export (which calls this) runs on Render's build machine.
+        return create_analyzer(task, lang, source, backend, num_threads(get_settings()), prepacked=False)
     except Exception as error:  # a missing dir, an unreachable hub, a broken export
         hint = (
             ""

@@ -142,7 +142,7 @@ def _non_empty(processed: list[str], what: str = "text(s)") -> list[str]:
 
 
 def create_analyzer(
-    task: str, lang: str, source: str | Path, backend: Backend, num_threads: int = 1
+    task: str, lang: str, source: str | Path, backend: Backend, num_threads: int = 1, prepacked: bool = True
 ) -> Analyzer | TokenAnalyzer:
     """Load the model for (task, lang) from `source` with the given backend.
 
@@ -157,7 +157,7 @@ def create_analyzer(
     else:
         from service.sentiment.backends.onnx_backend import OnnxModel
 
-        model = OnnxModel(Path(source), num_threads)
+        model = OnnxModel(Path(source), num_threads, prepacked)
     if task in TOKEN_TASKS:
         return TokenAnalyzer(model, task, lang, backend)
     if task in PAIR_TASKS:

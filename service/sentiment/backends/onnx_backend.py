@@ -74,7 +74,11 @@ class Served:
 
 
 def open_session(
-    model_dir: Path, manifest: dict[str, Any], tokenizer: Tokenizer, num_threads: int
+    model_dir: Path,
+    manifest: dict[str, Any],
+    tokenizer: Tokenizer,
+    num_threads: int,
+    prepacked_ok: bool = True,
 ) -> tuple[ort.InferenceSession, Served]:
     """The prepacked variant when it is valid (made in a child first when missing), else the
     plain model; one log line says which and why."""
@@ -82,8 +86,10 @@ def open_session(
     providers = onnx_providers(settings.use_gpu)
     multi_label = manifest["problem_type"] == "multi_label_classification"
     plain = model_dir / manifest["model_file"]
-    choice = prepacked.Choice(plain, False, "PREPACKED=false")
-    if settings.prepacked and not settings.use_gpu:
+    choice = prepacked.Choice(
+        plain, False, "PREPACKED=false" if prepacked_ok else "the plain model asked for"
+    )
+    if prepacked_ok and settings.prepacked and not settings.use_gpu:
         choice = prepacked.obtain(model_dir, manifest, settings.prepacked_dir)
     session = None
     if choice.variant:
@@ -126,7 +132,8 @@ def _probe(session: ort.InferenceSession, tokenizer: Tokenizer, multi_label: boo
 
 
 class OnnxModel:
-    def __init__(self, model_dir: Path, num_threads: int) -> None:
+    def __init__(self, model_dir: Path, num_threads: int, prepacked: bool = True) -> None:
+        """`prepacked=False`: the exported model itself, never a variant (what the export measures)."""
         manifest = read_manifest(model_dir)
         self.manifest = manifest
         id2label = manifest["id2label"]
@@ -135,7 +142,7 @@ class OnnxModel:
         self.tokenizer = load_tokenizer(model_dir, manifest)
         options = session_options(num_threads)
         self.run_options = run_options(options.enable_cpu_mem_arena)
-        self.session, self.served = open_session(model_dir, manifest, self.tokenizer, num_threads)
+        self.session, self.served = open_session(model_dir, manifest, self.tokenizer, num_threads, prepacked)
         self.input_names = {node.name for node in self.session.get_inputs()}
         # File-backed MB its calls read (the mapped weights): the registry's allowance for this
         # model while work runs on it (service/sentiment/backends/file_pages.py).
