@@ -6,6 +6,7 @@ preprocessed texts into probabilities, and labels are chosen exactly as pysentim
 `AnalyzerOutput` does (argmax, or every label over 0.5 for multi-label tasks).
 """
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -25,12 +26,18 @@ class ProbabilityModel(Protocol):
     def predict_probas(self, texts: Sequence[str]) -> list[list[float]]: ...
 
 
+_instances = itertools.count(1)
+
+
 class Analyzer:
     def __init__(self, model: ProbabilityModel, task: str, lang: str, backend: Backend) -> None:
         self.model = model
         self.task = task
         self.lang = lang
         self.backend = backend
+        # This loaded instance, for the result cache: `task:lang` (the registry's key) + a serial,
+        # so a model loaded again (perhaps re-exported meanwhile) never sees older results.
+        self.identity = f"{task}:{lang}#{next(_instances)}"
 
     def preprocess(self, texts: Sequence[str]) -> list[str]:
         """Preprocess as pysentimiento does; a text that comes out empty cannot be analyzed."""

@@ -198,7 +198,7 @@ def test_a_single_text_that_cannot_fit_is_refused():
 
 def test_a_batch_that_would_pass_the_budget_is_split_before_it_runs():
     model = FakeModel()
-    texts = ["x" * 600] * 8  # each a full 128 tokens
+    texts = [f"{i}" + "x" * 600 for i in range(8)]  # each a full 128 tokens
     assert work_mb(texts) == hardware.WORK_MB_FIXED + 8 * hardware.WORK_MB_PER_TEXT
     registry = fake_registry(budget_mb=100 + work_mb(texts[:3]), rss_mb=100)  # room for 3
     predictions = infer(model_analyzer(model), texts, registry, max_size=8)
