@@ -1,14 +1,18 @@
 """Test support: the shared models and data, and an app configured through the environment."""
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.server import Server, running_server
 from service import evaluate
 from service.config import Settings, get_settings
+from service.ocr.config import TESSERACT_LANGS
+from service.ocr.tessdata import resolve_tessdata
 from service.registry import get_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,3 +62,19 @@ def app_client(**env: str) -> Iterator[TestClient]:
 
         with TestClient(app, raise_server_exceptions=False) as client:
             yield client
+
+
+def tessdata_missing() -> str | None:
+    """Why OCR cannot run here (a language's traineddata is missing), or None."""
+    try:
+        for code in TESSERACT_LANGS.values():
+            resolve_tessdata(code)
+    except Exception as error:
+        return str(error)
+    return None
+
+
+def real_server(workdir: Path, *args: str, **options: Any) -> AbstractContextManager[Server]:
+    """bench.server's real server with one thread, as the tests' servers always ran (two agents'
+    servers on two shared cores must not oversubscribe them)."""
+    return running_server(workdir, *args, **{"NUM_THREADS": "1", **options})

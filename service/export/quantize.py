@@ -9,7 +9,7 @@ All are calibration-free. Three storage schemes are mixed per kind of node:
   kernel takes 4-bit blocks: half the bytes again, at some accuracy.
 - embeddings: ORTQuantizer's Gather (one scale for the whole table) or GatherBlockQuantized with
   uint8 blocks of 128 along the hidden axis (written here: onnxruntime's tool writes only 4 bits).
-`python -m service.export.recipes` measures every recipe (docs/int8-recipes.md). DEFAULT_RECIPE
+`python -m bench.recipes` measures every recipe (docs/int8-recipes.md). DEFAULT_RECIPE
 says which one is used and why.
 """
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.monitoring.profiling.server import free_port, running_server
-from tests.support import MINILM
+from tests.support import MINILM, real_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -72,9 +71,8 @@ def test_dashboard_in_headless_chromium(tmp_path):
     env = {"MEMORY_BUDGET_MB": "4096", "BACKEND": "torch", "MODEL_SENTIMENT_ES": str(MINILM)}
     if not has_model:  # the chart must still move, from RSS polling alone
         env = {"MEMORY_BUDGET_MB": "4096", "BACKEND": "onnx", "ONNX_DIR": str(tmp_path / "no-models")}
-    port = free_port()
     with (
-        running_server(env, port, tmp_path / "server.log") as server,
+        real_server(tmp_path, **env) as server,
         sync_api.sync_playwright() as playwright,
     ):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -1,4 +1,4 @@
-"""`python -m service.profile`: the load it sends, and a tiny real run that writes the report.
+"""`python -m bench.profile`: the load it sends, and a tiny real run that writes the report.
 
 The runs use no model (503s come back at once), so they stay fast; what is tested is the driving,
 tracing and reporting, which do not depend on what the model is.
@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.monitoring.profiling import load
+from bench.profiling import load
 from tests.support import ROOT
 
 HAS_MEMRAY = importlib.util.find_spec("memray") is not None
@@ -37,7 +37,7 @@ def profile(tmp_path: Path, *args: str) -> str:
         "ONNX_DIR": str(tmp_path / "no-models"),
         "MEMORY_BUDGET_MB": "1024",
     }
-    command = [sys.executable, "-m", "service.profile", "--out", str(out), "--workdir", str(tmp_path), *args]
+    command = [sys.executable, "-m", "bench.profile", "--out", str(out), "--workdir", str(tmp_path), *args]
     done = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
     )

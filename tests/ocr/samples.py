@@ -3,12 +3,12 @@
 import pytest
 
 # The generators shared with the benchmarks, re-exported for the tests that import them from here.
-from service.ocr.documents import DEJAVU as DEJAVU
-from service.ocr.documents import encode as encode
-from service.ocr.documents import font as font
-from service.ocr.documents import pdf_of as pdf_of
-from service.ocr.documents import png_header_only as png_header_only
-from service.ocr.documents import text_page as text_page
+from bench.documents import DEJAVU as DEJAVU
+from bench.documents import encode as encode
+from bench.documents import font as font
+from bench.documents import pdf_of as pdf_of
+from bench.documents import png_header_only as png_header_only
+from bench.documents import text_page as text_page
 
 SPANISH = [
     "El señor Muñoz compró tres árboles frutales.",

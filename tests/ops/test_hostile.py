@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench.server import Response, Server, multipart, read_response, request_head
 from tests.ocr.samples import (
     ENGLISH,
     blank_pdf,
@@ -26,16 +27,7 @@ from tests.ocr.samples import (
     png_header_only,
     text_page,
 )
-from tests.ops.server import (
-    Response,
-    Server,
-    multipart,
-    read_response,
-    request_head,
-    running_server,
-    tessdata_missing,
-)
-from tests.support import MINILM, needs_minilm
+from tests.support import MINILM, needs_minilm, real_server, tessdata_missing
 
 pytestmark = [
     needs_minilm,
@@ -51,7 +43,7 @@ OCR_MAX_UPLOAD_MB = 2
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
-    with running_server(
+    with real_server(
         tmp_path_factory.mktemp("hostile"),
         "--timeout-graceful-shutdown",
         "5",

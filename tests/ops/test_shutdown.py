@@ -12,16 +12,9 @@ from contextlib import suppress
 
 import pytest
 
+from bench.server import Server, multipart, read_response, request_head
 from tests.ocr.samples import ENGLISH, encode, pdf_of, text_page
-from tests.ops.server import (
-    Server,
-    multipart,
-    read_response,
-    request_head,
-    running_server,
-    tessdata_missing,
-)
-from tests.support import ROOT
+from tests.support import ROOT, real_server, tessdata_missing
 
 needs_tessdata = pytest.mark.skipif(tessdata_missing() is not None, reason=f"{tessdata_missing()}")
 
@@ -50,7 +43,7 @@ def wait_for(condition, timeout: float, what: str) -> None:
 @needs_tessdata
 def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(tmp_path):
     body, headers = ocr_body(encode(text_page(ENGLISH[:1])), "image/png")
-    with running_server(tmp_path, "--timeout-graceful-shutdown", "10") as server:
+    with real_server(tmp_path, "--timeout-graceful-shutdown", "10") as server:
         assert server.request("POST", "/ocr", body, headers).status == 200  # the engine is loaded
         half = len(body) // 2
         with server.connect() as upload:
@@ -75,7 +68,7 @@ def test_work_still_running_at_the_graceful_timeout_does_not_hold_the_exit(tmp_p
     """Twenty full pages of text keep a threadpool thread busy ~20 s; the exit does not wait for it."""
     pdf = pdf_of([text_page(ENGLISH * 12, size=(1275, 1650)) for _ in range(20)])
     body, headers = ocr_body(pdf, "application/pdf")
-    with running_server(tmp_path, "--timeout-graceful-shutdown", "1") as server, server.connect() as upload:
+    with real_server(tmp_path, "--timeout-graceful-shutdown", "1") as server, server.connect() as upload:
         upload.sendall(request_head("POST", "/ocr", len(body), headers) + body)
         time.sleep(1.5)  # recognition has started
         server.process.send_signal(signal.SIGTERM)
@@ -86,7 +79,7 @@ def test_work_still_running_at_the_graceful_timeout_does_not_hold_the_exit(tmp_p
 
 
 def test_a_recycled_worker_is_replaced_and_sigterm_ends_the_loop_with_0(tmp_path):
-    with running_server(tmp_path, "--limit-max-requests", "5", supervised=True) as server:
+    with real_server(tmp_path, "--limit-max-requests", "5", supervised=True) as server:
         (first,) = server.worker_pids()
         for _ in range(5):
             with suppress(ConnectionRefusedError):  # the port is closed while a worker restarts
@@ -103,7 +96,7 @@ def test_a_recycled_worker_is_replaced_and_sigterm_ends_the_loop_with_0(tmp_path
 
 def test_a_worker_over_its_hard_limit_refuses_work_then_recycles(tmp_path):
     """A budget below what an idle worker holds: the hard limit is passed from the start."""
-    with running_server(
+    with real_server(
         tmp_path,
         supervised=True,
         MEMORY_BUDGET_MB="30",

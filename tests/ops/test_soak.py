@@ -20,7 +20,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ import psutil
 import pytest
 from PIL import Image, ImageDraw
 
+from bench.server import Response, Server, launch, multipart
 from tests.ocr.samples import (
     ENGLISH,
     SPANISH,
@@ -43,18 +43,7 @@ from tests.ocr.samples import (
     png_header_only,
     text_page,
 )
-from tests.ops.server import (
-    SERVE,
-    SUPERVISE,
-    Response,
-    Server,
-    free_port,
-    multipart,
-    server_env,
-    tessdata_missing,
-    wait_until_serving,
-)
-from tests.support import ROOT
+from tests.support import ROOT, tessdata_missing
 
 pytestmark = pytest.mark.soak
 
@@ -317,26 +306,23 @@ def test_soak_in_a_512_mb_cgroup(tmp_path):
         pytest.skip(tessdata_missing())
     corpus = make_corpus()
     with memory_cgroup(LIMIT_MB) as cgroup:
-        port = free_port()
-        env = server_env(
+        server = launch(
+            tmp_path / "server.log",
+            "--timeout-graceful-shutdown",
+            "25",
+            supervised=True,
+            cgroup=cgroup.path,
+            NUM_THREADS="1",
             BACKEND="onnx",
             MODEL_SENTIMENT_ES=str(model),
             MODEL_SENTIMENT_EN=str(model),
             MEMORY_WATCHDOG="true",
             MALLOC_ARENA_MAX="2",
+            MEMORY_BUDGET_MB=None,  # the budget must come from the cgroup
         )
-        env.pop("MEMORY_BUDGET_MB", None)  # the budget must come from the cgroup
-        command = ["bash", "-c", f'echo $$ > {cgroup.path}/cgroup.procs && exec "$@"', "soak"]
-        command += [*SUPERVISE, *SERVE, "--port", str(port), "--timeout-graceful-shutdown", "25"]
-        log = tmp_path / "server.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        server = Server(process, port, log, supervised=True)
         samples: list[tuple[float, float, float]] = []  # (t, worker RSS MB, cgroup usage MB)
         try:
-            wait_until_serving(server, timeout=120)
+            server.wait_healthy(120)
             memory = server.request("GET", "/memory").json()
             assert memory["budget_mb"] == LIMIT_MB, memory
             (worker,) = server.worker_pids()
@@ -365,9 +351,7 @@ def test_soak_in_a_512_mb_cgroup(tmp_path):
             server.process.send_signal(15)
             exit_status = server.process.wait(timeout=60)
         finally:
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, 9)
-            process.wait(10)
+            server.stop()
         oom_kills, limit_hits, cgroup_peak = cgroup.oom_kills(), cgroup.limit_hits(), cgroup.peak_mb()
 
     quarter = len(samples) // 4

@@ -21,8 +21,8 @@ from typing import Any
 
 import psutil
 
-from service.monitoring.profiling import load, report
-from service.monitoring.profiling.server import Server, running_server
+from bench.profiling import load, report
+from bench.server import Server, running_server
 
 MB = 1024 * 1024
 SIGNAL_TIMEOUT_S = 180.0
@@ -125,7 +125,9 @@ def run_pass(
     warmup, rest = calls
     phases = (warmup, rest[: len(rest) // 2], rest[len(rest) // 2 :])
     result = PassResult(warm_requests=len(warmup))
-    with running_server(env, args.port, args.workdir / f"server-{name}.log", python_args) as server:
+    with running_server(
+        args.workdir, name=f"server-{name}", python_args=lambda _port: python_args, port=args.port, **env
+    ) as server:
         started = time.perf_counter()
         sampler = RssSampler(server.pid, started, result.samples, args.sample_interval)
         sampler.start()

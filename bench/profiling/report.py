@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from service.monitoring.profiling.load import Result
-from service.monitoring.profiling.server import ROOT
+from bench.profiling.load import Result
+from bench.server import ROOT
 
 MB = 1024 * 1024
 _PROFILER = Path(__file__).resolve().parent

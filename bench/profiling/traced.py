@@ -1,6 +1,6 @@
 """The service under tracemalloc, for the profiler.
 
-`python -m service.monitoring.profiling.traced PORT DIR FRAMES` serves main:app as start.sh does.
+`python -m bench.profiling.traced PORT DIR FRAMES` serves main:app as start.sh does.
 
 Tracing is already on when the process starts with `PYTHONTRACEMALLOC` (every import counted);
 otherwise SIGUSR2 starts it, keeping FRAMES frames per allocation, and writes `DIR/tracing`.

@@ -1,11 +1,11 @@
 """Measure every INT8 recipe of quantize.py against the fp32 export; print a markdown table.
 
-    python -m service.export.recipes [--source DIR] [--data DIR ...] [--recipes a,b] [--scale-model DIR]
+    python -m bench.recipes [--source DIR] [--data DIR ...] [--recipes a,b] [--scale-model DIR]
 
 Each recipe is exported by `export_model`, exactly as `python -m service.export` ships it, and run
 through the service's analyzer. Gate: agreement with fp32 labels >= 97 % and macro-F1 within one
 point of fp32 on every set, model <= 30 % of the fp32 ONNX file. --scale-model adds the latency of
-the same recipes on another model (RoBERTuito's shape with random weights: see service.bench).
+the same recipes on another model (RoBERTuito's shape with random weights: see bench.serving).
 """
 
 import argparse
@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.bench import SHORT, build_random_model
+from bench.serving import SHORT, build_random_model
 from service.evaluate import guess_lang, load_analyzer, predict, read_labelled, score
 from service.export.build import export_model
 from service.export.manifest import model_bytes
 from service.export.quantize import RECIPES
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 MIN_AGREEMENT, MAX_F1_DROP, MAX_SIZE = 0.97, 0.01, 0.30
 ROUNDS = 40  # x len(SHORT) single-text calls per latency figure
@@ -110,7 +110,7 @@ def table(rows: list[dict[str, Any]], langs: list[str], scale: dict[str, float])
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m service.export.recipes", description=__doc__.split("\n")[0]
+        prog="python -m bench.recipes", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--source", default=str(SHARED / "models" / "tweet-sentiment-minilm"))
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""Time and memory of OCR on generated documents: `python -m service.ocr.bench [--pages 20]`.
+"""Time and memory of OCR on generated documents: `python -m bench.ocr [--pages 20]`.
 
 Runs in-process through the same path as the route (registry, admission, decoding, PDF
 producer) and prints, per document: seconds, pages/s, the RSS it left and its peak RSS over
@@ -16,9 +16,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from bench.documents import encode, letter_page, page_lines, pdf_of, photo_12mp
 from service.budget import rss_mb
 from service.ocr.config import TESSERACT_LANGS, get_ocr_settings
-from service.ocr.documents import encode, letter_page, page_lines, pdf_of, photo_12mp
 from service.ocr.schemas import OcrOptions
 from service.ocr.service import engine_item, ocr_upload
 from service.registry import get_registry

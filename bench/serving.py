@@ -1,9 +1,9 @@
 """Benchmark the backends side by side, each in its own fresh uvicorn server process.
 
-    python -m service.bench [--source DIR] [--requests 1000] [--backends onnx,torch]
-    python -m service.bench --concurrency 1,8,32 [--seconds 20] [--backends onnx]
-    python -m service.bench --bulk 1000,100000 [--backends onnx]
-    python -m service.bench --ocr 200 [--backends onnx]
+    python -m bench [--source DIR] [--requests 1000] [--backends onnx,torch]
+    python -m bench --concurrency 1,8,32 [--seconds 20] [--backends onnx]
+    python -m bench --bulk 1000,100000 [--backends onnx]
+    python -m bench --ocr 200 [--backends onnx]
 
 At RoBERTuito scale by default: a model with RoBERTuito's exact shape and real tokenizer
 (`../shared/models/robertuito-shape`) and random weights from a fixed seed, exported like a
@@ -21,20 +21,21 @@ All three run under MEMORY_BUDGET_MB=--budget (512 by default: Render's free pla
 import argparse
 import csv
 import http.client
+import itertools
 import json
 import os
 import random
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from bench.server import Server, launch, multipart
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = ROOT.parent / "shared" / "models" / "robertuito-shape"
@@ -88,30 +89,20 @@ def build_random_model(shape_dir: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
-class Server:
-    """One `bash start.sh`-equivalent uvicorn process with the given backend and model."""
+def bench_args(port: int) -> list[str]:
+    """The uvicorn command these figures were always taken with (plain uvicorn, its default HTTP
+    parser and access log), kept so that new figures compare with MEMORY.md's."""
+    return ["-m", "uvicorn", "main:app", "--port", str(port), "--workers", "1", "--loop", "asyncio"]
 
-    def __init__(self, env: dict[str, str], port: int) -> None:
-        self.port = port
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "main:app",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--loop",
-                "asyncio",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "MALLOC_ARENA_MAX": "2", **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+
+class Client:
+    """Keep-alive JSON requests to one launched server (latencies count no connection set-up), and
+    the server's memory figures."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.port = server.port
+        self.started = server.started
         self.connection: http.client.HTTPConnection | None = None
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -122,34 +113,15 @@ class Server:
         response = self.connection.getresponse()
         return response.status, json.loads(response.read() or b"null")
 
-    def wait_healthy(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")
-            try:
-                if self.request("GET", "/health")[0] == 200:
-                    return
-            except OSError:
-                self.connection = None
-                time.sleep(0.05)
-        raise RuntimeError("server did not become healthy")
-
-    def _status_kb(self, field: str) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-        raise KeyError(field)
-
     def rss_mb(self) -> float:
-        return self._status_kb("VmRSS:")
+        return self.server.rss_mb()
 
     def peak_mb(self) -> float:
-        return self._status_kb("VmHWM:")
+        return self.server.peak_mb()
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
+        self.server.stop()
+        self.server.log.unlink(missing_ok=True)
 
 
 def timed(call: Callable[[], Any]) -> float:
@@ -158,13 +130,13 @@ def timed(call: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def analyze(server: Server, body: dict[str, Any]) -> None:
+def analyze(server: Client, body: dict[str, Any]) -> None:
     status, answer = server.request("POST", "/analyze", body)
     if status != 200:
         raise RuntimeError(f"/analyze answered {status}: {answer}")
 
 
-def measure(backend: str, model: Path, port: int, requests: int) -> dict[str, float]:
+def measure(backend: str, model: Path, port: int | None, requests: int) -> dict[str, float]:
     rng = random.Random(0)
     env = {
         "BACKEND": backend,
@@ -172,9 +144,8 @@ def measure(backend: str, model: Path, port: int, requests: int) -> dict[str, fl
         "NUM_THREADS": "1",
         "MEMORY_BUDGET_MB": "8192",
     }
-    server = Server(env, port)
+    server = start_server(env, port, None)
     try:
-        server.wait_healthy()
         rss_start = server.rss_mb()
         analyze(server, {"text": SHORT[0]})
         cold_start = time.perf_counter() - server.started
@@ -251,16 +222,22 @@ def _client(port: int, seed: int, deadline: float, latencies: list[float], refus
     connection.close()
 
 
-def start_server(env: dict[str, str], port: int, cpus: int | None) -> Server:
-    """A server, on its first `cpus` cores only when given (as a container's CPU limit would)."""
-    server = Server(env, port)
-    if cpus:
-        os.sched_setaffinity(server.process.pid, range(cpus))
-    server.wait_healthy()
-    return server
+def start_server(env: dict[str, str], port: int | None, cpus: int | None) -> Client:
+    """A server (on a free port unless --port), on its first `cpus` cores only when given (as a
+    container's CPU limit would), answering /health."""
+    handle, log = tempfile.mkstemp(prefix="bench-server-", suffix=".log")
+    os.close(handle)
+    server = launch(Path(log), python_args=bench_args, port=port, cpus=cpus, **env)
+    try:
+        server.wait_healthy(120)  # its error carries the log's tail
+    except Exception:
+        server.stop()
+        Path(log).unlink(missing_ok=True)
+        raise
+    return Client(server)
 
 
-def batched_texts(server: Server) -> tuple[int, int]:
+def batched_texts(server: Client) -> tuple[int, int]:
     """Texts and model batches the server's micro-batchers have run so far."""
     server.connection = None  # uvicorn closes idle keep-alive connections
     _, system = server.request("GET", "/system")
@@ -269,7 +246,7 @@ def batched_texts(server: Server) -> tuple[int, int]:
 
 
 def measure_concurrency(
-    env: dict[str, str], port: int, levels: list[int], seconds: float, cpus: int | None
+    env: dict[str, str], port: int | None, levels: list[int], seconds: float, cpus: int | None
 ) -> dict[int, dict]:
     server = start_server(env, port, cpus)
     try:
@@ -282,7 +259,7 @@ def measure_concurrency(
             refused: list[int] = []
             deadline = time.perf_counter() + seconds
             threads = [
-                threading.Thread(target=_client, args=(port, i, deadline, latencies, refused))
+                threading.Thread(target=_client, args=(server.port, i, deadline, latencies, refused))
                 for i in range(clients)
             ]
             start = time.perf_counter()
@@ -324,7 +301,7 @@ def _multipart_csv(path: Path, rows: int, boundary: str) -> None:
 
 
 def measure_bulk(
-    env: dict[str, str], port: int, sizes: list[int], work: Path, cpus: int | None
+    env: dict[str, str], port: int | None, sizes: list[int], work: Path, cpus: int | None
 ) -> dict[int, dict]:
     server = start_server(env, port, cpus)
     try:
@@ -335,7 +312,7 @@ def measure_bulk(
             path = work / f"bulk-{rows}.multipart"
             _multipart_csv(path, rows, boundary)
             rss_before = server.rss_mb()
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=3600)
             start = time.perf_counter()
             with RssSampler(server) as rss, path.open("rb") as body:
                 headers = {
@@ -365,24 +342,7 @@ def measure_bulk(
         server.stop()
 
 
-def multipart(fields: dict[str, str], file_name: str, data: bytes, content_type: str) -> tuple[bytes, str]:
-    """A multipart/form-data body with `fields` and one file part; returns it and its content type."""
-    boundary = "benchboundary7MA4YWxkTrZu0gW"
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-        for name, value in fields.items()
-    ]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file_name}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n".encode()
-        + data
-        + b"\r\n"
-    )
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
-def ocr(server: Server, data: bytes, content_type: str, **fields: str) -> dict[str, Any]:
+def ocr(server: Client, data: bytes, content_type: str, **fields: str) -> dict[str, Any]:
     body, form_type = multipart({"lang": "es", **fields}, "upload", data, content_type)
     server.connection = None
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
@@ -395,10 +355,10 @@ def ocr(server: Server, data: bytes, content_type: str, **fields: str) -> dict[s
     return answer
 
 
-def measure_ocr(env: dict[str, str], port: int, requests: int, cpus: int | None) -> dict[str, float]:
+def measure_ocr(env: dict[str, str], port: int | None, requests: int, cpus: int | None) -> dict[str, float]:
     """The sentiment model and OCR in one server: RSS after mixed requests, then OCR peaks."""
     # Imported here: PIL and the page generators are needed by this measurement only.
-    from service.ocr.documents import encode, letter_page, pdf_of, photo_12mp
+    from bench.documents import encode, letter_page, pdf_of, photo_12mp
 
     rng = random.Random(0)
     page = encode(letter_page(), "PNG")
@@ -439,6 +399,11 @@ def measure_ocr(env: dict[str, str], port: int, requests: int, cpus: int | None)
         server.stop()
 
 
+def next_ports(first: int | None) -> Iterator[int | None]:
+    """--port, --port + 1, ... when given; else None: each server on a free port."""
+    return itertools.count(first) if first else itertools.repeat(None)
+
+
 def print_table(results: dict[str, dict[str, float]]) -> None:
     backends = list(results)
     print(f"{'metric':<22}" + "".join(f"{b:>12}" for b in backends))
@@ -455,7 +420,7 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--backends", default="onnx,torch")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, help="first port of the servers (default: free ports)")
     parser.add_argument("--concurrency", help="client counts, e.g. 1,8,32: micro-batching on vs off")
     parser.add_argument("--seconds", type=float, default=20.0, help="per concurrency level")
     parser.add_argument("--bulk", help="CSV row counts, e.g. 1000,100000, through POST /analyze/file")
@@ -478,12 +443,13 @@ def main() -> None:
 
                 models["onnx"] = Path(work) / "onnx"
                 export_model("sentiment", "es", str(models["torch"]), models["onnx"])
+        ports = next_ports(args.port)
         if args.concurrency or args.bulk or args.ocr:
             throughput(args, models, Path(work))
             return
         results = {
-            backend: measure(backend, models[backend], args.port + i, args.requests)
-            for i, backend in enumerate(args.backends.split(","))
+            backend: measure(backend, models[backend], next(ports), args.requests)
+            for backend in args.backends.split(",")
         }
     print_table(results)
     summary: dict[str, Any] = {backend: figures for backend, figures in results.items()}
@@ -497,7 +463,7 @@ def throughput(args: argparse.Namespace, models: dict[str, Path], work: Path) ->
     """--concurrency, --bulk and --ocr: each backend's servers in turn, then the table and one JSON line."""
     columns: dict[str, dict] = {}
     summary: dict[str, Any] = {}
-    port = args.port
+    ports = next_ports(args.port)
     for backend in args.backends.split(","):
         env = {
             "BACKEND": backend,
@@ -510,7 +476,7 @@ def throughput(args: argparse.Namespace, models: dict[str, Path], work: Path) ->
             levels = [int(level) for level in args.concurrency.split(",")]
             runs = {}
             for batching in ("on", "off"):
-                port += 1
+                port = next(ports)
                 env["MICRO_BATCHING"] = "true" if batching == "on" else "false"
                 runs[batching] = measure_concurrency(env, port, levels, args.seconds, args.cpus)
                 for clients, figures in runs[batching].items():
@@ -527,7 +493,7 @@ def throughput(args: argparse.Namespace, models: dict[str, Path], work: Path) ->
                 "p95_on_vs_single_p50": {c: round(runs["on"][c]["p95_ms"] / single_p50, 2) for c in levels},
             }
         if args.bulk:
-            port += 1
+            port = next(ports)
             env.pop("MICRO_BATCHING", None)
             sizes = [int(size) for size in args.bulk.split(",")]
             bulk = measure_bulk(env, port, sizes, work, args.cpus)
@@ -535,7 +501,7 @@ def throughput(args: argparse.Namespace, models: dict[str, Path], work: Path) ->
                 columns[f"{backend} {rows} rows"] = figures
             summary.setdefault(backend, {})["bulk"] = bulk
         if args.ocr:
-            port += 1
+            port = next(ports)
             env.pop("MICRO_BATCHING", None)
             figures = measure_ocr(env, port, args.ocr, args.cpus)
             columns[f"{backend} sentiment+ocr"] = figures

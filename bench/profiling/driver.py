@@ -1,4 +1,4 @@
-"""`python -m service.profile --requests N [--ocr-files M]`: profile a real server under a mixed load.
+"""`python -m bench.profile --requests N [--ocr-files M]`: profile a real server under a mixed load.
 
 The same seeded load runs in up to three passes, each on a fresh server with this process's
 environment (BACKEND, MODEL_*, MEMORY_BUDGET_MB, ...), as start.sh would start it:
@@ -19,10 +19,10 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.profiling import load, report
+from bench.profiling.passes import PassResult, Tracer, run_pass
+from bench.server import free_port, uvicorn_args
 from service.config import get_settings
-from service.monitoring.profiling import load, report
-from service.monitoring.profiling.passes import PassResult, Tracer, run_pass
-from service.monitoring.profiling.server import free_port, uvicorn_args
 
 MB = 1024 * 1024
 DEFAULT_FRAMES = 25
@@ -31,7 +31,7 @@ REPORTED_ENV = ("BACKEND", "MEMORY_BUDGET_MB", "MEMORY_MARGIN_MB", "NUM_THREADS"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m service.profile", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200, help="sentiment and ops requests (default 200)")
     parser.add_argument("--ocr-files", type=int, default=0, help="OCR uploads mixed in (default 0)")
     parser.add_argument("--concurrency", type=int, default=2, help="requests in flight (default 2)")
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _header(args: argparse.Namespace, argv: list[str] | None, plain: PassResult) -> list[str]:
     memory = plain.memory
-    command = shlex.join(["python", "-m", "service.profile", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "-m", "bench.profile", *(argv if argv is not None else sys.argv[1:])])
     env = ", ".join(f"`{k}={os.environ[k]}`" for k in REPORTED_ENV if k in os.environ) or "defaults"
     models = ", ".join(f"`{k}={v}`" for k, v in sorted(os.environ.items()) if k.startswith("MODEL_"))
     loaded = "; ".join(f"`{item['key']}` {item['cost_mb']:.1f} MB" for item in memory.get("loaded", []))
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tracer = Tracer(args.workdir / "tracemalloc", args.trace_from)
         tracer.folder.mkdir(parents=True, exist_ok=True)
-        traced_args = ["-m", "service.monitoring.profiling.traced", str(args.port), str(tracer.folder)]
+        traced_args = ["-m", "bench.profiling.traced", str(args.port), str(tracer.folder)]
         env = {"PYTHONTRACEMALLOC": str(args.frames)} if args.trace_from == "start" else {}
         passes["tracemalloc"] = run_pass(
             "tracemalloc", [*traced_args, str(args.frames)], env, calls, args, tracer.at

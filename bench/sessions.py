@@ -1,7 +1,7 @@
 """Measure onnxruntime session and run options: RSS after session creation, after a large call,
 and latency.
 
-    python -m service.export.sessions [--model DIR] [--work /tmp/robertuito-int8]
+    python -m bench.sessions [--model DIR] [--work /tmp/robertuito-int8]
 
 Each variant runs in a fresh subprocess (RSS never comes back down in one process, so variants
 measured together would hide each other). Without --model, a RoBERTuito-scale model (its shape and
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SHAPE = ROOT.parent / "shared" / "models" / "robertuito-shape"
 MB = 1024 * 1024
 RUNS = 200
@@ -122,7 +122,7 @@ def build(work: Path) -> Path:
     """RoBERTuito's shape with seeded random weights, exported with the default recipe."""
     out = work / "int8"
     if not (out / "manifest.json").is_file():
-        from service.bench import build_random_model
+        from bench.serving import build_random_model
         from service.export.build import export_model
 
         source = build_random_model(SHAPE, work / "random-model")
@@ -132,7 +132,7 @@ def build(work: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m service.export.sessions", description=__doc__.split("\n")[0]
+        prog="python -m bench.sessions", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--model", type=Path, help="an exported dir (default: build RoBERTuito scale)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/robertuito-int8"))
@@ -149,7 +149,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for variant in [*VARIANTS, *RUN_VARIANTS]:
-        command = [sys.executable, "-m", "service.export.sessions", "--model", str(model), "--child", variant]
+        command = [sys.executable, "-m", "bench.sessions", "--model", str(model), "--child", variant]
         result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
         keys = ("peak_mb", "session_mb", "after_trim_mb", "after_runs_mb", "after_large_mb")
         mb = [f"{result[key]:.0f}" for key in keys]

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from service.bench import multipart
+from bench.server import multipart
 
 SPANISH = [
     "¡Qué buen día hace hoy! 😍",
@@ -118,7 +118,7 @@ OPS = [
 
 def _ocr_documents() -> list[tuple[str, str, str, bytes]]:
     """(name, lang, content type, bytes), cycled through by the OCR calls."""
-    from service.ocr.documents import encode, pdf_of, png_header_only, text_page
+    from bench.documents import encode, pdf_of, png_header_only, text_page
 
     es, en = text_page(SPANISH[:6], size=(1275, 420)), text_page(ENGLISH[:6], size=(1275, 420))
     png = encode(es, "PNG")

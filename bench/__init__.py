@@ -1,0 +1,1 @@
+"""Measurement: benchmarks, profilers and the documents they generate. The server never imports this package."""

@@ -1,1 +1,0 @@
-"""`python -m service.profile`: a real server under a mixed load, traced, and a Markdown report of it."""
