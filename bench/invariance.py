@@ -148,21 +148,22 @@ def variants(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="invariance-") as tmp:
         scale_acc0 = with_accuracy_level(args.scale_model, 0, Path(tmp))
         gate_acc0 = with_accuracy_level(args.gate_int8, 0, Path(tmp))
-        candidates: dict[str, tuple[Path, Path | None, int]] = {
-            "weight-only, unpadded (old default)": (args.scale_model, args.gate_int8, 1),
-            "weight-only, padded to 2 (default)": (args.scale_model, args.gate_int8, 2),
-            "weight-only, padded to 4": (args.scale_model, args.gate_int8, 4),
-            "weight-only, padded to 8": (args.scale_model, args.gate_int8, 8),
-            "weight-only, accuracy_level 0, padded to 2": (scale_acc0, gate_acc0, 2),
+        candidates: dict[str, tuple[str, Path, Path | None, int]] = {
+            "pad1": ("weight-only, unpadded (old default)", args.scale_model, args.gate_int8, 1),
+            "pad2": ("weight-only, padded to 2 (default)", args.scale_model, args.gate_int8, 2),
+            "pad4": ("weight-only, padded to 4", args.scale_model, args.gate_int8, 4),
+            "pad8": ("weight-only, padded to 8", args.scale_model, args.gate_int8, 8),
+            "acc0": ("weight-only, accuracy_level 0, padded to 2", scale_acc0, gate_acc0, 2),
         }
         if args.fp32 is not None:
-            candidates["fp32 (no quantization)"] = (args.fp32, None, 1)
+            candidates["fp32"] = ("fp32 (no quantization)", args.fp32, None, 1)
+        candidates = {key: value for key, value in candidates.items() if key in args.only}
         fp32 = analyzer(args.gate_fp32, 1)
         references = {}
         for name, lang in SETS.items():
             fp32.lang = lang
             references[name] = predict(fp32, read_labelled(DATA / name).texts)
-        for name, (scale_dir, gate_dir, multiple) in candidates.items():
+        for name, scale_dir, gate_dir, multiple in candidates.values():
             model = analyzer(scale_dir, multiple)
             worst, differing = max_batch_difference(model, texts)
             row: dict[str, Any] = {
@@ -249,6 +250,12 @@ def main() -> None:
     one.add_argument("--fp32", type=Path, help="the fp32 export at scale, to time it too")
     one.add_argument("--no-gate", action="store_true", help="time only")
     one.add_argument("--texts", type=int, default=32, help="tweets timed at scale")
+    one.add_argument(
+        "--only",
+        type=lambda s: s.split(","),
+        default=["pad1", "pad2", "pad4", "pad8", "acc0", "fp32"],
+        help="candidates to run (one process each runs faster on shared cores)",
+    )
     two = commands.add_parser("stream", help="dedupe and the result cache on a retweet-like stream")
     two.add_argument("--model", type=Path, required=True, help="an INT8 export")
     two.add_argument("--requests", type=int, default=2000)
