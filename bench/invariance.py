@@ -146,8 +146,11 @@ def variants(args: argparse.Namespace) -> dict[str, Any]:
     texts = preprocessed("xlmt_spanish", args.texts)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="invariance-") as tmp:
-        scale_acc0 = with_accuracy_level(args.scale_model, 0, Path(tmp))
-        gate_acc0 = with_accuracy_level(args.gate_int8, 0, Path(tmp))
+        work = Path(tmp)
+        scale_acc0 = (
+            with_accuracy_level(args.scale_model, 0, work) if "acc0" in args.only else args.scale_model
+        )
+        gate_acc0 = with_accuracy_level(args.gate_int8, 0, work) if "acc0" in args.only else args.gate_int8
         candidates: dict[str, tuple[str, Path, Path | None, int]] = {
             "pad1": ("weight-only, unpadded (old default)", args.scale_model, args.gate_int8, 1),
             "pad2": ("weight-only, padded to 2 (default)", args.scale_model, args.gate_int8, 2),
@@ -158,11 +161,12 @@ def variants(args: argparse.Namespace) -> dict[str, Any]:
         if args.fp32 is not None:
             candidates["fp32"] = ("fp32 (no quantization)", args.fp32, None, 1)
         candidates = {key: value for key, value in candidates.items() if key in args.only}
-        fp32 = analyzer(args.gate_fp32, 1)
         references = {}
-        for name, lang in SETS.items():
-            fp32.lang = lang
-            references[name] = predict(fp32, read_labelled(DATA / name).texts)
+        if not args.no_gate:
+            fp32 = analyzer(args.gate_fp32, 1)
+            for name, lang in SETS.items():
+                fp32.lang = lang
+                references[name] = predict(fp32, read_labelled(DATA / name).texts)
         for name, scale_dir, gate_dir, multiple in candidates.values():
             model = analyzer(scale_dir, multiple)
             worst, differing = max_batch_difference(model, texts)
