@@ -29,13 +29,20 @@ def test_identical_texts_in_one_call_are_computed_once():
     assert registry.counters["duplicate_texts"] == 2
 
 
+class Gate(threading.Event):
+    """Holds the fake model's first call for up to a minute (a loaded CI machine is slow)."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return super().wait(60)
+
+
 def test_concurrent_requests_for_one_text_share_one_row(fake_app):
-    gate = threading.Event()
+    gate = Gate()
     model = FakeModel(gate=gate)  # the first call holds the worker until the others queued
     client = fake_app(model)
     with ThreadPoolExecutor(6) as pool:
         answers = [pool.submit(client.post, "/analyze", json={"text": "el mismo"}) for _ in range(6)]
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while client.get("/system").json()["batching"]["sentiment:es"]["queued"] < 5:
             assert time.monotonic() < deadline, "the requests never queued"
             time.sleep(0.01)
