@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.exceptions import install_handlers
+from service.monitoring.history import start_history, stop_history
 from service.monitoring.middleware import MetricsMiddleware
 from service.monitoring.router import router as monitoring_router
 from service.ocr.router import router as ocr_router
@@ -17,11 +18,13 @@ from service.system.router import router as system_router
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-    start_watchdog()
+    watchdog = start_watchdog()
+    start_history(refusing=lambda: watchdog is not None and watchdog.refusing)
     try:
         with throughput():  # hardware config logged once; micro-batching workers until shutdown
             yield
     finally:
+        stop_history()
         stop_watchdog()
 
 

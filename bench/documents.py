@@ -4,6 +4,7 @@ the tests send to /ocr. Nothing here is used while serving."""
 import io
 import random
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -69,8 +70,11 @@ def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
 
 
 def pdf_of(pages: list[Image.Image], dpi: float = 150) -> bytes:
-    """A PDF of the pages, one image each (as a scanner writes it)."""
-    return encode(pages[0], "PDF", resolution=dpi, save_all=True, append_images=pages[1:])
+    """A PDF of the pages, one image each (as a scanner writes it); the same bytes every time
+    (Pillow would date it to the second, so two seeded load plans could differ)."""
+    epoch = time.gmtime(0)
+    options = {"resolution": dpi, "save_all": True, "creationDate": epoch, "modDate": epoch}
+    return encode(pages[0], "PDF", append_images=pages[1:], **options)
 
 
 def png_header_only(width: int, height: int) -> bytes:

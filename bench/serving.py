@@ -9,7 +9,7 @@ At RoBERTuito scale by default: a model with RoBERTuito's exact shape and real t
 (`../shared/models/robertuito-shape`) and random weights from a fixed seed, exported like a
 real one. Memory and speed do not depend on the weights. Prints a table, then one JSON line.
 
---concurrency: closed-loop clients (threads, one text per request, tweet-sized texts) against a
+--concurrency: closed-loop clients (Locust users, one text per request, tweet-sized texts) against a
 server with MICRO_BATCHING on, then one with it off: texts/s, p50/p95 latency and RSS per level.
 --bulk: one server, a CSV of each size through POST /analyze/file: rows/s and RSS while streaming.
 --ocr N: one server with the sentiment model and OCR both loaded: its RSS after N mixed requests
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.server import Server, launch, multipart
+from bench.swarm import Job, Swarm
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = ROOT.parent / "shared" / "models" / "robertuito-shape"
@@ -205,23 +206,6 @@ class RssSampler:
         self._thread.join()
 
 
-def _client(port: int, seed: int, deadline: float, latencies: list[float], refused: list[int]) -> None:
-    """One closed-loop client: a request, its answer, the next request."""
-    rng = random.Random(seed)
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    while time.perf_counter() < deadline:
-        body = json.dumps({"text": tweet(rng)})
-        start = time.perf_counter()
-        connection.request("POST", "/analyze", body, {"content-type": "application/json"})
-        response = connection.getresponse()
-        response.read()
-        if response.status == 200:
-            latencies.append(time.perf_counter() - start)
-        else:
-            refused.append(response.status)
-    connection.close()
-
-
 def start_server(env: dict[str, str], port: int | None, cpus: int | None) -> Client:
     """A server (on a free port unless --port), on its first `cpus` cores only when given (as a
     container's CPU limit would), answering /health."""
@@ -248,42 +232,37 @@ def batched_texts(server: Client) -> tuple[int, int]:
 def measure_concurrency(
     env: dict[str, str], port: int | None, levels: list[int], seconds: float, cpus: int | None
 ) -> dict[int, dict]:
-    server = start_server(env, port, cpus)
-    try:
-        for _ in range(20):  # load the model, warm the session
-            analyze(server, {"text": SHORT[0]})
-        results = {}
-        for clients in levels:
-            texts_before, batches_before = batched_texts(server)
-            latencies: list[float] = []
-            refused: list[int] = []
-            deadline = time.perf_counter() + seconds
-            threads = [
-                threading.Thread(target=_client, args=(server.port, i, deadline, latencies, refused))
-                for i in range(clients)
-            ]
-            start = time.perf_counter()
-            with RssSampler(server) as rss:
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join()
-            elapsed = time.perf_counter() - start
-            latencies.sort()
-            results[clients] = {
-                "texts_per_s": round(len(latencies) / elapsed, 1),
-                "p50_ms": round(statistics.median(latencies) * 1000, 1),
-                "p95_ms": round(latencies[int(len(latencies) * 0.95)] * 1000, 1),
-                "refused": len(refused),
-                "rss_max_mb": round(rss.max_mb, 1),
-            }
-            texts, batches = batched_texts(server)
-            if batches > batches_before:
-                results[clients]["mean_batch"] = round((texts - texts_before) / (batches - batches_before), 2)
-        results[levels[-1]]["peak_rss_mb"] = round(server.peak_mb(), 1)
-        return results
-    finally:
-        server.stop()
+    """Per level, that many closed-loop clients (Locust users, one tweet per request, user i's
+    texts seeded with i) for `seconds`: texts/s, p50/p95 latency, refusals, RSS."""
+    with Swarm() as swarm:  # Locust's child starts while the server loads, not inside a measurement
+        server = start_server(env, port, cpus)
+        try:
+            for _ in range(20):  # load the model, warm the session
+                analyze(server, {"text": SHORT[0]})
+            results = {}
+            for clients in levels:
+                texts_before, batches_before = batched_texts(server)
+                job = Job(server.server.url, clients, timeout_s=300, text=tweet, seconds=seconds)
+                with RssSampler(server) as rss:
+                    outcome = swarm.run(job)
+                elapsed = outcome.ended - outcome.started
+                latencies = sorted(record.seconds for record in outcome.records if record.status == 200)
+                refused = [record.status for record in outcome.records if record.status != 200]
+                results[clients] = {
+                    "texts_per_s": round(len(latencies) / elapsed, 1),
+                    "p50_ms": round(statistics.median(latencies) * 1000, 1),
+                    "p95_ms": round(latencies[int(len(latencies) * 0.95)] * 1000, 1),
+                    "refused": len(refused),
+                    "rss_max_mb": round(rss.max_mb, 1),
+                }
+                texts, batches = batched_texts(server)
+                if batches > batches_before:
+                    mean = (texts - texts_before) / (batches - batches_before)
+                    results[clients]["mean_batch"] = round(mean, 2)
+            results[levels[-1]]["peak_rss_mb"] = round(server.peak_mb(), 1)
+            return results
+        finally:
+            server.stop()
 
 
 def _multipart_csv(path: Path, rows: int, boundary: str) -> None:

@@ -4,6 +4,7 @@ The budget is MEMORY_BUDGET_MB when set, else the container's own limit (cgroup 
 `memory.max`, cgroup v1 `memory.limit_in_bytes`), else 512 MB: Render's free plan.
 """
 
+import contextlib
 import resource
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ MB = 1024 * 1024
 _UNLIMITED_BYTES = 1 << 60
 
 _process = psutil.Process()
+# Child processes whose memory is the service's too (the OCR worker), by pid.
+_children: dict[int, psutil.Process] = {}
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,30 @@ def detect_budget(
     return Budget(float(DEFAULT_BUDGET_MB), "default", margin_mb)
 
 
+def track_child(pid: int) -> None:
+    """Count a child process's RSS in `rss_mb` from now on (until `forget_child`)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        _children[pid] = psutil.Process(pid)
+
+
+def forget_child(pid: int) -> None:
+    _children.pop(pid, None)
+
+
+def child_rss_mb() -> float:
+    """RSS of the tracked child processes, in MB."""
+    total = 0
+    for child in list(_children.values()):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:  # it ended; its owner forgets it
+            continue
+    return total / MB
+
+
 def rss_mb() -> float:
-    return _process.memory_info().rss / MB
+    """The service's RSS: this process and its tracked children (the OCR worker)."""
+    return _process.memory_info().rss / MB + (child_rss_mb() if _children else 0.0)
 
 
 def peak_rss_mb() -> float:

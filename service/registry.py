@@ -11,6 +11,7 @@ before its first load its `estimate_mb()` (from file sizes) stands in.
 """
 
 import gc
+import logging
 import threading
 import time
 from collections import deque
@@ -20,12 +21,17 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from service import runtime
+from service import events, runtime
 from service.budget import Budget, detect_budget, rss_mb
 from service.config import get_settings
 from service.exceptions import OverBudget, TooLarge
+from service.hardware import WORK_MB_FIXED
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# Retry-After when nothing could make room: only a change elsewhere (an idle model unloaded by
+# the watchdog, another model's requests ending) can help, so not a retry loop of seconds.
+HOPELESS_RETRY_AFTER_S = 30
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Registry:
         rss: Callable[[], float] = rss_mb,
         failure_ttl_s: float = 30.0,
         admission_wait_s: float = 30.0,
+        min_work_mb: float = 0.0,
     ) -> None:
         self.budget = budget
         self._rss = rss
@@ -74,6 +81,7 @@ class Registry:
         # Work that does not fit while other requests hold memory waits this long (ADMISSION_WAIT_S)
         # for it before it is refused: that memory is coming back, so a 503 would be early.
         self.admission_wait_s = admission_wait_s
+        self.min_work_mb = min_work_mb  # the working memory of the smallest request
         self._released = threading.Condition(self._lock)
         # Callers waiting for room, first come first served: without an order, a stream of small
         # batches would take every MB given back and starve a large OCR request (seen in the soak).
@@ -97,7 +105,7 @@ class Registry:
             if entry is not None:
                 entry.in_use += 1
                 return entry
-        return self._when_room(lambda: self._load(item), f"loading {item.key}")
+        return self._when_room(lambda: self._load(item), f"loading {item.key}", None, self.admission_wait_s)
 
     def _load(self, item: Loadable) -> _Entry:
         """Load `item` under the load lock, once room is made for it; OverBudget if none can be."""
@@ -113,11 +121,13 @@ class Registry:
         cost = self._measured_cost.get(item.key) or item.estimate_mb()
         self._make_room(f"loading {item.key}", cost, item=item.key)
         before = self._rss()
+        started = time.time()
         try:
             value = item.load()
         except Exception as error:
             self._failures[item.key] = (time.monotonic(), error)
             self.counters["load_failures"] += 1
+            events.emit("load_failure", item.key, at=started)
             raise
         self._failures.pop(item.key, None)
         runtime.trim_heap()
@@ -127,19 +137,41 @@ class Registry:
         with self._lock:
             self._entries[item.key] = entry
             self.counters["loads"] += 1
+        events.emit("load", f"{item.key} in {time.time() - started:.1f} s", measured, at=started)
+        self.warn_if_no_room(f"{item.key} loaded ({measured:.0f} MB)")
         return entry
 
+    def warn_if_no_room(self, what: str, extra_mb: float = 0.0) -> bool:
+        """Log, naming MEMORY_BUDGET_MB, when `what` (plus `extra_mb` to come) leaves no room for
+        the smallest request; requests then get the reason in their 503."""
+        left = self.budget.usable_mb - self._rss() - extra_mb
+        if left >= self.min_work_mb:
+            return False
+        logger.warning(
+            "%s leaves %.0f MB of the %.0f MB budget (%s), less than the %.0f MB the smallest request "
+            "needs: requests will be refused until MEMORY_BUDGET_MB is raised or fewer/smaller models "
+            "are served",
+            what,
+            left,
+            self.budget.limit_mb,
+            self.budget.source,
+            self.min_work_mb,
+        )
+        return True
+
     @contextmanager
-    def reserve(self, need_mb: float, what: str) -> Iterator[None]:
+    def reserve(self, need_mb: float, what: str, on: str | None = None, wait: bool = True) -> Iterator[None]:
         """Admit work needing `need_mb` of working memory (a batch, an image, PDF pages).
 
         Refused before any work starts: 413 if it could never fit the budget, 503 +
         Retry-After if it cannot fit in time, even after unloading idle items. Reservations of
         requests still running count as used, so concurrent requests cannot overbook.
+        `on`: the item the work runs on (its model), which waiting cannot free.
+        `wait=False`: one try, no waiting in line (the halves of a batch that already waited).
         """
         if need_mb > self.budget.usable_mb:
             with self._lock:
-                self.counters["refusals"] += 1
+                self._refused(what)
             raise TooLarge(
                 f"{what} needs ~{need_mb:.0f} MB of working memory, more than the whole "
                 f"{self.budget.usable_mb:.0f} MB usable budget; send less at once",
@@ -151,7 +183,7 @@ class Registry:
             with self._lock:
                 self._reserved_mb += need_mb
 
-        self._when_room(admit, what)
+        self._when_room(admit, what, on, self.admission_wait_s if wait else 0.0)
         try:
             yield
         finally:
@@ -159,14 +191,15 @@ class Registry:
                 self._reserved_mb -= need_mb
                 self._released.notify_all()
 
-    def _when_room(self, attempt: Callable[[], T], what: str) -> T:
+    def _when_room(self, attempt: Callable[[], T], what: str, on: str | None, wait_s: float) -> T:
         """Run `attempt` under the load lock, in arrival order; while it finds no room (OverBudget)
-        but running work or held items will be given back, wait for them, up to
-        `admission_wait_s`, then refuse.
+        but running work or items held by others could give enough back, wait for them, up to
+        `wait_s`, then refuse.
 
         A 503 would be early while memory is on its way back: a batch ends in a fraction of a
-        second, and an item in use becomes evictable when its request ends."""
-        deadline = time.monotonic() + self.admission_wait_s
+        second, and an item in use becomes evictable when its request ends. When nothing that
+        could come back would be enough, waiting is pointless: refused at once."""
+        deadline = time.monotonic() + wait_s
         turn = object()
         with self._lock:
             self._queue.append(turn)
@@ -176,28 +209,51 @@ class Registry:
                     while self._queue[0] is not turn:
                         left = deadline - time.monotonic()
                         if left <= 0:
-                            self.counters["refusals"] += 1
+                            self._refused(what)
                             raise OverBudget(
-                                f"{what} waited {self.admission_wait_s:.0f} s behind other work for "
-                                "memory; retry shortly",
+                                f"{what} waited {wait_s:.0f} s behind other work for memory; retry shortly",
                                 waiting=len(self._queue) - 1,
                             )
                         self._released.wait(timeout=left)
                 try:
                     with self._load_lock:
                         return attempt()
-                except OverBudget:
+                except OverBudget as refused:
                     with self._lock:
                         left = deadline - time.monotonic()
-                        busy = self._reserved_mb > 0 or any(e.in_use for e in self._entries.values())
-                        if left <= 0 or not busy:
-                            self.counters["refusals"] += 1
+                        coming_back = self._coming_back_mb(on)
+                        if refused.details.get("short_by_mb", 0.0) > coming_back:
+                            self._refused(what)
+                            raise self._hopeless(what, refused) from None
+                        if left <= 0:
+                            self._refused(what)
                             raise
                         self._released.wait(timeout=left)
         finally:
             with self._lock:
                 self._queue.remove(turn)
                 self._released.notify_all()  # the next in line may go
+
+    def _coming_back_mb(self, on: str | None) -> float:
+        """Memory that running work and items in use by others will give back (lock held)."""
+        held_by_others = sum(e.cost_mb for e in self._entries.values() if e.in_use and e.key != on)
+        return self._reserved_mb + held_by_others
+
+    def _hopeless(self, what: str, refused: OverBudget) -> OverBudget:
+        """The refusal when nothing in flight or idle could make room: say why, and what to change."""
+        loaded = ", ".join(f"{e.key} {e.cost_mb:.0f} MB" for e in self._entries.values()) or "nothing"
+        return OverBudget(
+            f"{refused.message}; nothing running or loaded could give that back (loaded: {loaded}), so "
+            f"retrying will not help until other work is unloaded: raise MEMORY_BUDGET_MB (now "
+            f"{self.budget.limit_mb:.0f} MB, from {self.budget.source}) or serve fewer or smaller models",
+            retry_after_s=HOPELESS_RETRY_AFTER_S,
+            **refused.details,
+        )
+
+    def _refused(self, what: str) -> None:
+        """Count a refusal (the caller holds the lock) and say what was refused."""
+        self.counters["refusals"] += 1
+        events.emit("refusal", what)
 
     @property
     def reserved_mb(self) -> float:
@@ -239,7 +295,9 @@ class Registry:
             listener(key)
         gc.collect()
         runtime.trim_heap()
-        return max(before - self._rss(), 0.0)
+        freed = max(before - self._rss(), 0.0)
+        events.emit("eviction", key, freed)
+        return freed
 
     def evict_idle(self, until_mb: float, min_idle_s: float = 0.0) -> list[str]:
         """Unload items unused for `min_idle_s`, least recently used first, until RSS is at most
@@ -290,4 +348,4 @@ def get_registry() -> Registry:
     """The process's one registry, with the budget decided from settings and the cgroup."""
     settings = get_settings()
     budget = detect_budget(settings.memory_budget_mb, settings.memory_margin_mb)
-    return Registry(budget, admission_wait_s=settings.admission_wait_s)
+    return Registry(budget, admission_wait_s=settings.admission_wait_s, min_work_mb=WORK_MB_FIXED)

@@ -255,3 +255,58 @@ def test_large_work_is_not_starved_by_a_stream_of_small_work():
             worker.join()
     assert waited < 1, waited  # first come, first served: the batches behind it wait their turn
     assert registry.counters["refusals"] == 0
+
+
+def test_work_for_a_model_that_fills_the_budget_is_refused_at_once():
+    """pysentimiento on torch under 512 MB: the model itself is what leaves no room, and the
+    request holds it, so waiting for it to be given back would only delay the same answer."""
+    memory = FakeMemory(60)
+    registry = Registry(Budget(512, "test", 32), rss=memory, admission_wait_s=30)
+    with registry.use(item("sentiment:es", memory, 420)):
+        started = time.monotonic()
+        with pytest.raises(OverBudget) as refused, registry.reserve(20, "a text", on="sentiment:es"):
+            pass
+        assert time.monotonic() - started < 1
+    error = refused.value
+    assert "MEMORY_BUDGET_MB" in error.message and "sentiment:es 420 MB" in error.message
+    assert error.headers == {"Retry-After": "30"}
+    assert error.details["short_by_mb"] == pytest.approx(60 + 420 + 20 - 480)
+
+
+def test_work_waits_for_an_item_another_request_holds():
+    """The same shortfall is worth waiting for when the item in use is someone else's."""
+    memory = FakeMemory(60)
+    registry = Registry(Budget(512, "test", 32), rss=memory, admission_wait_s=5)
+    with registry.use(item("sentiment:es", memory, 100)):
+        pass
+    other = registry.use(item("ocr:spa", memory, 320))
+    other.__enter__()
+    threading.Timer(0.2, lambda: other.__exit__(None, None, None)).start()
+    started = time.monotonic()
+    with registry.reserve(120, "a batch", on="sentiment:es"):
+        assert 0.15 < time.monotonic() - started < 4
+        assert not registry.is_loaded("ocr:spa")
+
+
+def test_work_that_may_not_wait_is_refused_when_it_does_not_fit_now():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=30)
+    with registry.reserve(150, "a batch"):
+        started = time.monotonic()
+        with pytest.raises(OverBudget), registry.reserve(100, "half of a batch", wait=False):
+            pass
+        assert time.monotonic() - started < 1
+        with registry.reserve(30, "a smaller half", wait=False):
+            pass
+
+
+def test_a_load_that_leaves_no_room_for_a_request_says_so(caplog: pytest.LogCaptureFixture):
+    memory = FakeMemory(60)
+    registry = Registry(Budget(512, "env MEMORY_BUDGET_MB", 32), rss=memory, min_work_mb=6)
+    with caplog.at_level("WARNING", logger="service.registry"), registry.use(item("big", memory, 400)):
+        pass
+    assert not caplog.records  # 20 MB left: room for a request
+    with caplog.at_level("WARNING", logger="service.registry"), registry.use(item("bigger", memory, 17)):
+        pass
+    (record,) = caplog.records
+    assert "bigger loaded" in record.message and "MEMORY_BUDGET_MB" in record.message

@@ -22,6 +22,7 @@ from pathlib import Path
 from bench.profiling import load, report
 from bench.profiling.passes import PassResult, Tracer, run_pass
 from bench.server import free_port, uvicorn_args
+from bench.swarm import Swarm
 from service.config import get_settings
 
 MB = 1024 * 1024
@@ -137,17 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     calls = load.plan(args.requests, args.ocr_files, get_settings().max_batch, args.seed)
     args.port = free_port()
-    with tempfile.TemporaryDirectory(prefix="profile-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="profile-") as scratch, Swarm() as swarm:
         args.workdir = args.workdir or Path(scratch)
         args.workdir.mkdir(parents=True, exist_ok=True)
-        passes = {"untraced": run_pass("untraced", uvicorn_args(args.port), {}, calls, args)}
+        passes = {"untraced": run_pass("untraced", uvicorn_args(args.port), {}, calls, args, swarm)}
 
         tracer = Tracer(args.workdir / "tracemalloc", args.trace_from)
         tracer.folder.mkdir(parents=True, exist_ok=True)
         traced_args = ["-m", "bench.profiling.traced", str(args.port), str(tracer.folder)]
         env = {"PYTHONTRACEMALLOC": str(args.frames)} if args.trace_from == "start" else {}
         passes["tracemalloc"] = run_pass(
-            "tracemalloc", [*traced_args, str(args.frames)], env, calls, args, tracer.at
+            "tracemalloc", [*traced_args, str(args.frames)], env, calls, args, swarm, tracer.at
         )
         snapshots = {label: tracer.load(label) for label in ("half", "end")}
         by_line, by_project = report.tracemalloc_sites(snapshots["end"])
@@ -156,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.memray:
             capture = args.workdir / "memray.bin"
             memray_args = ["-m", "memray", "run", "--quiet", "--force", "--aggregate", "-o", str(capture)]
-            passes["memray"] = run_pass("memray", [*memray_args, *uvicorn_args(args.port)], {}, calls, args)
+            passes["memray"] = run_pass(
+                "memray", [*memray_args, *uvicorn_args(args.port)], {}, calls, args, swarm
+            )
             memray = report.memray_section(capture, args.top)
 
     plain = passes["untraced"]

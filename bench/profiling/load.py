@@ -1,21 +1,17 @@
-"""The profiler's load: a seeded mix of real-looking and hostile requests, sent over keep-alive HTTP.
+"""The profiler's load: a seeded mix of real-looking and hostile requests, sent by Locust (bench/swarm.py).
 
 The mix is what a public endpoint sees: single tweets in both languages, batches up to MAX_BATCH,
 malformed and oversized input that must be refused cheaply, operational polling, and (with
 OCR files) generated images and PDFs, some of them broken or decompression bombs.
 """
 
-import http.client
 import json
 import random
-import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from bench.server import multipart
+from bench.swarm import Job, Request, Swarm
 
 SPANISH = [
     "¡Qué buen día hace hoy! 😍",
@@ -171,44 +167,13 @@ def plan(requests: int, ocr_files: int, max_batch: int = 32, seed: int = 0) -> t
     return warmup, [call for _, call in sorted(spread, key=lambda item: item[0])]
 
 
-class Client:
-    """One keep-alive connection per thread; a dropped connection is reopened once."""
-
-    def __init__(self, base_url: str, timeout_s: float = 120.0) -> None:
-        self._netloc = urlsplit(base_url).netloc
-        self._timeout_s = timeout_s
-        self._local = threading.local()
-
-    def _connection(self, fresh: bool = False) -> http.client.HTTPConnection:
-        if fresh or getattr(self._local, "connection", None) is None:
-            self._local.connection = http.client.HTTPConnection(self._netloc, timeout=self._timeout_s)
-        return self._local.connection
-
-    def send(self, call: Call) -> int:
-        headers = {"content-type": call.content_type} if call.content_type else {}
-        for attempt in range(2):
-            connection = self._connection(fresh=attempt > 0)
-            try:
-                connection.request(call.method, call.path, call.body or None, headers)
-                response = connection.getresponse()
-                response.read()
-                if response.getheader("connection", "").lower() == "close":
-                    connection.close()
-                    self._local.connection = None
-                return response.status
-            except (http.client.HTTPException, OSError):
-                connection.close()
-                self._local.connection = None
-        return 0
-
-
-def run(client: Client, calls: list[Call], concurrency: int, started: float) -> list[Result]:
-    """Send the calls with `concurrency` threads; results come back in the calls' order."""
-
-    def one(call: Call) -> Result:
-        at = time.perf_counter()
-        status = client.send(call)
-        return Result(call, status, time.perf_counter() - at, at - started)
-
-    with ThreadPoolExecutor(max(concurrency, 1)) as pool:
-        return list(pool.map(one, calls))
+def run(swarm: Swarm, base_url: str, calls: list[Call], concurrency: int, started: float) -> list[Result]:
+    """Send the calls with `concurrency` closed-loop Locust users, each taking the next call in
+    order; results come back in the calls' order."""
+    plan = [Request(call.method, call.path, call.body, call.content_type) for call in calls]
+    outcome = swarm.run(Job(base_url, max(concurrency, 1), timeout_s=120.0, plan=plan))
+    by_index = {record.index: record for record in outcome.records}
+    return [
+        Result(call, by_index[index].status, by_index[index].seconds, by_index[index].at - started)
+        for index, call in enumerate(calls)
+    ]

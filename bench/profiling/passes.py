@@ -23,6 +23,7 @@ import psutil
 
 from bench.profiling import load, report
 from bench.server import Server, running_server
+from bench.swarm import Swarm
 
 MB = 1024 * 1024
 SIGNAL_TIMEOUT_S = 180.0
@@ -117,9 +118,10 @@ def run_pass(
     env: dict[str, str],
     calls: tuple[list[load.Call], list[load.Call]],
     args: argparse.Namespace,
+    swarm: Swarm,
     at_boundary: Callable[[str, Server], None] | None = None,
 ) -> PassResult:
-    """Start the server, send the warm-up, then the rest in two halves, and stop it.
+    """Start the server, send the warm-up, then the rest in two halves through `swarm`, and stop it.
 
     `at_boundary` runs at each phase boundary (start, warm, half, end) before it is timed."""
     warmup, rest = calls
@@ -131,13 +133,12 @@ def run_pass(
         started = time.perf_counter()
         sampler = RssSampler(server.pid, started, result.samples, args.sample_interval)
         sampler.start()
-        client = load.Client(server.url)
         try:
             for label, phase in zip(("start", "warm", "half"), phases, strict=True):
                 if at_boundary is not None:
                     at_boundary(label, server)
                 result.marks[label] = time.perf_counter() - started
-                result.results += load.run(client, phase, args.concurrency, started)
+                result.results += load.run(swarm, server.url, phase, args.concurrency, started)
             if at_boundary is not None:
                 at_boundary("end", server)
             result.marks["end"] = time.perf_counter() - started

@@ -153,7 +153,7 @@ def route_stats() -> dict[str, dict[str, Any]]:
     def entry(labels: dict[str, str]) -> dict[str, Any]:
         return stats.setdefault(
             f"{labels['method']} {labels['route']}",
-            {"count": 0.0, "sum_s": 0.0, "buckets": {}, "errors": 0.0},
+            {"count": 0.0, "sum_s": 0.0, "buckets": {}, "errors": 0.0, "refused": 0.0},
         )
 
     for family in _event_registry().collect():
@@ -162,6 +162,8 @@ def route_stats() -> dict[str, dict[str, Any]]:
                 item = entry(sample.labels)
                 if sample.labels["status"].startswith("5"):
                     item["errors"] += sample.value
+                if sample.labels["status"] == "503":
+                    item["refused"] += sample.value
             elif sample.name == "http_request_duration_seconds_count":
                 entry(sample.labels)["count"] += sample.value
             elif sample.name == "http_request_duration_seconds_sum":

@@ -8,6 +8,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.monitoring import history
 from service.monitoring.metrics import UNMATCHED_ROUTE, observe_request
 
 
@@ -38,4 +39,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_recording_status)
         finally:
-            observe_request(scope["method"], route_template(scope), status, time.perf_counter() - started)
+            route, seconds = route_template(scope), time.perf_counter() - started
+            observe_request(scope["method"], route, status, seconds)
+            history.observe_request(route, status, seconds)

@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OcrLang = Literal["es", "en"]
 
+# PDF page selections: "1-3,5".
+PAGES_PATTERN = r"^\s*\d{1,6}(\s*-\s*\d{1,6})?(\s*,\s*\d{1,6}(\s*-\s*\d{1,6})?)*\s*$"
+
 # The API's language codes and the Tesseract traineddata each one loads.
 TESSERACT_LANGS: dict[str, str] = {"es": "spa", "en": "eng"}
 
@@ -37,6 +40,13 @@ class OcrSettings(BaseSettings):
     min_dpi: int = Field(default=60, ge=1, le=600)
     # Rendered pages waiting for recognition: 1 lets the next page render while one is read.
     render_queue: int = Field(default=1, ge=1, le=4)
+    # Working memory of one OCR job (decoding + recognition), enforced in the OCR worker process
+    # as a hard cap (service/ocr/worker.py) and reserved in the budget while the job runs.
+    work_mb: float = Field(default=96, ge=32)
+    # A job whose worker says nothing for this long (one page rendered and read) is stopped.
+    page_timeout_s: float = Field(default=60, gt=0)
+    # OCR requests that may wait for the worker while one runs; more get 503 at once.
+    queue_max: int = Field(default=4, ge=0)
     default_lang: OcrLang = "es"
     # A directory holding <lang>.traineddata; Tesseract's own TESSDATA_PREFIX is honoured too.
     tessdata: Path | None = Field(

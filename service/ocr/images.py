@@ -9,7 +9,7 @@ downscales to OCR_MAX_SIDE and applies the EXIF orientation.
 
 import io
 
-from PIL import Image, ImageFile
+from PIL import Image, ImageChops, ImageFile
 
 from service.exceptions import BadInput, TooLarge
 from service.ocr.config import OcrSettings, get_ocr_settings
@@ -76,6 +76,7 @@ def open_image(data: bytes, kind: Kind, settings: OcrSettings) -> ImageFile.Imag
             height=height,
         )
     if kind == "jpeg":
+        image.info["coefficient_bytes"] = jpeg_coefficient_bytes(image)  # before draft() shrinks size
         image.draft("L", fit_within(image.size, settings.max_side))
     return image
 
@@ -86,18 +87,52 @@ def decoded_bytes(image: Image.Image) -> int:
     return width * height * bytes_per_pixel(image.mode)
 
 
+def jpeg_coefficient_bytes(image: Image.Image) -> int:
+    """A progressive JPEG's coefficient buffers, which libjpeg keeps whole whatever the scale it
+    decodes at: 2 bytes per coefficient, one per pixel of each component at its sampling."""
+    if image.format != "JPEG" or not image.info.get("progressive"):
+        return 0
+    layers = getattr(image, "layer", None) or []
+    if not layers:
+        return 0
+    h_max = max(layer[1] for layer in layers)
+    v_max = max(layer[2] for layer in layers)
+    width, height = image.size
+    per_pixel = sum(h * v for _, h, v, _ in layers) / (h_max * v_max)
+    return int(width * height * per_pixel * 2)
+
+
+def check_work(image: Image.Image, settings: OcrSettings) -> None:
+    """Refuse, from the header, an image whose decode and gray copies alone pass OCR_WORK_MB.
+
+    A cheap early answer only: the worker's memory cap is what bounds decoding whatever the header says."""
+    need = decoded_bytes(image) + 3 * image.size[0] * image.size[1] + image.info.get("coefficient_bytes", 0)
+    if need > settings.work_mb * 1024 * 1024:
+        raise TooLarge(
+            f"the image is {image.size[0]}x{image.size[1]} {image.mode}: decoding it takes "
+            f"~{need / 2**20:.0f} MB, more than OCR_WORK_MB={settings.work_mb:g}; send a smaller image",
+            width=image.size[0],
+            height=image.size[1],
+            limit_mb=settings.work_mb,
+        )
+
+
 def _to_grayscale(image: Image.Image) -> Image.Image:
+    """8-bit gray, transparent pixels on white paper; at most two gray copies alive at once."""
     if image.mode == "L":
         return image
     if image.mode in _SIXTEEN_BIT_MODES:
         return image.point(lambda value: value / 256).convert("L")  # convert() would clip at 255
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        # Transparent pixels are often black underneath: put the image on white paper.
-        paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(paper, image.convert("RGBA"))
-    return image.convert("L")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        image.mode == "P" and ("transparency" in image.info or image.palette.mode == "RGBA")
+    )
+    if not has_alpha:
+        return image.convert("L")
+    # Transparent pixels are often black underneath: paper = 255 - (255 - gray) * alpha / 255.
+    gray, alpha = image.convert("LA").split()
+    ink = ImageChops.invert(gray)
+    del gray
+    return ImageChops.invert(ImageChops.multiply(ink, alpha))
 
 
 def prepare_image(image: ImageFile.ImageFile, settings: OcrSettings) -> Image.Image:

@@ -23,10 +23,9 @@ import pypdfium2.raw as pdfium_c
 from PIL import Image
 
 from service.exceptions import BadInput, TooLarge
-from service.ocr.config import OcrSettings
+from service.ocr.config import PAGES_PATTERN, OcrSettings
 from service.ocr.errors import EncryptedPdf, Undecodable
 
-PAGES_PATTERN = r"^\s*\d{1,6}(\s*-\s*\d{1,6})?(\s*,\s*\d{1,6}(\s*-\s*\d{1,6})?)*\s*$"
 _PDFIUM_LOCK = threading.Lock()
 _POLL_S = 0.05
 
@@ -41,7 +40,6 @@ class RenderedPage:
 class _Outline:
     page_count: int
     numbers: list[int]
-    largest_image_pixels: int  # of the selected pages' embedded images, the most on one page
 
 
 class _Done:
@@ -113,7 +111,6 @@ class PdfPages:
         self._thread = threading.Thread(target=self._produce, name="ocr-pdf-render", daemon=True)
         self.page_count = 0
         self.numbers: list[int] = []
-        self.largest_image_pixels = 0
 
     def __enter__(self) -> "PdfPages":
         self._thread.start()
@@ -124,7 +121,6 @@ class PdfPages:
             raise
         assert isinstance(outline, _Outline)
         self.page_count, self.numbers = outline.page_count, outline.numbers
-        self.largest_image_pixels = outline.largest_image_pixels
         return self
 
     def __exit__(
@@ -190,6 +186,8 @@ class PdfPages:
                 if not self._put(page):
                     return
             self._put(_Done())
+        except pdfium.PdfiumError as error:  # a broken structure: a page tree that loops, a missing page
+            self._put(Undecodable(f"the PDF cannot be read: {error}"))
         except Exception as error:  # handed to the consumer, which raises it
             self._put(error)
         finally:
@@ -198,7 +196,6 @@ class PdfPages:
 
     def _outline(self, document: pdfium.PdfDocument) -> _Outline:
         numbers = parse_pages(self._spec, len(document), self._settings.max_pages)
-        largest = 0
         for number in numbers:
             page = document[number - 1]
             try:
@@ -214,8 +211,7 @@ class PdfPages:
                     page=number,
                     limit_pixels=self._settings.max_pixels,
                 )
-            largest = max(largest, pixels)
-        return _Outline(len(document), numbers, largest)
+        return _Outline(len(document), numbers)
 
     def _check_legible(self, number: int, width_pt: float, height_pt: float) -> None:
         settings = self._settings

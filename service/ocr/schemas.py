@@ -2,8 +2,7 @@
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.ocr.config import OcrLang
-from service.ocr.pdf import PAGES_PATTERN
+from service.ocr.config import PAGES_PATTERN, OcrLang
 from service.ocr.uploads import Kind
 
 

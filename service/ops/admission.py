@@ -11,7 +11,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.ops.asgi import passthrough, send_error
 from service.ops.watchdog import RETRY_AFTER_S, current_watchdog
 
-EXEMPT_PATHS = frozenset({"/health", "/memory", "/metrics", "/dashboard", "/dashboard/data"})
+EXEMPT_PATHS = frozenset(
+    {"/health", "/memory", "/metrics", "/dashboard", "/dashboard/data", "/dashboard/history"}
+)
 
 
 class AdmissionMiddleware:

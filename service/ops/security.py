@@ -1,9 +1,11 @@
-"""Optional API key: off while API_KEY is unset; `/health` never asks for it.
+"""Optional API key: off while API_KEY is unset; `/health` and the dashboard's page never ask for it.
 
-Only `/health` is exempt, so a platform's health check works without the key. `/ready` loads a
-model, and `/docs`, `/openapi.json`, `/memory`, `/metrics` and the dashboard describe the service:
-with a key set they want it too (a browser on `/docs` then needs the key sent by a proxy or
-an extension, or API_KEY left unset).
+`/health` is exempt so that a platform's health check works without the key, and `/dashboard`
+because it is a page with no data in it that a browser opens from the address bar (which cannot
+send a header): the page asks for the key and sends it with its own requests. `/ready` loads a
+model, and `/docs`, `/openapi.json`, `/memory`, `/metrics` and the dashboard's feeds describe the
+service: with a key set they want it too (a browser on `/docs` then needs the key sent by a proxy
+or an extension, or API_KEY left unset).
 """
 
 import hashlib
@@ -14,7 +16,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.ops.asgi import header, passthrough, send_error
 from service.ops.config import get_ops_settings
 
-EXEMPT_PATHS = frozenset({"/health"})
+# Exact paths: `/dashboard/data` and `/dashboard/history` are not exempt.
+EXEMPT_PATHS = frozenset({"/health", "/dashboard"})
 
 
 def _digest(value: str) -> bytes:

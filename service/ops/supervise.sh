@@ -12,6 +12,15 @@ set -uo pipefail
 
 export RECYCLE_ON_HARD_LIMIT="${RECYCLE_ON_HARD_LIMIT:-true}"
 
+# The dashboard's history is a memory-mapped file here, so a recycled worker's successor carries it
+# on (service/monitoring/history.py). A private dir per supervisor, removed when the loop ends;
+# a HISTORY_DIR set by the operator (a persistent disk) is used as it is and kept.
+if [ -z "${HISTORY_DIR:-}" ]; then
+  HISTORY_DIR="$(mktemp -d "${TMPDIR:-/tmp}/pysentimiento-history.XXXXXX")"
+  export HISTORY_DIR
+  trap 'rm -rf "$HISTORY_DIR"' EXIT
+fi
+
 stopping=""
 child=""
 stop() {

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service import runtime
+from service import events, runtime
 from service.budget import rss_mb
 from service.ops.config import get_ops_settings
 from service.registry import get_registry
@@ -119,6 +119,7 @@ class Watchdog:
         self.rss_mb = rss
         if rss >= self.limits.hard_mb and not self.refusing:
             self.refusing = True
+            events.emit("watchdog", "over the hard limit: refusing new work", rss)
             logger.warning(
                 "memory watchdog: RSS %.0f MB is over the hard limit %.0f MB; refusing new work",
                 rss,
@@ -126,6 +127,7 @@ class Watchdog:
             )
         elif self.refusing and not self.recycling and rss < self.limits.resume_mb:
             self.refusing = False
+            events.emit("watchdog", "back under the resume level: admitting work", rss)
             logger.warning(
                 "memory watchdog: RSS %.0f MB is back under %.0f MB; admitting work",
                 rss,
@@ -134,6 +136,7 @@ class Watchdog:
         if self.refusing and idle_and_stuck and self._recycle is not None:
             self.recycling = True
             self.counters["recycles"] += 1
+            events.emit("recycle", "RSS stays over the hard limit with nothing in flight", rss)
             logger.warning(
                 "memory watchdog: RSS %.0f MB stays over the hard limit with nothing in flight; recycling",
                 rss,
@@ -152,6 +155,8 @@ class Watchdog:
         if evicted:
             self.counters["evictions"] += len(evicted)
             after = self._rss()
+        unloaded = f": unloaded {', '.join(evicted)}" if evicted else ""
+        events.emit("watchdog", f"cleanup over the soft limit{unloaded}", after)
         logger.warning(
             "memory watchdog: RSS %.0f MB over the soft limit %.0f MB; gc, malloc_trim%s -> %.0f MB",
             rss,

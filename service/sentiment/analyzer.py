@@ -29,6 +29,10 @@ class ProbabilityModel(Protocol):
 _instances = itertools.count(1)
 
 
+def model_key(task: str, lang: str) -> str:
+    return f"{task}:{lang}"
+
+
 class Analyzer:
     def __init__(self, model: ProbabilityModel, task: str, lang: str, backend: Backend) -> None:
         self.model = model
@@ -37,7 +41,12 @@ class Analyzer:
         self.backend = backend
         # This loaded instance, for the result cache: `task:lang` (the registry's key) + a serial,
         # so a model loaded again (perhaps re-exported meanwhile) never sees older results.
-        self.identity = f"{task}:{lang}#{next(_instances)}"
+        self.identity = f"{model_key(task, lang)}#{next(_instances)}"
+
+    @property
+    def key(self) -> str:
+        """The model's registry key (`task:lang`)."""
+        return model_key(self.task, self.lang)
 
     def preprocess(self, texts: Sequence[str]) -> list[str]:
         """Preprocess as pysentimiento does; a text that comes out empty cannot be analyzed."""

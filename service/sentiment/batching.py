@@ -82,10 +82,11 @@ def is_allocation_failure(error: Exception) -> bool:
     return isinstance(error, RuntimeError) and TORCH_ALLOCATION_FAILURE in str(error)
 
 
-def _call(analyzer: Analyzer, texts: list[str], registry: Registry) -> list[Prediction]:
-    """One model call under a working-memory reservation; on a memory failure, its two halves."""
+def _call(analyzer: Analyzer, texts: list[str], registry: Registry, wait: bool = True) -> list[Prediction]:
+    """One model call under a working-memory reservation; on a memory failure, its two halves,
+    which take what fits now: the batch already waited its turn for memory once."""
     try:
-        with registry.reserve(work_mb(texts), f"a batch of {len(texts)} texts"):
+        with registry.reserve(work_mb(texts), f"a batch of {len(texts)} texts", on=analyzer.key, wait=wait):
             observe_batch(len(texts))
             return analyzer.predict_preprocessed(texts)
     except Exception as error:
@@ -94,7 +95,9 @@ def _call(analyzer: Analyzer, texts: list[str], registry: Registry) -> list[Pred
         logger.warning("splitting a batch of %d texts after %s: %s", len(texts), type(error).__name__, error)
     registry.count("batch_splits")
     half = len(texts) // 2
-    return _call(analyzer, texts[:half], registry) + _call(analyzer, texts[half:], registry)
+    return _call(analyzer, texts[:half], registry, wait=False) + _call(
+        analyzer, texts[half:], registry, wait=False
+    )
 
 
 def infer(analyzer: Analyzer, texts: Sequence[str], registry: Registry, max_size: int) -> list[Prediction]:

@@ -13,7 +13,7 @@ from service.exceptions import ModelUnavailable, UnsupportedTaskOrLang
 from service.hardware import current, num_threads
 from service.registry import Loadable, get_registry
 from service.sentiment import batching
-from service.sentiment.analyzer import Analyzer, create_analyzer
+from service.sentiment.analyzer import Analyzer, create_analyzer, model_key
 from service.sentiment.schemas import Prediction
 
 MB = 1024 * 1024
@@ -23,10 +23,6 @@ _IMPORT_MB = {"torch": 300.0, "onnx": 45.0}
 _WEIGHTS_FACTOR = {"torch": 1.3, "onnx": 1.2}
 _UNKNOWN_WEIGHTS_MB = {"torch": 500.0, "onnx": 130.0}  # a hub id: RoBERTuito-size guess
 _WEIGHT_SUFFIXES = (".onnx", ".data", ".safetensors", ".bin", ".pt")
-
-
-def model_key(task: str, lang: str) -> str:
-    return f"{task}:{lang}"
 
 
 def onnx_dir_for(task: str, lang: str, settings: Settings) -> Path:

@@ -2,10 +2,11 @@
 
 from fastapi import APIRouter
 
-from service.budget import peak_rss_mb, rss_mb, thread_count
+from service.budget import child_rss_mb, peak_rss_mb, rss_mb, thread_count
 from service.config import get_settings
 from service.exceptions import error_examples
 from service.hardware import current, num_threads
+from service.monitoring.history import current_history
 from service.registry import get_registry
 from service.sentiment.batching import active_pool
 from service.sentiment.cache import active_cache
@@ -43,8 +44,10 @@ def memory() -> MemoryReport:
     budget = registry.budget
     rss = rss_mb()
     settings = get_settings()
+    history = current_history()
     return MemoryReport(
         rss_mb=round(rss, 1),
+        worker_rss_mb=round(child_rss_mb(), 1),
         peak_rss_mb=round(max(peak_rss_mb(), rss), 1),
         budget_mb=round(budget.limit_mb, 1),
         budget_source=budget.source,
@@ -56,6 +59,7 @@ def memory() -> MemoryReport:
         backend=settings.backend,
         loaded=registry.snapshot(),
         counters=dict(registry.counters),
+        history_bytes=history.bytes if history is not None else 0,
     )
 
 

@@ -33,6 +33,7 @@ class MemoryReport(BaseModel):
             "examples": [
                 {
                     "rss_mb": 231.4,
+                    "worker_rss_mb": 0.0,
                     "peak_rss_mb": 262.0,
                     "budget_mb": 512.0,
                     "budget_source": "cgroup v2 memory.max",
@@ -53,12 +54,18 @@ class MemoryReport(BaseModel):
                         }
                     ],
                     "counters": {"loads": 1, "evictions": 0, "refusals": 0, "load_failures": 0},
+                    "history_bytes": 81920,
                 }
             ]
         }
     )
 
-    rss_mb: float = Field(description="Resident set size of this process now.")
+    rss_mb: float = Field(
+        description="Resident set size of the service now: this process and its OCR worker process."
+    )
+    worker_rss_mb: float = Field(
+        default=0.0, description="Of rss_mb, the OCR worker process's (0 while no OCR engine is loaded)."
+    )
     peak_rss_mb: float = Field(description="The process's RSS high-water mark.")
     budget_mb: float
     budget_source: str = Field(
@@ -74,6 +81,11 @@ class MemoryReport(BaseModel):
     backend: str
     loaded: list[LoadedItem]
     counters: dict[str, Any]
+    history_bytes: int = Field(
+        default=0,
+        description="Fixed memory of the dashboard's history (HISTORY_WINDOW_S / HISTORY_STEP_S samples "
+        "and HISTORY_EVENTS events), allocated at start and part of rss_mb.",
+    )
 
 
 class BatcherStats(BaseModel):

@@ -254,9 +254,8 @@ def test_budget_refuses_a_request_that_cannot_fit(
     assert registry.counters["loads"] == 1
 
 
-def test_failing_recognition_stops_the_pdf_renderer(
-    ocr_client: MakeClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failing_recognition_stops_the_pdf_renderer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the worker: an engine failure mid-PDF is that job's error, and no renderer is left."""
     calls = []
 
     def fail_on_second_page(self: TesseractEngine, image: Image.Image):
@@ -267,13 +266,37 @@ def test_failing_recognition_stops_the_pdf_renderer(
 
     original = TesseractEngine.recognize
     monkeypatch.setattr(TesseractEngine, "recognize", fail_on_second_page)
-    client = ocr_client()
-    response = post(client, blank_pdf(612, 792, pages=6))
-    assert_error(response, 500, "internal_error")
-    assert len(calls) == 2
+    replies = run_worker_job(blank_pdf(612, 792, pages=6), "pdf")
+    assert replies[-1]["error"]["code"] == "undecodable_file", replies
+    assert "simulated engine failure" in replies[-1]["error"]["message"]
+    assert len(calls) == 2 and sum("page" in reply for reply in replies) == 1
     assert not [thread for thread in threading.enumerate() if thread.name == "ocr-pdf-render"]
     monkeypatch.setattr(TesseractEngine, "recognize", original)
-    assert post(client, blank_pdf(612, 792, pages=2)).status_code == 200
+    assert run_worker_job(blank_pdf(612, 792, pages=2), "pdf")[-1].get("done")
+
+
+def run_worker_job(data: bytes, kind: str) -> list[dict]:
+    """One job through `service.ocr.worker.Worker` in this process, its replies in order."""
+    from service.ocr.config import OcrSettings
+    from service.ocr.worker import Worker
+
+    class Conn:
+        def __init__(self) -> None:
+            self.sent: list[dict] = []
+
+        def send_bytes(self, raw: bytes) -> None:
+            self.sent.append(json.loads(raw))
+
+        def recv_bytes(self, maxlength: int) -> bytes:
+            return data
+
+    conn = Conn()
+    worker = Worker(conn)  # type: ignore[arg-type]
+    worker.op_load({"code": "spa", "tessdata": str(tessdata.resolve_tessdata("spa"))})
+    settings = OcrSettings(_env_file=None).model_dump(mode="json")
+    worker.op_ocr({"kind": kind, "pages": None, "code": "spa", "settings": settings})
+    worker.op_unload({"code": "spa"})
+    return conn.sent[1:-1]
 
 
 def test_analyze_adds_sentiment_to_readable_pages(

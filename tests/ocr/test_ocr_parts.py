@@ -14,11 +14,12 @@ from PIL import Image
 from service.exceptions import BadInput, ModelUnavailable, TooLarge
 from service.ocr import tessdata
 from service.ocr.config import OcrSettings
-from service.ocr.errors import UnsupportedMedia
+from service.ocr.errors import Undecodable, UnsupportedMedia
 from service.ocr.images import open_image, prepare_image
 from service.ocr.pdf import PdfPages, parse_pages, render_scale
 from service.ocr.uploads import check_kind, sniff_kind
 from tests.ocr.samples import blank_pdf, encode, pdf_of, png_header_only, text_page
+from tests.ops.hostile_files import looping_page_tree_pdf
 
 
 def renderer_threads() -> list[threading.Thread]:
@@ -74,7 +75,7 @@ def test_pdf_pages_refuse_oversized_embedded_images() -> None:
     ):
         pass
     with PdfPages(pdf, None, OcrSettings()) as pages:
-        assert pages.largest_image_pixels == 400 * 300
+        assert pages.numbers == [1]  # an image under the cap: the page is read
     assert not renderer_threads()
 
 
@@ -163,3 +164,12 @@ def test_missing_tessdata_says_what_to_install(tmp_path: Path, monkeypatch: pyte
     assert raised.value.details["searched"] == [str(tmp_path), str(tmp_path / "pypi")]
     (tmp_path / "spa.traineddata").write_bytes(b"x")
     assert tessdata.resolve_tessdata("spa", settings) == tmp_path
+
+
+def test_a_page_tree_that_contains_itself_is_undecodable() -> None:
+    with (
+        pytest.raises(Undecodable, match="cannot be read"),
+        PdfPages(looping_page_tree_pdf(), None, OcrSettings()),
+    ):
+        pass
+    assert not renderer_threads()

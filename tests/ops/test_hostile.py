@@ -62,7 +62,12 @@ def server(tmp_path_factory) -> Iterator[Server]:
         while server.request("POST", "/analyze", json.dumps(GOOD_TEXT).encode(), JSON).status == 504:
             assert time.monotonic() < deadline, server.output()
             time.sleep(1)
-        assert_serving(server)  # the OCR engine loads quickly
+        # So does starting the OCR worker process with its engine, under a loaded machine.
+        body, form_type = multipart({"lang": "en"}, "page.png", GOOD_PNG, "image/png")
+        while server.request("POST", "/ocr", body, {"Content-Type": form_type}).status == 504:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(1)
+        assert_serving(server)
         yield server
 
 

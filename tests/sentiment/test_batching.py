@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from service import hardware
+from service.budget import Budget
 from service.exceptions import OverBudget, Overloaded
+from service.registry import Registry
 from service.sentiment import batching, service
 from service.sentiment.analyzer import Analyzer
 from service.sentiment.batching import Batcher, buckets, infer, is_allocation_failure, work_mb
@@ -284,3 +286,18 @@ def test_concurrent_requests_through_the_exported_onnx_model(make_client, onnx_m
     assert together == alone  # exactly: a text's answer does not depend on its batch-mates
     stats = client.get("/system").json()["batching"]["sentiment:es"]
     assert stats["requests"] == 80 and stats["batches"] < 80 and stats["largest_batch"] > 1
+
+
+def test_the_halves_of_a_refused_batch_do_not_wait_again():
+    """The batch waited its turn for memory once; each half takes what fits now or is refused."""
+    texts = ["x" * 600] * 8
+    registry = Registry(Budget(100 + work_mb(texts), "test", 0), rss=lambda: 100, admission_wait_s=2)
+    hold = registry.reserve(50, "someone else's batch")  # worth waiting for, but never given back
+    hold.__enter__()
+    started = time.monotonic()
+    try:
+        with pytest.raises(OverBudget):
+            infer(model_analyzer(FakeModel()), texts, registry, max_size=8)
+    finally:
+        hold.__exit__(None, None, None)
+    assert 1.9 < time.monotonic() - started < 3.5  # one wait of 2 s, not one per level of halves (4)

@@ -118,3 +118,11 @@ print(json.dumps({
     }
     assert pinned["torch_threads"] == 1
     assert run_python(code, NUM_THREADS="2")["torch_threads"] == 2
+
+
+def test_startup_warns_when_the_default_model_cannot_leave_room(make_client, caplog, tmp_path):
+    with caplog.at_level("WARNING", logger="service.registry"):
+        make_client(MEMORY_BUDGET_MB="96", ONNX_DIR=str(tmp_path))
+    assert any(
+        "default model sentiment:es" in r.message and "MEMORY_BUDGET_MB" in r.message for r in caplog.records
+    ), [r.message for r in caplog.records]

@@ -1,0 +1,301 @@
+"""The server's side of the OCR worker: a child process whose memory per job is capped.
+
+Why a process: what decoding an image or a PDF costs depends on tricks an attacker chooses
+(palettes, alpha, progressive JPEGs, streams that inflate 1000x, images inside forms), and any
+estimate made from the outside can be beaten. The worker (`service/ocr/worker.py`) caps itself
+before each job at OCR_WORK_MB over what it already uses, so the cost of a job is bounded by
+construction: the registry reserves exactly OCR_WORK_MB for it, and the worker's RSS is part of
+the RSS the budget counts (`service.budget.rss_mb`). A job that needs more fails alone: 413,
+or 422 when the worker died on a malformed file; the server keeps serving and the next job
+starts a new worker.
+
+One worker serves every language: each Tesseract engine is a registry item loaded into it, and
+the worker exits when the last one is unloaded. Jobs run one at a time, in arrival order;
+OCR_QUEUE_MAX more may wait, past that a request is refused at once with 503.
+"""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from service import budget
+from service.exceptions import BadInput, ModelUnavailable, Overloaded, ServiceError, TooLarge
+from service.ocr.config import OcrSettings
+from service.ocr.errors import Undecodable
+
+logger = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+# Replies are page texts: far below this, whatever the upload.
+MAX_REPLY_BYTES = 16 * MB
+_STARTUP_TIMEOUT_S = 30.0
+_ROOT = Path(__file__).resolve().parents[2]
+# Signals that native code raises when an allocation fails under the cap (pdfium and Tesseract
+# abort on out-of-memory); any other death is a crash on a malformed file.
+_MEMORY_DEATHS = {signal.SIGABRT, signal.SIGKILL}
+
+
+class WorkerDied(Exception):
+    """The worker process ended or stopped answering; it is replaced on the next job."""
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+@dataclass
+class OcrPage:
+    page: int
+    text: str
+    confidence: float
+    seconds: float
+
+
+class OcrWorker:
+    """One worker process and the engines loaded in it; thread-safe."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._engines: dict[str, str] = {}  # code -> tessdata dir, reloaded into a new process
+        self._lock = threading.Lock()  # one message exchange (and one job) at a time
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
+
+    # -- process ------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def _start(self) -> None:
+        parent, child = socket.socketpair()
+        env = {**os.environ, "MALLOC_ARENA_MAX": "1"}  # one arena: no 64 MB reservation per thread
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "service.ocr.worker", str(child.fileno())],
+                pass_fds=[child.fileno()],
+                cwd=_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        self._conn = Connection(parent.detach())
+        budget.track_child(self._process.pid)
+        try:
+            self._receive(_STARTUP_TIMEOUT_S)
+        except WorkerDied as error:
+            self._stop()
+            raise ModelUnavailable(f"the OCR worker process did not start: {error}") from error
+        for code, tessdata in self._engines.items():
+            self._load_in_process(code, tessdata)
+
+    def _stop(self) -> None:
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if conn is not None:
+            conn.close()  # the worker exits on EOF
+        if process is not None:
+            try:
+                process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            budget.forget_child(process.pid)
+
+    def _ensure_started(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            if self._process is not None:
+                self._stop()
+            self._start()
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def _send(self, message: dict[str, Any], payload: bytes | None = None) -> None:
+        assert self._conn is not None
+        try:
+            self._conn.send_bytes(json.dumps(message).encode())
+            if payload is not None:
+                self._conn.send_bytes(payload)
+        except OSError as error:
+            raise WorkerDied(f"could not write to it: {error}") from error
+
+    def _receive(self, timeout_s: float) -> dict[str, Any]:
+        """The next message, or WorkerDied when the process ends or is silent for `timeout_s`."""
+        assert self._conn is not None and self._process is not None
+        try:
+            if not self._conn.poll(timeout_s):
+                self._process.kill()
+                self._process.wait()
+                raise WorkerDied(f"no answer in {timeout_s:g} s", timed_out=True)
+            reply: dict[str, Any] = json.loads(self._conn.recv_bytes(MAX_REPLY_BYTES))
+        except (EOFError, OSError) as error:
+            self._process.wait()
+            raise WorkerDied(f"exit status {self._process.returncode}") from error
+        return reply
+
+    def _load_in_process(self, code: str, tessdata: str) -> None:
+        self._send({"op": "load", "code": code, "tessdata": tessdata})
+        reply = self._receive(_STARTUP_TIMEOUT_S)
+        if "error" in reply:
+            raise ModelUnavailable(
+                f"Tesseract could not load {code} from {tessdata}: {reply['error']['message']}"
+            )
+
+    # -- engines ------------------------------------------------------------------------------
+
+    def load_engine(self, code: str, tessdata: Path) -> None:
+        with self._lock:
+            self._ensure_started()
+            try:
+                self._load_in_process(code, str(tessdata))
+            except WorkerDied as error:
+                self._stop()
+                raise ModelUnavailable(f"the OCR worker died loading {code}: {error}") from error
+            self._engines[code] = str(tessdata)
+
+    def unload_engine(self, code: str) -> None:
+        """Drop an engine; the process ends with the last one, giving all its memory back."""
+        with self._lock:
+            self._engines.pop(code, None)
+            if self._process is None:
+                return
+            if not self._engines:
+                self._stop()
+                return
+            try:
+                self._send({"op": "unload", "code": code})
+                self._receive(_STARTUP_TIMEOUT_S)
+            except WorkerDied:
+                self._stop()
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def ocr(
+        self, data: bytes, kind: str, pages: str | None, code: str, settings: OcrSettings
+    ) -> tuple[int, list[OcrPage]]:
+        """Recognise an upload in the worker: (page count, pages read), or the job's own error."""
+        with self._queued(settings):
+            self._ensure_started()
+            self._send(
+                {
+                    "op": "ocr",
+                    "kind": kind,
+                    "pages": pages,
+                    "code": code,
+                    "settings": settings.model_dump(mode="json"),
+                },
+                data,
+            )
+            return self._collect(settings)
+
+    @contextmanager
+    def _queued(self, settings: OcrSettings) -> Iterator[None]:
+        with self._waiting_lock:
+            if self._waiting > settings.queue_max:
+                raise Overloaded(
+                    f"{self._waiting} OCR requests are already waiting for the OCR worker "
+                    f"(OCR_QUEUE_MAX={settings.queue_max}); retry shortly",
+                    retry_after_s=5,
+                )
+            self._waiting += 1
+        try:
+            with self._lock:
+                yield
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+
+    def _collect(self, settings: OcrSettings) -> tuple[int, list[OcrPage]]:
+        page_count, pages, current = 0, [], 0
+        started = time.perf_counter()
+        try:
+            while True:
+                reply = self._receive(settings.page_timeout_s)
+                if "outline" in reply:
+                    page_count = reply["outline"]["page_count"]
+                elif "page_started" in reply:
+                    current, started = reply["page_started"], time.perf_counter()
+                elif "page" in reply:
+                    page = reply["page"]
+                    pages.append(
+                        OcrPage(page["page"], page["text"], page["confidence"], time.perf_counter() - started)
+                    )
+                elif "error" in reply:
+                    raise _service_error(reply["error"])
+                elif reply.get("done"):
+                    return page_count, pages
+        except WorkerDied as error:
+            status = self._process.returncode if self._process is not None else None
+            self._stop()
+            threading.Thread(target=self._restart, name="ocr-worker-restart", daemon=True).start()
+            raise _death_error(status, current, settings, error) from error
+
+    def _restart(self) -> None:
+        """Start the next worker (and its engines) now, so the next upload does not wait for it."""
+        with self._lock:
+            if self._engines and self._process is None:
+                try:
+                    self._start()
+                except Exception:  # the next job retries and reports it
+                    logger.exception("the OCR worker could not be restarted")
+                    self._stop()
+
+    def close(self) -> None:
+        with self._lock:
+            self._engines.clear()
+            self._stop()
+
+
+def _service_error(error: dict[str, Any]) -> ServiceError:
+    """The worker's error as the same ServiceError, with its status, code and details."""
+    status, code, message = error.pop("status"), error.pop("code"), error.pop("message")
+    exception = ServiceError(message, **error)
+    exception.status_code, exception.code = status, code
+    return exception
+
+
+def _death_error(status: int | None, page: int, settings: OcrSettings, cause: WorkerDied) -> ServiceError:
+    where = f" while reading page {page}" if page else ""
+    if cause.timed_out:
+        return BadInput(
+            f"reading this upload took longer than OCR_PAGE_TIMEOUT_S={settings.page_timeout_s:g} s{where}; "
+            "the OCR worker was stopped",
+            timeout_s=settings.page_timeout_s,
+        )
+    if status is not None and status < 0 and -status in _MEMORY_DEATHS:
+        return TooLarge(
+            f"decoding this upload needed more than OCR_WORK_MB={settings.work_mb:g} MB of working "
+            f"memory{where}; the OCR worker was stopped and the server keeps serving: send a smaller file",
+            limit_mb=settings.work_mb,
+        )
+    return Undecodable(
+        f"the OCR worker failed on this upload{where} ({cause}): the file is malformed; "
+        "the server keeps serving"
+    )
+
+
+_worker: OcrWorker | None = None
+_worker_lock = threading.Lock()
+
+
+def get_worker() -> OcrWorker:
+    """The process's one OCR worker handle (its process starts with the first engine)."""
+    global _worker
+    with _worker_lock:
+        if _worker is None:
+            _worker = OcrWorker()
+        return _worker

@@ -1,0 +1,161 @@
+"""What runs inside the OCR worker process: decoding untrusted uploads and recognising them.
+
+The server never decodes an image or a PDF itself. It starts this module as a child process
+(`service/ocr/sandbox.py`) and sends it one job at a time. Before each job the worker lowers its
+own RLIMIT_DATA to what it uses now plus OCR_WORK_MB, so no input, whatever its format tricks
+(a palette PNG converted to RGBA, progressive JPEG coefficient buffers, a PDF stream that inflates
+to 300 MB), can make it use more: an allocation past the limit fails, raising MemoryError in
+Python or ending the process in native code, and the server answers that request alone.
+
+Messages are length-prefixed JSON over the socket the server passes as fd `argv[1]`; the upload's
+bytes follow a job as one raw message. Results go back page by page.
+"""
+
+import gc
+import json
+import resource
+import sys
+from multiprocessing.connection import Connection
+from typing import Any
+
+from service import runtime
+from service.exceptions import ServiceError, TooLarge
+from service.ocr.config import OcrSettings
+from service.ocr.engine import TesseractEngine
+from service.ocr.errors import Undecodable
+from service.ocr.images import check_work, open_image, prepare_image
+from service.ocr.pdf import PdfPages
+
+MB = 1024 * 1024
+# What the worker accepts from the server in one message: an upload, with its multipart slack.
+MAX_MESSAGE_BYTES = 256 * MB
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def rss_mb() -> float:
+    return _status_kb("VmRSS:") / 1024
+
+
+def _cap_data(work_mb: float) -> None:
+    """Let the coming job map at most `work_mb` more private writable memory than now."""
+    limit = _status_kb("VmData:") * 1024 + int(work_mb * MB)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.RLIM_INFINITY))
+
+
+def _uncap_data() -> None:
+    resource.setrlimit(resource.RLIMIT_DATA, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def _error(error: ServiceError) -> dict[str, Any]:
+    return {
+        "error": {"status": error.status_code, "code": error.code, "message": error.message, **error.details}
+    }
+
+
+class Worker:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.engines: dict[str, TesseractEngine] = {}
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.conn.send_bytes(json.dumps(message).encode())
+
+    def serve(self) -> None:
+        self.send({"ready": True, "rss_mb": rss_mb()})
+        while True:
+            try:
+                request = json.loads(self.conn.recv_bytes(MAX_MESSAGE_BYTES))
+            except EOFError:  # the server closed its end: it is gone or unloaded the worker
+                return
+            getattr(self, f"op_{request['op']}")(request)
+
+    def op_load(self, request: dict[str, Any]) -> None:
+        code = request["code"]
+        try:
+            if code not in self.engines:
+                self.engines[code] = TesseractEngine(request["tessdata"], code)
+        except RuntimeError as error:  # tesserocr's "Failed to init API"
+            self.send({"error": {"status": 503, "code": "model_unavailable", "message": str(error)}})
+            return
+        runtime.trim_heap()
+        self.send({"ok": True, "rss_mb": rss_mb()})
+
+    def op_unload(self, request: dict[str, Any]) -> None:
+        engine = self.engines.pop(request["code"], None)
+        if engine is not None:
+            engine.close()
+        gc.collect()
+        runtime.trim_heap()
+        self.send({"ok": True, "rss_mb": rss_mb()})
+
+    def op_ocr(self, request: dict[str, Any]) -> None:
+        data = self.conn.recv_bytes(MAX_MESSAGE_BYTES)
+        settings = OcrSettings.model_validate(request["settings"])
+        engine = self.engines[request["code"]]
+        _cap_data(settings.work_mb)
+        try:
+            if request["kind"] == "pdf":
+                self._ocr_pdf(engine, data, request.get("pages"), settings)
+            else:
+                self._ocr_image(engine, data, request["kind"], settings)
+            message: dict[str, Any] = {"done": True}
+        except ServiceError as error:
+            message = _error(error)
+        except MemoryError:
+            message = _error(TooLarge(_over_work_mb(settings), limit_mb=settings.work_mb))
+        except Exception as error:  # a decoder's own failure on a malformed file
+            print(f"ocr worker: {type(error).__name__}: {error}", file=sys.stderr)
+            message = _error(Undecodable(f"the upload cannot be decoded: {type(error).__name__}: {error}"))
+        finally:
+            del data
+            _uncap_data()
+            gc.collect()
+            runtime.trim_heap()
+        message["rss_mb"] = rss_mb()
+        self.send(message)
+
+    def _ocr_image(self, engine: TesseractEngine, data: bytes, kind: str, settings: OcrSettings) -> None:
+        image = open_image(data, kind, settings)  # type: ignore[arg-type]
+        check_work(image, settings)
+        self.send({"outline": {"page_count": 1}})
+        prepared = prepare_image(image, settings)
+        if prepared is not image:
+            image.close()  # free the full-size decode before recognition
+        self._recognize(engine, 1, prepared)
+
+    def _ocr_pdf(
+        self, engine: TesseractEngine, data: bytes, pages: str | None, settings: OcrSettings
+    ) -> None:
+        with PdfPages(data, pages, settings) as document:
+            self.send({"outline": {"page_count": document.page_count}})
+            for page in document:
+                self._recognize(engine, page.number, page.image)
+
+    def _recognize(self, engine: TesseractEngine, number: int, image: Any) -> None:
+        self.send({"page_started": number})
+        result = engine.recognize(image)
+        image.close()
+        self.send({"page": {"page": number, "text": result.text, "confidence": result.confidence}})
+
+
+def _over_work_mb(settings: OcrSettings) -> str:
+    return (
+        f"decoding this upload needs more than OCR_WORK_MB={settings.work_mb:g} MB of working memory; "
+        "send a smaller image or fewer, smaller pages"
+    )
+
+
+def main() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash on hostile input leaves no core file
+    Worker(Connection(int(sys.argv[1]))).serve()
+
+
+if __name__ == "__main__":
+    main()
