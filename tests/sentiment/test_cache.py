@@ -43,14 +43,14 @@ def test_concurrent_requests_for_one_text_share_one_row(fake_app):
     with ThreadPoolExecutor(6) as pool:
         answers = [pool.submit(client.post, "/analyze", json={"text": "el mismo"}) for _ in range(6)]
         deadline = time.monotonic() + 60
-        while client.get("/system").json()["batching"]["sentiment:es"]["queued"] < 5:
+        while client.get("/system").json()["batching"]["sentiment:es"]["requests"] < 6:
             assert time.monotonic() < deadline, "the requests never queued"
             time.sleep(0.01)
-        gate.set()
+        gate.set()  # all 6 queued behind the held first call (which may have taken several)
         bodies = [answer.result().json() for answer in answers]
     assert all(body == bodies[0] for body in bodies)
-    assert model.calls == [["el mismo"], ["el mismo"]]  # the lone first call, then 5 copies as one row
-    assert client.get("/memory").json()["counters"]["duplicate_texts"] == 4
+    assert model.calls in ([["el mismo"]], [["el mismo"], ["el mismo"]])  # each batch's copies: one row
+    assert client.get("/memory").json()["counters"]["duplicate_texts"] == 6 - len(model.calls)
 
 
 def test_least_recently_used_entries_go_first():
