@@ -10,9 +10,9 @@ Each caller gets exactly its own predictions. The queue is bounded in texts: whe
 `/analyze` answers 503 + Retry-After at once instead of letting memory and latency grow.
 
 `infer` is the one place around the model call, with batching on or off and for bulk analysis: it
-sorts texts by length and cuts them into calls that waste little padding, admits each call's working
-memory through the registry, and when a call fails for memory (or would pass the budget) splits it
-in halves, down to single texts.
+computes identical texts once (and none the result cache holds), sorts texts by length and cuts
+them into calls that waste little padding, admits each call's working memory through the registry,
+and when a call fails for memory (or would pass the budget) splits it in halves, down to single texts.
 """
 
 import logging
