@@ -66,10 +66,19 @@ fi
 
 [ "$mode" = "install" ] && exit 0
 
+# Prepacked variants are made here, on the machine that serves (their packing depends on its CPU),
+# in a process of their own: their load peak leaves with it (service/sentiment/backends/prepacked.py).
+if [ "${BACKEND:-onnx}" = "onnx" ] && [ "${PREPACKED:-true}" != "false" ]; then
+  python -m service.sentiment.backends.prepacked --configured ||
+    echo "start.sh: a prepacked variant could not be made; its model is served plain" >&2
+fi
+
 # uvicorn's CLI, run by service/ops/serve.py so that a SIGTERM ends it with 0 after in-flight requests
 # finish (up to GRACEFUL_TIMEOUT_S; Render kills at 30 s), in a loop that restarts a worker which
 # recycled itself (service/ops/supervise.sh). MAX_REQUESTS recycles after that many requests (+ up to
 # MAX_REQUESTS_JITTER): off by default, each recycle closes the port for a cold start (MEMORY.md).
+# serve.py also adds --forwarded-allow-ips "$FORWARDED_ALLOW_IPS" (unset: trust no proxy; render.yaml
+# sets "*"), --backlog 64, and the h11 protocol with HEADER_TIMEOUT_S and MAX_CONNECTIONS (README).
 exec bash service/ops/supervise.sh python -m service.ops.serve main:app --host 0.0.0.0 --port "${PORT:-8000}" \
   --workers 1 --loop asyncio --http h11 --no-access-log --timeout-graceful-shutdown "${GRACEFUL_TIMEOUT_S:-25}" \
   ${MAX_REQUESTS:+--limit-max-requests "$MAX_REQUESTS" --limit-max-requests-jitter "${MAX_REQUESTS_JITTER:-0}"}

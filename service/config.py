@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     onnx_dir: Path = Path("models")
     # The (task:lang) models that start.sh / the Render build export when missing.
     export_models: str = "sentiment:es"
+    # Serve each exported model from its prepacked variant (weights in a mapped file, not in
+    # anonymous memory), made on this machine when missing (service/sentiment/backends/prepacked.py).
+    prepacked: bool = True
+    # Where variants go; unset: `prepacked/` inside each exported model dir.
+    prepacked_dir: Path | None = None
 
     memory_budget_mb: int | None = Field(default=None, gt=0)
     memory_margin_mb: int = Field(default=32, ge=0)
@@ -83,6 +88,11 @@ class Settings(BaseSettings):
 
     def model_source(self, task: str, lang: str) -> str:
         return getattr(self, f"model_{task}_{lang}")
+
+    def exported_dir(self, task: str, lang: str) -> Path:
+        """The exported dir the onnx backend serves: MODEL_<TASK>_<LANG> itself if it is one."""
+        source = Path(self.model_source(task, lang))
+        return source if (source / "manifest.json").is_file() else self.onnx_dir / f"{task}-{lang}"
 
     def export_targets(self) -> list[tuple[str, str]]:
         """Parse EXPORT_MODELS ("sentiment:es,irony:en") into (task, lang) pairs."""

@@ -15,6 +15,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
 
+# A 422 lists this many problems at most, each clipped, and says how many it left out: an error
+# reply must stay small whatever the request (a list of a million bad items, a 1 MB key).
+MAX_PROBLEMS = 10
+MAX_PROBLEM_CHARS = 200
+
 
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -91,9 +96,13 @@ def error_response(status_code: int, code: str, message: str, headers=None, **de
     )
 
 
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_PROBLEM_CHARS else text[: MAX_PROBLEM_CHARS - 1] + "…"
+
+
 def _describe_validation_error(error: dict[str, Any]) -> dict[str, Any]:
     location = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
-    return {"field": location, "problem": error.get("msg", "invalid")}
+    return {"field": _clip(location), "problem": _clip(str(error.get("msg", "invalid")))}
 
 
 async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -101,11 +110,17 @@ async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = [_describe_validation_error(error) for error in exc.errors()]
-    if any(error.get("type") == "json_invalid" for error in exc.errors()):
-        return error_response(400, "invalid_json", "the request body is not valid JSON", problems=problems)
+    errors = exc.errors()
+    problems = [_describe_validation_error(error) for error in errors[:MAX_PROBLEMS]]
+    left_out = {"left_out": len(errors) - len(problems)} if len(errors) > len(problems) else {}
+    if any(error.get("type") == "json_invalid" for error in errors):
+        return error_response(
+            400, "invalid_json", "the request body is not valid JSON", problems=problems, **left_out
+        )
     summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
-    return error_response(422, "invalid_input", summary, problems=problems)
+    if left_out:
+        summary += f"; and {left_out['left_out']} more problem(s) not listed"
+    return error_response(422, "invalid_input", summary, problems=problems, **left_out)
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -2,12 +2,16 @@
 
 Everything heavy (each (task, lang) model, the OCR engine) is a `Loadable`. It is loaded on
 first use, never at import or startup, exactly once even when the first requests arrive
-together. Before a load the registry checks that current RSS plus the item's cost fits the
+together. Before a load the registry checks that used memory plus the item's cost fits the
 budget; if not it unloads the least recently used idle items; if that cannot make room yet it waits
 a little for items in use and running work to be given back, then refuses with `OverBudget`
 rather than letting the kernel's OOM killer end the process.
-An item's cost is measured as the RSS it added when it loaded, and remembered for reloads;
-before its first load its `estimate_mb()` (from file sizes) stands in.
+What is counted is memory that cannot be reclaimed (service/budget.py: anonymous memory, the
+process's and its cgroup's), plus, for each item while work runs on it, an allowance for the
+file-backed pages that work reads (a prepacked model's mapped weights, measured at its load):
+idle items' file pages are left to the kernel to drop and re-read. An item's cost is the
+unreclaimable memory it added when it loaded, remembered for reloads; before its first load its
+`estimate_mb()` (from file sizes) stands in. The rule and its measurements: MEMORY.md, issue 11.
 """
 
 import gc
@@ -22,7 +26,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from service import events, runtime
-from service.budget import Budget, detect_budget, rss_mb
+from service.budget import Budget, detect_budget, unreclaimable_mb
 from service.config import get_settings
 from service.exceptions import OverBudget, TooLarge
 from service.hardware import WORK_MB_FIXED
@@ -42,6 +46,8 @@ class Loadable:
     describe: Callable[[], dict[str, Any]] = dict
     # Raises when the item cannot load at all (a missing dir), before any room is made for it.
     check: Callable[[], None] = lambda: None
+    # The file-backed MB one call of the loaded value reads (its allowance while work runs on it).
+    file_mb: Callable[[Any], float] = lambda value: 0.0
 
 
 @dataclass
@@ -53,19 +59,21 @@ class _Entry:
     details: dict[str, Any]
     last_used: float = field(default_factory=time.time)
     in_use: int = 0
+    file_mb: float = 0.0
+    running: int = 0  # admitted work (reservations) running on it now
 
 
 class Registry:
     def __init__(
         self,
         budget: Budget,
-        rss: Callable[[], float] = rss_mb,
+        used: Callable[[], float] = unreclaimable_mb,
         failure_ttl_s: float = 30.0,
         admission_wait_s: float = 30.0,
         min_work_mb: float = 0.0,
     ) -> None:
         self.budget = budget
-        self._rss = rss
+        self._used = used
         self._entries: dict[str, _Entry] = {}
         self._measured_cost: dict[str, float] = {}
         self._lock = threading.Lock()  # guards the entries' bookkeeping
@@ -120,7 +128,7 @@ class Registry:
         item.check()
         cost = self._measured_cost.get(item.key) or item.estimate_mb()
         self._make_room(f"loading {item.key}", cost, item=item.key)
-        before = self._rss()
+        before = self._used()
         started = time.time()
         try:
             value = item.load()
@@ -131,9 +139,11 @@ class Registry:
             raise
         self._failures.pop(item.key, None)
         runtime.trim_heap()
-        measured = max(self._rss() - before, 0.0)
+        measured = max(self._used() - before, 0.0)
         self._measured_cost[item.key] = measured
-        entry = _Entry(item.key, value, measured, time.time(), item.describe(), in_use=1)
+        entry = _Entry(
+            item.key, value, measured, time.time(), item.describe(), in_use=1, file_mb=item.file_mb(value)
+        )
         with self._lock:
             self._entries[item.key] = entry
             self.counters["loads"] += 1
@@ -144,7 +154,7 @@ class Registry:
     def warn_if_no_room(self, what: str, extra_mb: float = 0.0) -> bool:
         """Log, naming MEMORY_BUDGET_MB, when `what` (plus `extra_mb` to come) leaves no room for
         the smallest request; requests then get the reason in their 503."""
-        left = self.budget.usable_mb - self._rss() - extra_mb
+        left = self.budget.usable_mb - self._used() - extra_mb
         if left >= self.min_work_mb:
             return False
         logger.warning(
@@ -161,7 +171,8 @@ class Registry:
 
     @contextmanager
     def reserve(self, need_mb: float, what: str, on: str | None = None, wait: bool = True) -> Iterator[None]:
-        """Admit work needing `need_mb` of working memory (a batch, an image, PDF pages).
+        """Admit work needing `need_mb` of working memory (a batch, an image, PDF pages); while
+        any work runs on the item `on`, its file allowance counts as used too.
 
         Refused before any work starts: 413 if it could never fit the budget, 503 +
         Retry-After if it cannot fit in time, even after unloading idle items. Reservations of
@@ -178,10 +189,15 @@ class Registry:
                 needed_mb=round(need_mb, 1),
             )
 
+        entry = self._entries.get(on) if on is not None else None
+
         def admit() -> None:
-            self._make_room(what, need_mb)
+            first = entry is not None and entry.running == 0
+            self._make_room(what, need_mb + (entry.file_mb if first else 0.0))
             with self._lock:
                 self._reserved_mb += need_mb
+                if entry is not None:
+                    entry.running += 1
 
         self._when_room(admit, what, on, self.admission_wait_s if wait else 0.0)
         try:
@@ -189,6 +205,8 @@ class Registry:
         finally:
             with self._lock:
                 self._reserved_mb -= need_mb
+                if entry is not None:
+                    entry.running -= 1
                 self._released.notify_all()
 
     def _when_room(self, attempt: Callable[[], T], what: str, on: str | None, wait_s: float) -> T:
@@ -236,8 +254,9 @@ class Registry:
 
     def _coming_back_mb(self, on: str | None) -> float:
         """Memory that running work and items in use by others will give back (lock held)."""
-        held_by_others = sum(e.cost_mb for e in self._entries.values() if e.in_use and e.key != on)
-        return self._reserved_mb + held_by_others
+        others = [e for e in self._entries.values() if e.key != on]
+        held_by_others = sum(e.cost_mb for e in others if e.in_use)
+        return self._reserved_mb + held_by_others + sum(e.file_mb for e in others if e.running)
 
     def _hopeless(self, what: str, refused: OverBudget) -> OverBudget:
         """The refusal when nothing in flight or idle could make room: say why, and what to change."""
@@ -259,10 +278,21 @@ class Registry:
     def reserved_mb(self) -> float:
         return self._reserved_mb
 
+    @property
+    def running_file_mb(self) -> float:
+        """The file allowances of the items work is running on now."""
+        with self._lock:
+            return sum(e.file_mb for e in self._entries.values() if e.running)
+
+    def used_mb(self) -> float:
+        """Memory the budget counts as used: unreclaimable memory now, working memory admitted to
+        running work, and the file pages that work reads."""
+        return self._used() + self._reserved_mb + self.running_file_mb
+
     def _make_room(self, what: str, cost_mb: float, **details: Any) -> None:
         """Evict LRU idle items until `cost_mb` fits under the budget, or refuse."""
         while True:
-            needed = self._rss() + self._reserved_mb + cost_mb - self.budget.usable_mb
+            needed = self.used_mb() + cost_mb - self.budget.usable_mb
             if needed <= 0:
                 return
             with self._lock:
@@ -279,14 +309,14 @@ class Registry:
             self.unload(min(idle, key=lambda e: e.last_used).key)
 
     def unload(self, key: str) -> float:
-        """Drop an idle item and give its memory back; returns the RSS freed in MB."""
+        """Drop an idle item and give its memory back; returns the unreclaimable MB freed."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry.in_use:
                 return 0.0
             del self._entries[key]
             self.counters["evictions"] += 1
-        before = self._rss()
+        before = self._used()
         close = getattr(entry.value, "close", None)
         if callable(close):
             close()
@@ -295,18 +325,19 @@ class Registry:
             listener(key)
         gc.collect()
         runtime.trim_heap()
-        freed = max(before - self._rss(), 0.0)
+        freed = max(before - self._used(), 0.0)
         events.emit("eviction", key, freed)
         return freed
 
     def evict_idle(self, until_mb: float, min_idle_s: float = 0.0) -> list[str]:
-        """Unload items unused for `min_idle_s`, least recently used first, until RSS is at most
-        `until_mb` (the memory watchdog's soft limit). Skipped while a load runs: it measures RSS."""
+        """Unload items unused for `min_idle_s`, least recently used first, until unreclaimable
+        memory is at most `until_mb` (the watchdog's soft limit). Skipped while a load runs: it
+        measures memory."""
         if not self._load_lock.acquire(blocking=False):
             return []
         evicted = []
         try:
-            while self._rss() > until_mb:
+            while self._used() > until_mb:
                 cutoff = time.time() - min_idle_s
                 with self._lock:
                     idle = [e for e in self._entries.values() if e.in_use == 0 and e.last_used <= cutoff]
@@ -334,6 +365,8 @@ class Registry:
                 {
                     "key": e.key,
                     "cost_mb": round(e.cost_mb, 1),
+                    "file_mb": round(e.file_mb, 1),
+                    "running": e.running,
                     "loaded_at": e.loaded_at,
                     "last_used": e.last_used,
                     "in_use": e.in_use,

@@ -40,7 +40,7 @@ def item(key: str, memory: FakeMemory, mb: float, loads: list[str] | None = None
 
 def test_loads_lazily_and_once_under_concurrent_first_requests():
     memory = FakeMemory(100)
-    registry = Registry(Budget(512, "test", 0), rss=memory)
+    registry = Registry(Budget(512, "test", 0), used=memory)
     loads: list[str] = []
     start = threading.Barrier(16)
 
@@ -70,7 +70,7 @@ def test_loads_lazily_and_once_under_concurrent_first_requests():
 
 def test_evicts_least_recently_used_idle_item_to_make_room():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory)  # 180 MB usable above the base
+    registry = Registry(Budget(300, "test", 20), used=memory)  # 180 MB usable above the base
     a, b, c = (item(k, memory, 80) for k in "abc")
     with registry.use(a):
         pass
@@ -87,7 +87,7 @@ def test_evicts_least_recently_used_idle_item_to_make_room():
 
 def test_refuses_when_nothing_idle_can_make_room():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=0)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=0)
     big, other = item("big", memory, 150), item("other", memory, 100)
     with registry.use(big), pytest.raises(OverBudget) as refused, registry.use(other):
         pass
@@ -101,14 +101,14 @@ def test_refuses_when_nothing_idle_can_make_room():
 
 def test_an_item_bigger_than_the_whole_budget_is_refused_even_when_empty():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory)
+    registry = Registry(Budget(300, "test", 20), used=memory)
     with pytest.raises(OverBudget), registry.use(item("huge", memory, 500)):
         pass
 
 
 def test_measured_cost_replaces_the_estimate_on_reload():
     memory = FakeMemory(100)
-    registry = Registry(Budget(1000, "test", 0), rss=memory)
+    registry = Registry(Budget(1000, "test", 0), used=memory)
     underestimated = Loadable(key="m", load=lambda: Weights(memory, 300), estimate_mb=lambda: 10)
     with registry.use(underestimated):
         pass
@@ -151,7 +151,7 @@ def test_unloading_gives_real_memory_back():
 
 def test_reserve_admits_work_that_fits_and_counts_it_until_done():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=0)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=0)
     with registry.reserve(100, "batch a"):
         assert registry.reserved_mb == 100
         with pytest.raises(OverBudget) as refused, registry.reserve(100, "batch b"):  # 300 > 280
@@ -165,7 +165,7 @@ def test_reserve_admits_work_that_fits_and_counts_it_until_done():
 
 def test_reserve_unloads_idle_models_to_make_room_for_work():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory)
+    registry = Registry(Budget(300, "test", 20), used=memory)
     with registry.use(item("idle", memory, 100)):
         pass
     with registry.reserve(120, "a big image"):
@@ -176,7 +176,7 @@ def test_reserve_unloads_idle_models_to_make_room_for_work():
 def test_reserve_refuses_work_larger_than_the_whole_budget_with_413():
     from service.exceptions import TooLarge
 
-    registry = Registry(Budget(300, "test", 20), rss=FakeMemory(0))
+    registry = Registry(Budget(300, "test", 20), used=FakeMemory(0))
     with pytest.raises(TooLarge), registry.reserve(281, "a 10k batch"):
         pass
     assert registry.counters["refusals"] == 1
@@ -184,14 +184,14 @@ def test_reserve_refuses_work_larger_than_the_whole_budget_with_413():
 
 def test_loads_count_running_reservations_as_used():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=0)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=0)
     with registry.reserve(100, "ocr page"), pytest.raises(OverBudget), registry.use(item("m", memory, 100)):
         pass
 
 
 def test_work_waits_for_running_reservations_rather_than_failing_early():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=5)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=5)
     first = registry.reserve(150, "ocr page")
     first.__enter__()
     threading.Timer(0.2, lambda: first.__exit__(None, None, None)).start()
@@ -203,7 +203,7 @@ def test_work_waits_for_running_reservations_rather_than_failing_early():
 
 def test_work_is_refused_once_the_admission_wait_runs_out():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=0.2)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=0.2)
     with registry.reserve(150, "ocr page"), pytest.raises(OverBudget), registry.reserve(150, "second"):
         pass
     assert registry.counters["refusals"] == 1
@@ -211,7 +211,7 @@ def test_work_is_refused_once_the_admission_wait_runs_out():
 
 def test_a_load_waits_for_an_item_in_use_to_become_evictable():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=5)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=5)
     held = registry.use(item("es", memory, 120))
     held.__enter__()
     threading.Timer(0.2, lambda: held.__exit__(None, None, None)).start()
@@ -224,7 +224,7 @@ def test_a_load_waits_for_an_item_in_use_to_become_evictable():
 
 def test_a_load_is_refused_at_once_when_nothing_will_be_given_back():
     memory = FakeMemory(250)  # something outside the registry holds the memory
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=5)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=5)
     started = time.monotonic()
     with pytest.raises(OverBudget), registry.use(item("m", memory, 100)):
         pass
@@ -233,7 +233,7 @@ def test_a_load_is_refused_at_once_when_nothing_will_be_given_back():
 
 def test_large_work_is_not_starved_by_a_stream_of_small_work():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=3)  # 180 MB above the base
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=3)  # 180 MB above the base
     stop = threading.Event()
 
     def small_work() -> None:  # two of these overlap, so some small work is always running
@@ -257,11 +257,57 @@ def test_large_work_is_not_starved_by_a_stream_of_small_work():
     assert registry.counters["refusals"] == 0
 
 
+# ---- file-backed allowances: counted while work runs on an item, not while it sits idle -------
+
+
+def mapped(key: str, memory: FakeMemory, anon_mb: float, file_mb: float) -> Loadable:
+    """An item like a prepacked model: a little anonymous memory, weights in a mapped file."""
+    return Loadable(
+        key=key, load=lambda: Weights(memory, anon_mb), estimate_mb=lambda: anon_mb, file_mb=lambda _: file_mb
+    )
+
+
+def test_idle_items_file_pages_leave_room_for_more_items():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=0)
+    for key in ("sentiment", "emotion", "hate_speech", "irony"):  # 4 x (8 anon + 100 file) > 380 free
+        with registry.use(mapped(key, memory, 8, 100)):
+            pass
+    assert registry.counters["evictions"] == 0 and len(registry.snapshot()) == 4
+    assert registry.used_mb() == 132 and registry.snapshot()[0]["file_mb"] == 100
+
+
+def test_running_work_counts_its_items_file_pages_once():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=0)
+    with registry.use(mapped("m", memory, 8, 100)):
+        pass
+    with registry.reserve(20, "a batch", on="m"):
+        assert registry.used_mb() == 100 + 8 + 20 + 100
+        with registry.reserve(20, "another batch", on="m"):  # the same weights: no second allowance
+            assert registry.used_mb() == 100 + 8 + 40 + 100
+            assert registry.snapshot()[0]["running"] == 2
+    assert registry.used_mb() == 108 and registry.running_file_mb == 0
+
+
+def test_work_is_refused_when_its_file_pages_would_not_fit():
+    """The allowance is what keeps a call's weights resident: without room for them it would
+    re-read them from disk page by page (measured: MEMORY.md, issue 11)."""
+    memory = FakeMemory(300)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=0)
+    with registry.use(mapped("m", memory, 8, 100)):  # held by the request, as the route does
+        with pytest.raises(OverBudget) as refused, registry.reserve(80, "a batch", on="m"):
+            pass
+        assert refused.value.details["needed_mb"] == 180
+        with registry.reserve(60, "a smaller batch", on="m"):  # 308 + 60 + 100 <= 480
+            pass
+
+
 def test_work_for_a_model_that_fills_the_budget_is_refused_at_once():
     """pysentimiento on torch under 512 MB: the model itself is what leaves no room, and the
     request holds it, so waiting for it to be given back would only delay the same answer."""
     memory = FakeMemory(60)
-    registry = Registry(Budget(512, "test", 32), rss=memory, admission_wait_s=30)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=30)
     with registry.use(item("sentiment:es", memory, 420)):
         started = time.monotonic()
         with pytest.raises(OverBudget) as refused, registry.reserve(20, "a text", on="sentiment:es"):
@@ -276,7 +322,7 @@ def test_work_for_a_model_that_fills_the_budget_is_refused_at_once():
 def test_work_waits_for_an_item_another_request_holds():
     """The same shortfall is worth waiting for when the item in use is someone else's."""
     memory = FakeMemory(60)
-    registry = Registry(Budget(512, "test", 32), rss=memory, admission_wait_s=5)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=5)
     with registry.use(item("sentiment:es", memory, 100)):
         pass
     other = registry.use(item("ocr:spa", memory, 320))
@@ -290,7 +336,7 @@ def test_work_waits_for_an_item_another_request_holds():
 
 def test_work_that_may_not_wait_is_refused_when_it_does_not_fit_now():
     memory = FakeMemory(100)
-    registry = Registry(Budget(300, "test", 20), rss=memory, admission_wait_s=30)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=30)
     with registry.reserve(150, "a batch"):
         started = time.monotonic()
         with pytest.raises(OverBudget), registry.reserve(100, "half of a batch", wait=False):
@@ -302,7 +348,7 @@ def test_work_that_may_not_wait_is_refused_when_it_does_not_fit_now():
 
 def test_a_load_that_leaves_no_room_for_a_request_says_so(caplog: pytest.LogCaptureFixture):
     memory = FakeMemory(60)
-    registry = Registry(Budget(512, "env MEMORY_BUDGET_MB", 32), rss=memory, min_work_mb=6)
+    registry = Registry(Budget(512, "env MEMORY_BUDGET_MB", 32), used=memory, min_work_mb=6)
     with caplog.at_level("WARNING", logger="service.registry"), registry.use(item("big", memory, 400)):
         pass
     assert not caplog.records  # 20 MB left: room for a request

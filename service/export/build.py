@@ -6,6 +6,7 @@ graph, when quantizing) never reach `out`.
 """
 
 import functools
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -86,9 +87,21 @@ def _accuracy(model_dir: Path, data: Path, reference: Path | None) -> dict[str, 
     return report
 
 
+def file_mode() -> int:
+    """What a plain new file gets under this process's umask (0644 under the usual 022)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _publish(staged: Path, out: Path) -> None:
+    """Move the files into `out`, each readable as the umask allows: onnx writes the weights file
+    0600, which a server running as another user (a container's non-root user) cannot read."""
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # the dir is not servable until the new manifest lands
+    mode = file_mode()
+    for path in sorted(staged.iterdir()):
+        path.chmod(mode)
     for path in sorted(staged.iterdir()):  # the model, its weights and the tokenizer; manifest last
         if path.name != MANIFEST:
             shutil.move(path, out / path.name)

@@ -12,12 +12,12 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from service.budget import MB, peak_rss_mb, rss_mb
+from service.budget import MB, cgroup_memory, own_cgroup, peak_rss_mb, process_memory, rss_mb
 from service.registry import get_registry
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -41,6 +41,10 @@ LATENCY = Histogram(
     registry=None,
 )
 BATCH_SIZE = Histogram("sentiment_batch_size", "Texts per model call.", buckets=BATCH_BUCKETS, registry=None)
+# Prometheus' standard process metrics (process_resident_memory_bytes, process_cpu_seconds_total,
+# process_open_fds, process_start_time_seconds...) that existing dashboards and alerts expect. They
+# live in prometheus-client's global registry, which /metrics does not serve, so they are added here.
+PROCESS = ProcessCollector(registry=None)
 
 _queue_depth: Callable[[], int] | None = None
 
@@ -80,10 +84,29 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         registry = get_registry()
         budget = registry.budget
-        rss = rss_mb()
-        yield self._gauge("process_rss_bytes", "Resident set size of this process.", rss * MB)
+        process, rss = process_memory(), rss_mb()
+        yield self._gauge(
+            "process_rss_bytes", "Resident set size of this process and its OCR worker.", rss * MB
+        )
+        yield self._gauge(
+            "process_anon_bytes",
+            "RssAnon: anonymous memory, never reclaimed without swap.",
+            process.anon_mb * MB,
+        )
+        yield self._gauge(
+            "process_file_bytes",
+            "RssFile: mapped files (prepacked weights), reclaimable.",
+            process.file_mb * MB,
+        )
         yield self._gauge(
             "process_peak_rss_bytes", "High-water mark of this process's RSS.", max(peak_rss_mb(), rss) * MB
+        )
+        yield from self._cgroup()
+        used = registry.used_mb()
+        yield self._gauge(
+            "memory_used_bytes",
+            "What the budget counts: unreclaimable memory + reserved work + running models' file allowances.",
+            used * MB,
         )
         yield self._gauge(
             "memory_budget_bytes",
@@ -94,16 +117,25 @@ class StateCollector(Collector):
         yield self._gauge("memory_margin_bytes", "Kept free below the budget.", budget.margin_mb * MB)
         yield self._gauge(
             "memory_headroom_bytes",
-            "budget - margin - RSS: what loads and requests may still use.",
-            (budget.usable_mb - rss) * MB,
+            "budget - margin - used: what loads and requests may still use.",
+            (budget.usable_mb - used) * MB,
         )
         loaded = registry.snapshot()
         models = GaugeMetricFamily(
-            "model_cost_bytes", "RSS each loaded item added when it loaded.", labels=[*self._labels, "key"]
+            "model_cost_bytes",
+            "Unreclaimable memory each loaded item added when it loaded.",
+            labels=[*self._labels, "key"],
+        )
+        files = GaugeMetricFamily(
+            "model_file_bytes",
+            "File-backed pages one call of each loaded item reads (its allowance while it runs).",
+            labels=[*self._labels, "key"],
         )
         for item in loaded:
             models.add_metric([*self._labels.values(), item["key"]], item["cost_mb"] * MB)
+            files.add_metric([*self._labels.values(), item["key"]], item.get("file_mb", 0.0) * MB)
         yield models
+        yield files
         yield self._gauge("models_loaded", "Items (models, OCR engines) loaded now.", len(loaded))
         for name, value in registry.counters.items():
             counter = CounterMetricFamily(f"model_{name}", f"Registry {name}.", labels=list(self._labels))
@@ -111,6 +143,21 @@ class StateCollector(Collector):
             yield counter
         if _queue_depth is not None:
             yield self._gauge("sentiment_queue_depth", "Texts waiting for a model call.", _queue_depth())
+
+    def _cgroup(self) -> Iterator[Metric]:
+        """The memory cgroup's own figures, when it has a limit (v1 names mapped to v2's)."""
+        group = cgroup_memory(own_cgroup())
+        if group is None:
+            return
+        for name, doc, value in (
+            ("current", "v2 memory.current / v1 memory.usage_in_bytes.", group.current_mb),
+            ("anon", "v2 anon / v1 total_rss of memory.stat.", group.anon_mb),
+            ("file", "v2 file / v1 total_cache of memory.stat.", group.file_mb),
+            ("unreclaimable", "current - file + shmem.", group.unreclaimable_mb),
+            ("peak", "v2 memory.peak / v1 memory.max_usage_in_bytes.", group.peak_mb),
+        ):
+            if value is not None:
+                yield self._gauge(f"cgroup_memory_{name}_bytes", f"The memory cgroup's {doc}", value * MB)
 
 
 class _Live(Collector):
@@ -136,6 +183,7 @@ def scrape_registry() -> CollectorRegistry:
     """Everything /metrics serves, built per scrape as multiprocess mode needs."""
     registry = _event_registry()
     registry.register(StateCollector(pid_label=multiproc_dir() is not None))
+    registry.register(PROCESS)
     return registry
 
 

@@ -5,7 +5,7 @@ Why a process: what decoding an image or a PDF costs depends on tricks an attack
 estimate made from the outside can be beaten. The worker (`service/ocr/worker.py`) caps itself
 before each job at OCR_WORK_MB over what it already uses, so the cost of a job is bounded by
 construction: the registry reserves exactly OCR_WORK_MB for it, and the worker's RSS is part of
-the RSS the budget counts (`service.budget.rss_mb`). A job that needs more fails alone: 413,
+the memory the budget counts (`service.budget.unreclaimable_mb`). A job that needs more fails alone: 413,
 or 422 when the worker died on a malformed file; the server keeps serving and the next job
 starts a new worker.
 

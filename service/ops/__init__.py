@@ -19,15 +19,16 @@ from service.ops.watchdog import start_watchdog, stop_watchdog
 def install_ops(app: FastAPI) -> None:
     """Add the ops middlewares; call it before adding middleware that must see their answers.
 
-    Each `add_middleware` wraps the ones before it, so from the outside a request meets: the
-    rate limit (cheapest, and it also slows key guessing), the API key, the watchdog's admission,
-    the timeout (which covers reading the body), then the body limit.
+    Each `add_middleware` wraps the ones before it, so from the outside a request meets: the API
+    key (a failed check spends its address's rate-limit bucket), the rate limit (keyed on the key
+    it checked, so requests without it cannot spend its quota), the watchdog's admission, the
+    timeout (which covers reading the body), then the body limit.
     """
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(TimeoutMiddleware)
     app.add_middleware(AdmissionMiddleware)
-    app.add_middleware(ApiKeyMiddleware)
     app.add_middleware(RateLimitMiddleware)
+    app.add_middleware(ApiKeyMiddleware)
     document_ops_responses(app)
 
 

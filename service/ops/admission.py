@@ -32,10 +32,10 @@ class AdmissionMiddleware:
                 send,
                 503,
                 "over_memory_budget",
-                f"memory is over the hard limit ({watchdog.rss_mb:.0f} MB of the {limits.budget_mb:.0f} MB "
+                f"memory is over the hard limit ({watchdog.used_mb:.0f} MB of the {limits.budget_mb:.0f} MB "
                 f"budget, limit {limits.hard_mb:.0f} MB); new work is refused until it frees up",
                 {"Retry-After": str(RETRY_AFTER_S)},
-                rss_mb=round(watchdog.rss_mb, 1),
+                used_mb=round(watchdog.used_mb, 1),
                 hard_limit_mb=round(limits.hard_mb, 1),
             )
             return

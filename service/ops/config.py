@@ -25,6 +25,12 @@ class OpsSettings(BaseSettings):
     max_json_body_mb: float = Field(default=2, gt=0)
     # Until the response starts; 0 turns it off. Sync routes cannot be stopped: see ops/timeout.py.
     request_timeout_s: float = Field(default=120, ge=0)
+    # A request's headers must arrive within this of its first byte, else 408 and the connection is
+    # closed (ops/connections.py); so must the unread rest of a body the app answered early.
+    header_timeout_s: float = Field(default=10, gt=0)
+    # Open connections past this are answered 503 at once and closed; lowered to what the
+    # descriptor limit leaves room for (ops/connections.py).
+    max_connections: int = Field(default=500, gt=0)
 
     memory_watchdog: bool = True
     watchdog_interval_s: float = Field(default=1.0, gt=0)

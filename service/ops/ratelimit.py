@@ -1,24 +1,31 @@
-"""Optional per-client rate limit: a token bucket per client address, 429 + Retry-After when empty.
+"""Optional per-client rate limit: a token bucket per client, 429 + Retry-After when empty.
 
 A client may burst RATE_LIMIT_PER_MIN requests and then one per 60/RATE_LIMIT_PER_MIN seconds.
-The client is the address in the ASGI scope: behind a proxy (Render) uvicorn puts the
-`X-Forwarded-For` client there only for proxies listed in FORWARDED_ALLOW_IPS, so set that to the
-proxy's address (or `*` where only the proxy can reach the service); otherwise every client shares
-the proxy's bucket. `/health` is not counted: a platform's health check must never be refused.
+The client is the API key once `security.py` has checked it (so requests without the key cannot
+spend its quota), else the address in the ASGI scope: failed key checks spend their address's
+bucket, which slows key guessing. A key sent while API_KEY is unset is not checked, so it is not
+the client either: rotating made-up keys must not give fresh buckets.
+Behind a proxy (Render) uvicorn puts the `X-Forwarded-For` client in the scope only for proxies
+listed in FORWARDED_ALLOW_IPS (`service/ops/serve.py` trusts nobody while it is unset); otherwise
+every client shares the proxy's bucket. `/health` is not counted: a platform's health check must
+never be refused.
 """
 
 import math
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.ops.asgi import passthrough, send_error
-from service.ops.config import get_ops_settings
+from service.ops.config import OpsSettings, get_ops_settings
 
 EXEMPT_PATHS = frozenset({"/health"})
+# Where security.py leaves a digest of the API key it accepted, in the request's scope["state"].
+AUTHENTICATED_KEY = "authenticated_key"
 # Buckets kept; past this the least recently seen client's is dropped (it gets a full one back),
 # so rotating source addresses cannot grow memory without bound.
 MAX_CLIENTS = 10_000
@@ -57,33 +64,59 @@ def client_address(scope: Scope) -> str:
     return client[0] if client else "unknown"
 
 
+def client_identity(scope: Scope) -> str:
+    """The bucket a request spends: its checked API key, else its address."""
+    key = (scope.get("state") or {}).get(AUTHENTICATED_KEY)
+    return f"key:{key}" if key else f"address:{client_address(scope)}"
+
+
+class _NoApp:
+    """Stands for the app when a bare ASGI stack has no `scope["app"]`."""
+
+
+_NO_APP = _NoApp()
+_buckets: weakref.WeakKeyDictionary[object, tuple[OpsSettings, TokenBuckets]] = weakref.WeakKeyDictionary()
+
+
+def _buckets_for(scope: Scope, settings: OpsSettings, per_minute: int) -> TokenBuckets:
+    """The app's buckets, shared by this middleware and the key check; new settings start afresh."""
+    app = scope.get("app", _NO_APP)
+    made_for, buckets = _buckets.get(app, (None, None))
+    if buckets is None or made_for is not settings:
+        buckets = TokenBuckets(per_minute)
+        _buckets[app] = (settings, buckets)
+    return buckets
+
+
+async def refused(scope: Scope, send: Send) -> bool:
+    """Take a token for this request's client; when there is none, answer 429 and say so."""
+    settings = get_ops_settings()
+    per_minute = settings.rate_limit_per_min
+    if per_minute is None or scope["path"] in EXEMPT_PATHS:
+        return False
+    wait = _buckets_for(scope, settings, per_minute).take(client_identity(scope))
+    if not wait:
+        return False
+    retry_after = max(1, math.ceil(wait))
+    await send_error(
+        scope,
+        send,
+        429,
+        "rate_limited",
+        f"more than RATE_LIMIT_PER_MIN={per_minute} requests a minute from this client; "
+        f"retry in {retry_after} s",
+        {"Retry-After": str(retry_after)},
+        retry_after_s=retry_after,
+    )
+    return True
+
+
 class RateLimitMiddleware:
+    """Runs inside the API key check (`service/ops/__init__.py`), so it sees who was authenticated."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.buckets: TokenBuckets | None = None
-
-    def _buckets_for(self, per_minute: int) -> TokenBuckets:
-        if self.buckets is None or self.buckets.per_minute != per_minute:
-            self.buckets = TokenBuckets(per_minute)
-        return self.buckets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        per_minute = get_ops_settings().rate_limit_per_min
-        if per_minute is None or passthrough(scope) or scope["path"] in EXEMPT_PATHS:
+        if passthrough(scope) or not await refused(scope, send):
             await self.app(scope, receive, send)
-            return
-        wait = self._buckets_for(per_minute).take(client_address(scope))
-        if not wait:
-            await self.app(scope, receive, send)
-            return
-        retry_after = max(1, math.ceil(wait))
-        await send_error(
-            scope,
-            send,
-            429,
-            "rate_limited",
-            f"more than RATE_LIMIT_PER_MIN={per_minute} requests a minute from this client; "
-            f"retry in {retry_after} s",
-            {"Retry-After": str(retry_after)},
-            retry_after_s=retry_after,
-        )

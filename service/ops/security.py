@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.ops.asgi import header, passthrough, send_error
 from service.ops.config import get_ops_settings
+from service.ops.ratelimit import AUTHENTICATED_KEY, refused
 
 # Exact paths: `/dashboard/data` and `/dashboard/history` are not exempt.
 EXEMPT_PATHS = frozenset({"/health", "/dashboard"})
@@ -56,8 +57,13 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         presented = presented_keys(scope)
-        if key_matches(presented, key.get_secret_value()):
+        expected = key.get_secret_value()
+        if key_matches(presented, expected):
+            # The rate limit inside keys on this: a digest, so the key itself is not kept around.
+            scope.setdefault("state", {})[AUTHENTICATED_KEY] = _digest(expected).hex()[:16]
             await self.app(scope, receive, send)
+            return
+        if await refused(scope, send):  # failed checks spend their address's bucket: slows guessing
             return
         problem = "the API key is wrong" if presented else "an API key is required"
         await send_error(

@@ -8,6 +8,13 @@ again so that its default action kills the process: exit status 143 (-15), which
 and platforms read as a crash. Here that second SIGTERM lands in a handler that exits 0.
 A sync route still running in a threadpool thread after the graceful timeout would keep the
 interpreter alive until it returned (its threads are not daemons), so the exit is forced then.
+
+It also sets the defaults that hold against hostile clients (`harden`): h11 is the guarded
+protocol of ops/connections.py (header deadline, connection cap), the descriptor limit is raised,
+the listen backlog is small, what a client can make it log once per connection (a failed accept,
+a malformed request) is logged once a minute, and X-Forwarded-For is believed only from
+FORWARDED_ALLOW_IPS (uvicorn's own default trusts 127.0.0.1, so anyone on the host, or a local
+proxy that passes the header on, could pick the address the rate limit sees).
 """
 
 import logging
@@ -19,6 +26,11 @@ import time
 from types import FrameType
 
 import uvicorn.main
+from uvicorn.config import HTTP_PROTOCOLS
+
+from service.ops.connections import BACKLOG, RepeatedErrorFilter, raise_descriptor_limit
+
+GUARDED_H11 = "service.ops.connections:GuardedH11Protocol"
 
 logger = logging.getLogger(__name__)
 # Idle pool threads stop as soon as the event loop ends; give them this long before forcing.
@@ -44,8 +56,27 @@ def _busy_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
 
 
+def harden(argv: list[str]) -> list[str]:
+    """Install the hardening defaults; `argv` with the proxy trust and backlog added unless given."""
+    HTTP_PROTOCOLS["h11"] = HTTP_PROTOCOLS["auto"] = GUARDED_H11
+    raise_descriptor_limit()
+    flood = RepeatedErrorFilter()
+    logging.getLogger("asyncio").addFilter(flood)
+    logging.getLogger("uvicorn.error").addFilter(flood)
+    defaults = {
+        # Unset: nobody is trusted (an empty list); render.yaml sets "*" (see README).
+        "--forwarded-allow-ips": os.environ.get("FORWARDED_ALLOW_IPS", ""),
+        "--backlog": str(BACKLOG),
+    }
+    for option, value in defaults.items():
+        if not any(arg == option or arg.startswith(f"{option}=") for arg in argv):
+            argv = [*argv, option, value]
+    return argv
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _exit_zero)  # uvicorn installs its own while serving
+    sys.argv = harden(sys.argv)
     try:
         uvicorn.main.main(prog_name="python -m service.ops.serve")
         code = 0

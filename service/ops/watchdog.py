@@ -1,4 +1,8 @@
-"""Memory watchdog: a thread that samples RSS about once a second and acts on two limits.
+"""Memory watchdog: a thread that samples memory about once a second and acts on two limits.
+
+What it samples is memory that cannot be reclaimed (`service.budget.unreclaimable_mb`: anonymous
+memory, the process's or its cgroup's), not RSS: mapped weights are file pages the kernel reclaims
+by itself, and what grows unnoticed (fragmentation, a leak) is anonymous.
 
 The registry keeps loads and reserved work under the budget, but nothing else stops memory that
 creeps up: heap fragmentation, caches, a leak in a native library. The watchdog does.
@@ -23,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service import events, runtime
-from service.budget import rss_mb
+from service.budget import unreclaimable_mb
 from service.ops.config import get_ops_settings
 from service.registry import get_registry
 
@@ -61,7 +65,7 @@ class Watchdog:
         limits: Limits,
         *,
         evict_idle: Callable[[float, float], list[str]],
-        rss: Callable[[], float] = rss_mb,
+        used: Callable[[], float] = unreclaimable_mb,
         recycle: Callable[[], None] | None = None,
         min_uptime_s: float = 60.0,
         interval_s: float = 1.0,
@@ -71,7 +75,7 @@ class Watchdog:
     ) -> None:
         self.limits = limits
         self._evict_idle = evict_idle
-        self._rss = rss
+        self._used = used
         self._recycle = recycle
         self.min_uptime_s = min_uptime_s
         self.interval_s = interval_s
@@ -84,7 +88,7 @@ class Watchdog:
         self._in_flight = 0
         self.refusing = False
         self.recycling = False
-        self.rss_mb = 0.0
+        self.used_mb = 0.0
         self.counters = {"cleanups": 0, "evictions": 0, "refused": 0, "recycles": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,57 +113,57 @@ class Watchdog:
     def check(self) -> None:
         """One sample and what it calls for; the thread runs this every `interval_s`."""
         now = self._clock()
-        rss = self._rss()
+        used = self._used()
         may_recycle = self._recycle is not None and now - self.started_at >= self.min_uptime_s
         idle_and_stuck = self.refusing and may_recycle and self.in_flight == 0 and not self.recycling
-        if rss >= self.limits.soft_mb and (
+        if used >= self.limits.soft_mb and (
             now - self._last_cleanup >= self.cleanup_cooldown_s or idle_and_stuck
         ):
-            rss = self._cleanup(rss, now)
-        self.rss_mb = rss
-        if rss >= self.limits.hard_mb and not self.refusing:
+            used = self._cleanup(used, now)
+        self.used_mb = used
+        if used >= self.limits.hard_mb and not self.refusing:
             self.refusing = True
-            events.emit("watchdog", "over the hard limit: refusing new work", rss)
+            events.emit("watchdog", "over the hard limit: refusing new work", used)
             logger.warning(
-                "memory watchdog: RSS %.0f MB is over the hard limit %.0f MB; refusing new work",
-                rss,
+                "memory watchdog: memory %.0f MB is over the hard limit %.0f MB; refusing new work",
+                used,
                 self.limits.hard_mb,
             )
-        elif self.refusing and not self.recycling and rss < self.limits.resume_mb:
+        elif self.refusing and not self.recycling and used < self.limits.resume_mb:
             self.refusing = False
-            events.emit("watchdog", "back under the resume level: admitting work", rss)
+            events.emit("watchdog", "back under the resume level: admitting work", used)
             logger.warning(
-                "memory watchdog: RSS %.0f MB is back under %.0f MB; admitting work",
-                rss,
+                "memory watchdog: memory %.0f MB is back under %.0f MB; admitting work",
+                used,
                 self.limits.resume_mb,
             )
         if self.refusing and idle_and_stuck and self._recycle is not None:
             self.recycling = True
             self.counters["recycles"] += 1
-            events.emit("recycle", "RSS stays over the hard limit with nothing in flight", rss)
+            events.emit("recycle", "memory stays over the hard limit with nothing in flight", used)
             logger.warning(
-                "memory watchdog: RSS %.0f MB stays over the hard limit with nothing in flight; recycling",
-                rss,
+                "memory watchdog: memory %.0f MB stays over the hard limit with nothing in flight; recycling",
+                used,
             )
             self._recycle()
 
-    def _cleanup(self, rss: float, now: float) -> float:
+    def _cleanup(self, used: float, now: float) -> float:
         self._last_cleanup = now
         self.counters["cleanups"] += 1
         gc.collect()
         runtime.trim_heap()
-        after = self._rss()
+        after = self._used()
         evicted = (
             self._evict_idle(self.limits.soft_mb, self.min_idle_s) if after >= self.limits.soft_mb else []
         )
         if evicted:
             self.counters["evictions"] += len(evicted)
-            after = self._rss()
+            after = self._used()
         unloaded = f": unloaded {', '.join(evicted)}" if evicted else ""
         events.emit("watchdog", f"cleanup over the soft limit{unloaded}", after)
         logger.warning(
-            "memory watchdog: RSS %.0f MB over the soft limit %.0f MB; gc, malloc_trim%s -> %.0f MB",
-            rss,
+            "memory watchdog: memory %.0f MB over the soft limit %.0f MB; gc, malloc_trim%s -> %.0f MB",
+            used,
             self.limits.soft_mb,
             f", unloaded {', '.join(evicted)}" if evicted else "",
             after,

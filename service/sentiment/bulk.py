@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,26 @@ def _too_long(number: int) -> Row:
     return Row(number, error=_error("invalid_input", f"the row is longer than {MAX_LINE_CHARS} characters"))
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {literal[:20]!r} is out of range")
+    return value
+
+
+def parse_line(line: str) -> Any:
+    """Strict JSON: NaN, Infinity and numbers that overflow to them are refused, so that what is
+    echoed back (an `id`) stays JSON; nesting past Python's recursion limit is a ValueError too."""
+    try:
+        return json.loads(line, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("it is nested too deeply") from None
+
+
 def _column(columns: list[str], name: str, field: str) -> int:
     if name not in columns:
         raise BadInput(
@@ -164,7 +185,7 @@ def jsonl_rows(stream: TextIO, options: BulkOptions, max_chars: int) -> Iterator
             continue
         number += 1
         try:
-            record = json.loads(line)
+            record = parse_line(line)
         except ValueError as error:
             yield Row(number, error=_error("invalid_input", f"the line is not valid JSON: {error}"))
             continue
@@ -227,7 +248,15 @@ def _line(row: Row, with_id: bool) -> str:
         body.update(row.prediction.model_dump())
     else:
         body["error"] = row.error
-    return json.dumps(body, ensure_ascii=False) + "\n"
+    try:
+        line = json.dumps(body, ensure_ascii=False, allow_nan=False) + "\n"
+    except RecursionError:  # an id nested just under the parser's limit, deeper than the encoder's
+        failure = _error("invalid_input", "the row's id is nested too deeply to echo")
+    except ValueError:  # a NaN probability from a broken model: the row's error, never a bare NaN
+        failure = _error("internal_error", "the model's result for this row is not a finite number")
+    else:
+        return line
+    return json.dumps({"row": row.number, "error": failure}, ensure_ascii=False) + "\n"
 
 
 def _results(

@@ -1,17 +1,49 @@
 """`POST /analyze` and `POST /analyze/file`: sync routes, so the blocking inference runs in the
 threadpool (a request waiting for its micro-batch blocks a pool thread, not the event loop)."""
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Form, UploadFile
+from fastapi import APIRouter, Form, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
 
 from service.exceptions import error_examples
 from service.sentiment.bulk import NDJSON, BulkOptions, analyze_file
-from service.sentiment.schemas import AnalyzeBatchResult, AnalyzeRequest, AnalyzeResult
+from service.sentiment.schemas import AnalyzeBatchResult, AnalyzeRequest, AnalyzeResult, shape_problem
 from service.sentiment.service import analyze
 
-router = APIRouter(tags=["sentiment"])
+
+def is_json(content_type: str | None) -> bool:
+    """What FastAPI parses as JSON: no content type, `application/json` or `application/*+json`."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    return (
+        not media
+        or media == "application/json"
+        or (media.startswith("application/") and media.endswith("+json"))
+    )
+
+
+class ShapeCheckedRoute(APIRoute):
+    """Refuses a JSON body that cannot be valid from its structure (`shape_problem`) before FastAPI
+    parses it into objects; the body read here is the one FastAPI then parses (Starlette caches it)."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            if is_json(request.headers.get("content-type")):
+                problem = shape_problem(await request.body())
+                if problem is not None:
+                    error = {"type": "value_error", "loc": ("body",), "msg": problem, "input": None}
+                    raise RequestValidationError([error])
+            return await handler(request)
+
+        return checked
+
+
+router = APIRouter(tags=["sentiment"], route_class=ShapeCheckedRoute)
 
 
 @router.post(

@@ -1,7 +1,7 @@
 """Request and response models of `POST /analyze`."""
 
 import unicodedata
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -51,6 +51,23 @@ class AnalyzeRequest(BaseModel):
     task: Task | None = Field(default=None, description="Defaults to DEFAULT_TASK.")
     lang: Lang | None = Field(default=None, description="Defaults to DEFAULT_LANG.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_cheaply(cls, data: Any) -> Any:
+        """O(1) checks of the parsed body before pydantic validates it item by item: a million-item
+        `texts` or a million unknown keys would otherwise cost a million errors (GBs) first."""
+        if not isinstance(data, dict):
+            return data  # pydantic's own single error
+        unknown = [key for key in data if key not in cls.model_fields]
+        if unknown:
+            shown = ", ".join(repr(key[:40]) for key in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise ValueError(f"unknown field(s) {shown}{more}; the fields are {', '.join(cls.model_fields)}")
+        texts, max_batch = data.get("texts"), get_settings().max_batch
+        if isinstance(texts, list) and len(texts) > max_batch:
+            raise ValueError(f"{len(texts)} texts sent; at most MAX_BATCH={max_batch} per request")
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> "AnalyzeRequest":
         settings = get_settings()
@@ -77,6 +94,25 @@ class AnalyzeRequest(BaseModel):
 
     def all_texts(self) -> list[str]:
         return [self.text] if self.text is not None else list(self.texts or [])
+
+
+def shape_problem(raw: bytes) -> str | None:
+    """Why a raw `/analyze` body cannot be valid from its size in structure alone, or None.
+
+    A valid body is one object of at most 4 fields and MAX_BATCH texts, so it holds at most one
+    comma, bracket or brace per character of its texts plus a few: counted in C, without parsing,
+    that refuses 2 MB of `1,` or `[],` before `json.loads` turns it into a million objects (tens of
+    MB and seconds of the event loop). What passes is bounded by MAX_BATCH x MAX_TEXT_CHARS items.
+    """
+    settings = get_settings()
+    structure = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+    most = settings.max_batch * (settings.max_text_chars + 2) + 2 * len(AnalyzeRequest.model_fields)
+    if structure <= most:
+        return None
+    return (
+        f"holds {structure} commas, brackets and braces: more than MAX_BATCH={settings.max_batch} "
+        f"texts of MAX_TEXT_CHARS={settings.max_text_chars} characters could"
+    )
 
 
 class AnalyzeResult(Prediction):

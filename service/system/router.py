@@ -2,7 +2,16 @@
 
 from fastapi import APIRouter
 
-from service.budget import child_rss_mb, peak_rss_mb, rss_mb, thread_count
+from service.budget import (
+    CgroupMemory,
+    cgroup_memory,
+    child_rss_mb,
+    own_cgroup,
+    peak_rss_mb,
+    process_memory,
+    rss_mb,
+    thread_count,
+)
 from service.config import get_settings
 from service.exceptions import error_examples
 from service.hardware import current, num_threads
@@ -11,7 +20,7 @@ from service.registry import get_registry
 from service.sentiment.batching import active_pool
 from service.sentiment.cache import active_cache
 from service.sentiment.service import model_item, model_key
-from service.system.schemas import Health, MemoryReport, Ready, SystemReport
+from service.system.schemas import CgroupReport, Health, MemoryReport, Ready, SystemReport
 
 router = APIRouter(tags=["system"])
 
@@ -42,17 +51,24 @@ def ready() -> Ready:
 def memory() -> MemoryReport:
     registry = get_registry()
     budget = registry.budget
-    rss = rss_mb()
+    process, rss = process_memory(), rss_mb()
+    group = cgroup_memory(own_cgroup())
+    used = registry.used_mb()
     settings = get_settings()
     history = current_history()
     return MemoryReport(
         rss_mb=round(rss, 1),
         worker_rss_mb=round(child_rss_mb(), 1),
+        anon_mb=round(process.anon_mb, 1),
+        file_mb=round(process.file_mb, 1),
+        shmem_mb=round(process.shmem_mb, 1),
+        used_mb=round(used, 1),
+        running_file_mb=round(registry.running_file_mb, 1),
         peak_rss_mb=round(max(peak_rss_mb(), rss), 1),
         budget_mb=round(budget.limit_mb, 1),
         budget_source=budget.source,
         margin_mb=budget.margin_mb,
-        headroom_mb=round(budget.usable_mb - rss - registry.reserved_mb, 1),
+        headroom_mb=round(budget.usable_mb - used, 1),
         reserved_mb=round(registry.reserved_mb, 1),
         threads=thread_count(),
         num_threads_setting=num_threads(settings),
@@ -60,6 +76,21 @@ def memory() -> MemoryReport:
         loaded=registry.snapshot(),
         counters=dict(registry.counters),
         history_bytes=history.bytes if history is not None else 0,
+        cgroup=_cgroup_report(group),
+    )
+
+
+def _cgroup_report(group: CgroupMemory | None) -> CgroupReport | None:
+    if group is None:
+        return None
+    return CgroupReport(
+        version=group.version,
+        current_mb=round(group.current_mb, 1),
+        anon_mb=round(group.anon_mb, 1),
+        file_mb=round(group.file_mb, 1),
+        shmem_mb=round(group.shmem_mb, 1),
+        unreclaimable_mb=round(group.unreclaimable_mb, 1),
+        peak_mb=None if group.peak_mb is None else round(group.peak_mb, 1),
     )
 
 

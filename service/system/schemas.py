@@ -21,10 +21,27 @@ class LoadedItem(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     key: str = Field(description="`task:lang` for a sentiment model, `ocr:<lang>` for the OCR engine.")
-    cost_mb: float = Field(description="RSS the item added when it loaded (MB).")
+    cost_mb: float = Field(description="Unreclaimable (anonymous) memory the item added when it loaded (MB).")
+    file_mb: float = Field(
+        0.0,
+        description="File-backed MB one call of it reads (mapped weights): counted while work runs on it.",
+    )
+    running: int = Field(0, description="Admitted work running on it now.")
     loaded_at: float
     last_used: float
     in_use: int
+
+
+class CgroupReport(BaseModel):
+    version: int = Field(description="1 or 2.")
+    current_mb: float = Field(
+        description="v2 memory.current, v1 memory.usage_in_bytes: what the limit is checked against."
+    )
+    anon_mb: float = Field(description="v2 anon, v1 total_rss.")
+    file_mb: float = Field(description="v2 file, v1 total_cache: page cache, reclaimable but for shmem.")
+    shmem_mb: float
+    unreclaimable_mb: float = Field(description="current - file + shmem: what page reclaim cannot free.")
+    peak_mb: float | None = Field(description="v2 memory.peak, v1 memory.max_usage_in_bytes.")
 
 
 class MemoryReport(BaseModel):
@@ -34,11 +51,16 @@ class MemoryReport(BaseModel):
                 {
                     "rss_mb": 231.4,
                     "worker_rss_mb": 0.0,
+                    "anon_mb": 96.3,
+                    "file_mb": 135.1,
+                    "shmem_mb": 0.0,
+                    "used_mb": 96.3,
+                    "running_file_mb": 0.0,
                     "peak_rss_mb": 262.0,
                     "budget_mb": 512.0,
                     "budget_source": "cgroup v2 memory.max",
                     "margin_mb": 32.0,
-                    "headroom_mb": 248.6,
+                    "headroom_mb": 383.7,
                     "reserved_mb": 0.0,
                     "threads": 5,
                     "num_threads_setting": 1,
@@ -46,7 +68,9 @@ class MemoryReport(BaseModel):
                     "loaded": [
                         {
                             "key": "sentiment:es",
-                            "cost_mb": 131.2,
+                            "cost_mb": 9.1,
+                            "file_mb": 98.6,
+                            "running": 0,
                             "loaded_at": 1795000000.0,
                             "last_used": 1795000100.0,
                             "in_use": 0,
@@ -55,6 +79,15 @@ class MemoryReport(BaseModel):
                     ],
                     "counters": {"loads": 1, "evictions": 0, "refusals": 0, "load_failures": 0},
                     "history_bytes": 81920,
+                    "cgroup": {
+                        "version": 2,
+                        "current_mb": 240.2,
+                        "anon_mb": 98.0,
+                        "file_mb": 139.9,
+                        "shmem_mb": 0.0,
+                        "unreclaimable_mb": 100.3,
+                        "peak_mb": 301.5,
+                    },
                 }
             ]
         }
@@ -66,15 +99,25 @@ class MemoryReport(BaseModel):
     worker_rss_mb: float = Field(
         default=0.0, description="Of rss_mb, the OCR worker process's (0 while no OCR engine is loaded)."
     )
+    anon_mb: float = Field(
+        description="This process's RssAnon: memory the kernel can never reclaim (no swap)."
+    )
+    file_mb: float = Field(
+        description="This process's RssFile: mapped files (prepacked weights); reclaimable."
+    )
+    shmem_mb: float = Field(description="RssShmem.")
+    used_mb: float = Field(
+        description="What the budget counts: unreclaimable memory (this process's and its OCR worker's, or "
+        "their cgroup's when larger) + reserved + running_file_mb."
+    )
+    running_file_mb: float = Field(description="File allowances of the models work is running on now.")
     peak_rss_mb: float = Field(description="The process's RSS high-water mark.")
     budget_mb: float
     budget_source: str = Field(
         description="env MEMORY_BUDGET_MB, cgroup v2 memory.max, cgroup v1 memory.limit_in_bytes or default."
     )
     margin_mb: float = Field(description="Kept free below the budget.")
-    headroom_mb: float = Field(
-        description="budget - margin - rss - reserved: what loads and requests may still use."
-    )
+    headroom_mb: float = Field(description="budget - margin - used: what loads and requests may still use.")
     reserved_mb: float = Field(description="Working memory admitted to requests still running.")
     threads: int = Field(description="OS threads of this process.")
     num_threads_setting: int
@@ -86,6 +129,7 @@ class MemoryReport(BaseModel):
         description="Fixed memory of the dashboard's history (HISTORY_WINDOW_S / HISTORY_STEP_S samples "
         "and HISTORY_EVENTS events), allocated at start and part of rss_mb.",
     )
+    cgroup: CgroupReport | None = Field(description="The memory cgroup's own figures, when it has a limit.")
 
 
 class BatcherStats(BaseModel):

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from service.evaluate import macro_f1, score
+from service.export.build import _publish, file_mode
 from service.sentiment.schemas import Prediction
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +96,27 @@ def test_export_writes_a_self_contained_int8_dir(int8: Path) -> None:
     accuracy = meta["accuracy"]
     assert accuracy["n"] == 870 and accuracy["agreement"] >= 0.97, accuracy
     assert "T" in meta["exported_at"]
+    # Readable by a server running as another user: onnx writes the weights 0600 (issue 10).
+    assert {(int8 / name).stat().st_mode & 0o777 for name in files} == {file_mode()}
+
+
+def test_published_files_get_the_umask_mode_whatever_wrote_them(tmp_path: Path) -> None:
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    for name in ("model.onnx", "model.onnx.data", "manifest.json"):
+        (staged / name).write_bytes(b"x")
+        (staged / name).chmod(0o600)
+    old = os.umask(0o027)
+    try:
+        _publish(staged, tmp_path / "out")
+        assert file_mode() == 0o640
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()} == {
+        "model.onnx": 0o640,
+        "model.onnx.data": 0o640,
+        "manifest.json": 0o640,
+    }
 
 
 @needs_shared

@@ -186,7 +186,7 @@ def test_the_registry_and_the_watchdog_say_what_they_did():
     seen: list[tuple[str, str]] = []
     unsubscribe = events.subscribe(lambda kind, detail, value, at: seen.append((kind, detail)))
     try:
-        registry = Registry(Budget(limit_mb=1000, margin_mb=0, source="test"), rss=lambda: 100.0)
+        registry = Registry(Budget(limit_mb=1000, margin_mb=0, source="test"), used=lambda: 100.0)
         with registry.use(Loadable("fake:a", load=object, estimate_mb=lambda: 10.0)):
             pass
         registry.unload("fake:a")
@@ -196,7 +196,7 @@ def test_the_registry_and_the_watchdog_say_what_they_did():
             pass
         rss = [900.0]
         watchdog = Watchdog(
-            Limits(1000, 850, 950), evict_idle=lambda until_mb, min_idle_s: [], rss=lambda: rss[0],
+            Limits(1000, 850, 950), evict_idle=lambda until_mb, min_idle_s: [], used=lambda: rss[0],
             recycle=lambda: None, min_uptime_s=0, cleanup_cooldown_s=0,
         )  # fmt: skip
         watchdog.check()  # over the soft limit: a cleanup

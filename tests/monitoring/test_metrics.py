@@ -39,10 +39,25 @@ def test_memory_and_budget_gauges(make_client):
     rss = sample(text, "process_rss_bytes")
     assert rss is not None and rss > 10 * MB
     assert sample(text, "process_peak_rss_bytes") >= rss
+    anon, file = sample(text, "process_anon_bytes"), sample(text, "process_file_bytes")
+    assert 0 < anon < rss and file > 0 and abs(anon + file - rss) < 2 * MB  # shmem: none here
+    used = sample(text, "memory_used_bytes")
+    assert used >= anon * 0.95  # the budget counts anonymous memory (nothing runs: no allowances)
     headroom = sample(text, "memory_headroom_bytes")
-    assert abs(headroom - (280 * MB - rss)) < 20 * MB  # RSS moves a little between the two readings
+    assert abs(headroom - (280 * MB - used)) < 1 * MB
     assert sample(text, "models_loaded") == 0
     assert 'pid="' not in text  # one process: no pid label
+
+
+def test_standard_process_metrics(make_client):
+    """prometheus-client's process collector, as dashboards and alerts expect it."""
+    text = make_client(MEMORY_BUDGET_MB="300").get("/metrics").text
+    resident = sample(text, "process_resident_memory_bytes")
+    assert resident is not None and abs(resident - sample(text, "process_rss_bytes")) < 20 * MB
+    assert sample(text, "process_cpu_seconds_total") > 0
+    assert 3 <= sample(text, "process_open_fds") <= sample(text, "process_max_fds")
+    assert sample(text, "process_start_time_seconds") > 1_600_000_000
+    assert sample(text, "process_virtual_memory_bytes") > resident
 
 
 def test_requests_are_counted_by_route_template(make_client):
@@ -212,3 +227,4 @@ def test_multiprocess_workers_are_summed(tmp_path):
     # Process state describes the worker that answered, and says which one.
     assert sample(text, "process_rss_bytes") > 0
     assert 'process_rss_bytes{pid="' in text
+    assert sample(text, "process_resident_memory_bytes") > 0

@@ -241,8 +241,9 @@ def test_budget_refuses_a_request_that_cannot_fit(
     page = encode(text_page(ENGLISH[:1], size=(1275, 1650)))
     assert post(client, page, lang="en").status_code == 200  # the engine is now loaded
     registry = get_registry()
-    # 10 MB of headroom: a 1275x1650 page needs ~30 MB of working memory.
-    monkeypatch.setattr(registry, "budget", Budget(limit_mb=rss_mb() + 10, source="test", margin_mb=0))
+    # 10 MB of headroom over what the budget counts: a page reserves OCR_WORK_MB.
+    limit_mb = registry.used_mb() + 10
+    monkeypatch.setattr(registry, "budget", Budget(limit_mb=limit_mb, source="test", margin_mb=0))
     monkeypatch.setattr(registry, "admission_wait_s", 0.5)  # nothing running will make room
     response = post(client, page, lang="en")
     error = assert_error(response, 503, "over_memory_budget")

@@ -166,8 +166,8 @@ CASES = [
     ("10k-batch-huge", "POST", "/analyze", *analyze({"texts": ["hola" * 100] * 10_000}), 413, "too_large"),
     ("batch-of-non-strings", "POST", "/analyze", *analyze({"texts": [1, None, {"a": 1}, [2]]}), 422, None),
     # Nested JSON.
-    ("deep-array", "POST", "/analyze", b"[" * 200_000 + b"]" * 200_000, JSON, 400, None),
-    ("deep-object", "POST", "/analyze", b'{"a":' * 100_000 + b"1" + b"}" * 100_000, JSON, 400, None),
+    ("deep-array", "POST", "/analyze", b"[" * 200_000 + b"]" * 200_000, JSON, 422, "invalid_input"),
+    ("deep-object", "POST", "/analyze", b'{"a":' * 100_000 + b"1" + b"}" * 100_000, JSON, 422, None),
     ("nested-text", "POST", "/analyze", *analyze({"text": {"a": {"b": {"c": ["d"]}}}}), 422, "invalid_input"),
     # Wrong content types and methods.
     ("text-plain", "POST", "/analyze", b"hola", {"Content-Type": "text/plain"}, 422, None),
@@ -307,4 +307,103 @@ def test_many_hostile_connections_at_once_leave_the_server_serving(server):
     finally:
         for sock in idle:
             sock.close()
+    assert_serving(server)
+
+
+def compact(payload: object) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def with_headers(count: int, size: int) -> dict[str, str]:
+    return {f"X-Junk-{index}": "v" * size for index in range(count)}
+
+
+# Bodies just under MAX_JSON_BODY_MB that cannot be valid, refused on their shape before per-item
+# validation, and headers h11 refuses: (id, method, path, body, headers, status, code).
+SHAPE_CASES = [
+    ("ints-in-texts", "POST", "/analyze", compact({"texts": [1] * 400_000}), JSON, 422, "invalid_input"),
+    ("strings-in-texts", "POST", "/analyze", compact({"texts": ["hola"] * 120_000}), JSON, 422, None),
+    ("objects-in-texts", "POST", "/analyze", compact({"texts": [{}] * 300_000}), JSON, 422, None),
+    ("lists-in-texts", "POST", "/analyze", compact({"texts": [[]] * 300_000}), JSON, 422, None),
+    (
+        "unknown-keys",
+        "POST",
+        "/analyze",
+        compact({"text": "hola", **{f"k{i}": 0 for i in range(80_000)}}),
+        JSON,
+        422,
+        "invalid_input",
+    ),
+    ("one-huge-key", "POST", "/analyze", compact({"text": "hola", "k" * 900_000: 0}), JSON, 422, None),
+    ("bad-items-in-a-batch", "POST", "/analyze", compact({"texts": [1] * 32}), JSON, 422, "invalid_input"),
+    (
+        "deep-texts",
+        "POST",
+        "/analyze",
+        b'{"texts":' + b"[" * 500_000 + b"]" * 500_000 + b"}",
+        JSON,
+        422,
+        None,
+    ),
+    (
+        "deep-objects-in-text",
+        "POST",
+        "/analyze",
+        b'{"text":' + b'{"a":' * 150_000 + b"1" + b"}" * 150_000 + b"}",
+        JSON,
+        422,
+        None,
+    ),
+    ("huge-int-literal", "POST", "/analyze", b'{"text":' + b"9" * 900_000 + b"}", JSON, 400, None),
+    ("huge-float-literal", "POST", "/analyze", b'{"text":1e' + b"9" * 1000 + b"}", JSON, 422, None),
+    ("non-finite-literals", "POST", "/analyze", b'{"texts":[NaN,Infinity,-Infinity]}', JSON, 422, None),
+    ("many-headers", "GET", "/health", b"", with_headers(400, 50), 431, "headers_too_large"),
+    ("huge-header-line", "GET", "/health", b"", with_headers(1, 20_000), 431, "headers_too_large"),
+    ("huge-request-line", "GET", "/health?" + "q" * 20_000, b"", {}, 431, "headers_too_large"),
+    ("header-without-colon", "GET", "/health", b"", {"X-Broken\r\nno colon here": "x"}, 400, "invalid_http"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status", "code"),
+    [case[1:] for case in SHAPE_CASES],
+    ids=[case[0] for case in SHAPE_CASES],
+)
+def test_what_cannot_be_valid_is_refused_small_and_the_server_goes_on(
+    server, method, path, body, headers, status, code
+):
+    assert len(body) < MAX_JSON_BODY_MB * 1024 * 1024
+    response = server.request(method, path, body, headers)
+    assert_json_4xx(response, status, code)
+    error = response.json()["error"]
+    assert len(error.get("problems", [])) <= 10
+    assert len(response.body) < 2000  # never more than the request: at most 10 clipped problems
+    if code == "invalid_input" and path == "/analyze" and body.count(b",") > 10:
+        assert (
+            error.get("left_out", 0) > 0 or "MAX_BATCH" in error["message"] or "unknown" in error["message"]
+        )
+    assert_serving(server)
+
+
+def test_hostile_jsonl_lines_are_their_rows_errors_and_the_stream_goes_on(server):
+    """Deep nesting and non-finite ids in /analyze/file: those rows' errors, every line strict JSON."""
+    lines = [
+        b'{"text": "me encanta", "id": 1}',
+        b"[" * 60_000 + b"]" * 60_000,
+        b'{"text": "hola", "id": NaN}',
+        b'{"text": "hola", "id": 1e999}',
+        b'{"text": "hola", "id": ' + b"[" * 990 + b"]" * 990 + b"}",
+        b'{"text": "lo odio", "id": 6}',
+    ]
+    body, form_type = multipart({"id_column": "id"}, "rows.jsonl", b"\n".join(lines), "application/x-ndjson")
+    response = server.request("POST", "/analyze/file", body, {"Content-Type": form_type})
+    assert response.status == 200, response.body[:300]
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} in an NDJSON line")
+
+    rows = [json.loads(line, parse_constant=refuse) for line in response.body.decode().splitlines()]
+    assert [row["row"] for row in rows] == [1, 2, 3, 4, 5, 6]
+    assert [("label" in row) for row in rows] == [True, False, False, False, False, True]
+    assert all(row["error"]["code"] == "invalid_input" for row in rows[1:5])
     assert_serving(server)

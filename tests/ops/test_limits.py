@@ -86,6 +86,24 @@ def test_rate_limit_answers_429_with_retry_after_and_spares_health(ops_client):
     assert all(client.get("/health").status_code == 200 for _ in range(10))
 
 
+def test_rate_limit_keys_on_the_checked_api_key_so_others_cannot_spend_its_quota(ops_client):
+    client = ops_client(API_KEY=KEY, RATE_LIMIT_PER_MIN="3")
+    authorized = {"X-API-Key": KEY}
+    # Requests without the key (here from the same address) are refused before the rate limit
+    # counts them against the key; they spend their address's bucket instead.
+    assert [client.get("/memory").status_code for _ in range(3)] == [401, 401, 401]
+    assert_error(client.get("/memory", headers={"X-API-Key": "guess"}), 429, "rate_limited")
+    assert [client.get("/memory", headers=authorized).status_code for _ in range(3)] == [200, 200, 200]
+    assert_error(client.get("/memory", headers=authorized), 429, "rate_limited")
+
+
+def test_a_key_is_no_client_while_api_key_is_unset(ops_client):
+    """Made-up keys are not checked then, so each must not open a fresh bucket."""
+    client = ops_client(RATE_LIMIT_PER_MIN="2")
+    statuses = [client.get("/memory", headers={"X-API-Key": f"made-up-{i}"}).status_code for i in range(3)]
+    assert statuses == [200, 200, 429]
+
+
 def test_token_buckets_refill_per_client_and_stay_bounded():
     now = [0.0]
     buckets = TokenBuckets(60, max_clients=3, clock=lambda: now[0])

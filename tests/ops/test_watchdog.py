@@ -92,11 +92,11 @@ def collections(monkeypatch) -> list[int]:
 def contained(ops_env, monkeypatch, collections):
     ops_env(REQUEST_TIMEOUT_S="0")
     memory = Memory()
-    registry = Registry(Budget(BUDGET_MB, "test", 0), rss=memory.rss)
+    registry = Registry(Budget(BUDGET_MB, "test", 0), used=memory.rss)
     watchdog = Watchdog(
         Limits(BUDGET_MB, soft_mb=0.85 * BUDGET_MB, hard_mb=0.95 * BUDGET_MB),
         evict_idle=registry.evict_idle,
-        rss=memory.rss,
+        used=memory.rss,
         cleanup_cooldown_s=0,
         min_idle_s=MIN_IDLE_S,
     )
@@ -151,7 +151,7 @@ def test_leak_like_growth_is_contained_then_recovers(contained, collections):
 def test_refusal_ends_halfway_back_to_the_soft_limit(collections):
     memory = Memory()
     watchdog = Watchdog(
-        Limits(BUDGET_MB, 170, 190), evict_idle=lambda until_mb, min_idle_s: [], rss=memory.rss
+        Limits(BUDGET_MB, 170, 190), evict_idle=lambda until_mb, min_idle_s: [], used=memory.rss
     )
     for rss, refusing in ((195, True), (185, True), (181, True), (179, False), (189, False), (190, True)):
         memory.leaked[:] = [bytearray(int((rss - BASE_MB) * MB))]
@@ -171,7 +171,7 @@ def over_the_hard_limit() -> tuple[Watchdog, list[float], list[float]]:
     watchdog = Watchdog(
         Limits(BUDGET_MB, 170, 190),
         evict_idle=lambda until_mb, min_idle_s: [],
-        rss=memory.rss,
+        used=memory.rss,
         recycle=lambda: recycled.append(memory.rss()),
         min_uptime_s=60,
         clock=lambda: now[0],
@@ -212,7 +212,7 @@ def test_soft_limit_cleans_up_at_most_every_cooldown(collections):
     watchdog = Watchdog(
         Limits(BUDGET_MB, 170, 190),
         evict_idle=lambda until_mb, min_idle_s: [],
-        rss=memory.rss,
+        used=memory.rss,
         cleanup_cooldown_s=5,
         clock=lambda: now[0],
     )

@@ -57,7 +57,7 @@ class FakeModel:
 
 
 def fake_registry(budget_mb: float = 4096, rss_mb: float = 100.0) -> Registry:
-    return Registry(Budget(budget_mb, "test", 0.0), rss=lambda: rss_mb)
+    return Registry(Budget(budget_mb, "test", 0.0), used=lambda: rss_mb)
 
 
 def fake_item(model: FakeModel, key: str = "sentiment:es") -> Loadable:

@@ -291,7 +291,7 @@ def test_concurrent_requests_through_the_exported_onnx_model(make_client, onnx_m
 def test_the_halves_of_a_refused_batch_do_not_wait_again():
     """The batch waited its turn for memory once; each half takes what fits now or is refused."""
     texts = ["x" * 600] * 8
-    registry = Registry(Budget(100 + work_mb(texts), "test", 0), rss=lambda: 100, admission_wait_s=2)
+    registry = Registry(Budget(100 + work_mb(texts), "test", 0), used=lambda: 100, admission_wait_s=2)
     hold = registry.reserve(50, "someone else's batch")  # worth waiting for, but never given back
     hold.__enter__()
     started = time.monotonic()

@@ -4,6 +4,7 @@ stream, whole-file problems answered before it, and memory that does not grow wi
 import csv
 import io
 import json
+import math
 import tempfile
 import tracemalloc
 
@@ -112,6 +113,65 @@ def test_jsonl_rows():
     assert "lone surrogate" in errors[6]
     with pytest.raises(BadInput, match="first row has no key 'text'"):
         next(jsonl_rows(io.StringIO('{"tweet": "hola"}\n'), BulkOptions(), max_chars=50))
+
+
+HOSTILE_LINES = {
+    "nan-id": '{"text": "hola", "id": NaN}',
+    "infinity-id": '{"text": "hola", "id": -Infinity}',
+    "overflowing-id": '{"text": "hola", "id": 1e999}',
+    "huge-int-id": '{"text": "hola", "id": ' + "9" * 100_000 + "}",
+    "deep-array": "[" * 60_000 + "]" * 60_000,
+    "deep-object": '{"a":' * 20_000 + "1" + "}" * 20_000,
+    "deep-id": '{"text": "hola", "id": ' + "[" * 60_000 + "]" * 60_000 + "}",
+}
+# Parses (just under the recursion limit) but is too deep for the encoder deeper in the stack.
+DEEP_ID = '{"text": "hola", "id": ' + "[" * 990 + "]" * 990 + "}"
+
+
+def strict_json(line: str) -> dict:
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} in an NDJSON line")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("name", HOSTILE_LINES)
+def test_a_hostile_jsonl_line_is_that_rows_error(name):
+    content = '{"text": "uno", "id": 1}\n' + HOSTILE_LINES[name] + '\n{"text": "tres", "id": 3}\n'
+    rows = list(jsonl_rows(io.StringIO(content), BulkOptions(id_column="id"), max_chars=50))
+    assert [(r.number, r.id, r.text) for r in rows if r.error is None] == [(1, 1, "uno"), (3, 3, "tres")]
+    assert rows[1].error["code"] == "invalid_input" and "not valid JSON" in rows[1].error["message"]
+
+
+@pytest.mark.parametrize("name", ["deep-array", "nan-id"])
+def test_a_hostile_first_line_is_its_rows_error_too(name):
+    content = HOSTILE_LINES[name] + '\n{"text": "dos"}\n'
+    rows = list(jsonl_rows(io.StringIO(content), BulkOptions(), max_chars=50))
+    assert rows[0].error is not None and rows[1].text == "dos"
+
+
+def test_hostile_jsonl_lines_leave_the_stream_strict_json_and_whole(fake_app):
+    """Every row streams, in order, each line strict JSON (no bare NaN), the bad ones as errors:
+    deep nesting used to end the stream (a 500 on the first row, the valid rows before it lost later)."""
+    client = fake_app(FakeModel(), BATCH_MAX_SIZE="4")
+    lines = ["".join(['{"text": "bien ', str(i), '", "id": ', str(i), "}"]) for i in range(3)]
+    lines += [*HOSTILE_LINES.values(), DEEP_ID, '{"text": "fin", "id": [[[[1]]]]}']
+    lines.insert(0, HOSTILE_LINES["deep-array"])
+    response = upload(client, "\n".join(lines) + "\n", "rows.jsonl", id_column="id")
+    assert response.status_code == 200, response.text
+    out = [strict_json(line) for line in response.text.splitlines()]
+    assert [line["row"] for line in out] == list(range(1, len(lines) + 1))
+    assert [("probas" in line) for line in out] == [False, True, True, True] + [False] * 8 + [True]
+    assert out[1]["id"] == 0 and out[-1]["id"] == [[[[1]]]]
+
+
+def test_a_non_finite_result_is_an_error_line_not_a_bare_nan(fake_app):
+    class NanModel(FakeModel):
+        def predict_probas(self, texts):
+            return [[math.nan, 0.5, 0.5] for _ in texts]
+
+    lines = upload(fake_app(NanModel()), "text\nhola\n").text.splitlines()
+    assert [strict_json(line)["error"]["code"] for line in lines] == ["internal_error"]
 
 
 def test_csv_upload_streams_one_line_per_row(fake_app):

@@ -5,7 +5,9 @@ type, max length, padding token, model file), the ONNX model and `tokenizer.json
 """
 
 import json
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,10 @@ from tokenizers import Tokenizer
 
 from service.config import get_settings
 from service.hardware import onnx_providers
+from service.sentiment.backends import file_pages, prepacked
 
 MANIFEST = "manifest.json"
+logger = logging.getLogger("uvicorn.error")  # INFO shows under uvicorn
 # Every call is padded to an even number of tokens per text, so that each MatMulNBits call has an
 # even number of rows (texts x tokens). onnxruntime 1.32's 8-bit MatMulNBits kernel for AVX512
 # (MLAS `MlasQ8Int8GemmKernelBlkLen128Avx512`, accuracy level 4) computes rows in pairs and an odd
@@ -29,6 +33,15 @@ ROW_MULTIPLE = 2
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:
     return json.loads((model_dir / MANIFEST).read_text())
+
+
+def load_tokenizer(model_dir: Path, manifest: dict[str, Any]) -> Tokenizer:
+    tokenizer = Tokenizer.from_file(str(model_dir / manifest["tokenizer_file"]))
+    tokenizer.enable_truncation(manifest["max_length"])
+    tokenizer.enable_padding(
+        pad_id=manifest["pad_token_id"], pad_token=manifest["pad_token"], pad_to_multiple_of=ROW_MULTIPLE
+    )
+    return tokenizer
 
 
 def session_options(num_threads: int) -> ort.SessionOptions:
@@ -59,6 +72,68 @@ def run_options(cpu_arena: bool = True) -> ort.RunOptions:
     return options
 
 
+@dataclass
+class Served:
+    """Which graph a model serves, why, and the file-backed MB one call of it reads."""
+
+    graph: Path
+    variant: bool
+    reason: str
+    file_mb: float
+
+
+def open_session(
+    model_dir: Path, manifest: dict[str, Any], tokenizer: Tokenizer, num_threads: int
+) -> tuple[ort.InferenceSession, Served]:
+    """The prepacked variant when it is valid (made in a child first when missing), else the
+    plain model; one log line says which and why."""
+    settings = get_settings()
+    providers = onnx_providers(settings.use_gpu)
+    multi_label = manifest["problem_type"] == "multi_label_classification"
+    plain = model_dir / manifest["model_file"]
+    choice = prepacked.Choice(plain, False, "PREPACKED=false")
+    if settings.prepacked and not settings.use_gpu:
+        choice = prepacked.obtain(model_dir, manifest, settings.prepacked_dir)
+    session = None
+    if choice.variant:
+        try:
+            session = ort.InferenceSession(
+                str(choice.graph), session_options(num_threads), providers=providers
+            )
+            diff = prepacked.check(_probe(session, tokenizer, multi_label), choice.info)
+        except Exception as error:  # a truncated or corrupt file: ORT refuses it or the probe fails
+            session, diff = None, None
+            choice.reason += f" is unusable ({type(error).__name__}: {error})"
+        else:
+            if diff is None:
+                session = None
+                choice.reason += " failed its check at load"
+            else:
+                served = Served(
+                    choice.graph,
+                    True,
+                    f"{choice.reason} (probe max diff {diff:.2g})",
+                    file_pages.mapped_mb(choice.graph.parent.resolve()),
+                )
+    if session is None and choice.variant:
+        prepacked.discard(model_dir, settings.prepacked_dir)
+    if session is None:
+        session = ort.InferenceSession(str(plain), session_options(num_threads), providers=providers)
+        served = Served(plain, False, choice.reason, file_pages.mapped_mb(model_dir.resolve()))
+    logger.info(
+        "onnx %s: serving %s: %s; file-backed pages per call %.1f MB",
+        model_dir,
+        "the prepacked variant" if served.variant else "the plain model",
+        served.reason,
+        served.file_mb,
+    )
+    return session, served
+
+
+def _probe(session: ort.InferenceSession, tokenizer: Tokenizer, multi_label: bool) -> np.ndarray:
+    return prepacked.probabilities(session, prepacked.probe_feed(session, tokenizer), multi_label)
+
+
 class OnnxModel:
     def __init__(self, model_dir: Path, num_threads: int) -> None:
         manifest = read_manifest(model_dir)
@@ -66,17 +141,14 @@ class OnnxModel:
         id2label = manifest["id2label"]
         self.labels = [id2label[str(i)] for i in range(len(id2label))]
         self.multi_label = manifest["problem_type"] == "multi_label_classification"
-        self.tokenizer = Tokenizer.from_file(str(model_dir / manifest["tokenizer_file"]))
-        self.tokenizer.enable_truncation(manifest["max_length"])
-        self.tokenizer.enable_padding(
-            pad_id=manifest["pad_token_id"], pad_token=manifest["pad_token"], pad_to_multiple_of=ROW_MULTIPLE
-        )
+        self.tokenizer = load_tokenizer(model_dir, manifest)
         options = session_options(num_threads)
-        self.session = ort.InferenceSession(
-            str(model_dir / manifest["model_file"]), options, providers=onnx_providers(get_settings().use_gpu)
-        )
         self.run_options = run_options(options.enable_cpu_mem_arena)
+        self.session, self.served = open_session(model_dir, manifest, self.tokenizer, num_threads)
         self.input_names = {node.name for node in self.session.get_inputs()}
+        # File-backed MB its calls read (the mapped weights): the registry's allowance for this
+        # model while work runs on it (service/sentiment/backends/file_pages.py).
+        self.file_mb = self.served.file_mb
         # A converted BERTweet tokenizer can emit ids past the model's vocab where the original
         # tokenizer gives <unk> (service/export/tokenizer.py): map them back to <unk>.
         self.vocab_size = manifest.get("vocab_size")

@@ -1,0 +1,238 @@
+"""Connections, below the ASGI app: what uvicorn's h11 protocol lacks against hostile clients.
+
+uvicorn closes a kept-alive connection that stays idle, but has no deadline for a request's
+headers: a client that sends half a header and stalls holds its socket forever, and ~20,000 of
+them exhaust the process's file descriptors (then asyncio logs every failed accept, and nothing
+that opens a file works). The ASGI middlewares (REQUEST_TIMEOUT_S) only see a request once its
+headers are complete. So `GuardedH11Protocol`, which `service/ops/serve.py` makes the server's
+h11 protocol, adds:
+- a header deadline: a request's headers must arrive within HEADER_TIMEOUT_S of its first byte
+  (or of the connection's opening), else 408 and the connection is closed; so must the rest of
+  a body the app answered without reading (a 401, 413 or 429);
+- a bound on a request's head (request line and headers): 16 KB, else 431. h11 bounds only what
+  it buffers between reads, so a head that arrives in one read (up to 256 KB) got through;
+- a connection cap: past MAX_CONNECTIONS open connections (fewer when the descriptor limit is
+  lower) a new one is answered 503 + Retry-After at once, without reading it, and closed.
+asyncio accepts up to the listen backlog per loop tick before any of those connections reaches
+`connection_made` (three ticks later), so the cap leaves room for a few such bursts, and serve.py
+keeps the backlog small (BACKLOG). Should accept still fail for want of descriptors, asyncio logs
+each failure, up to a backlog's worth per tick: `RepeatedErrorFilter` keeps that to a line a minute.
+uvicorn's own `--limit-concurrency` counts the same connections but still accepts and keeps the
+excess open until its headers arrive (which a stalled client never sends), and answers text/plain.
+"""
+
+import asyncio
+import json
+import logging
+import resource
+import time
+from collections.abc import Callable
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from service.ops.config import get_ops_settings
+
+logger = logging.getLogger(__name__)
+
+# Descriptors kept for everything but client sockets: model and tokenizer files, tessdata, logs,
+# /proc files, pipes. Each connection may hold two: its socket and a spooled upload.
+FD_RESERVE = 64
+FDS_PER_CONNECTION = 2
+# Accept bursts in flight before the cap sees them (accepted, not yet at `connection_made`).
+BURSTS_IN_FLIGHT = 4
+# A request line and its headers, at most: what h11 buffers between reads.
+MAX_HEAD_BYTES = 16 * 1024
+# The listen backlog serve.py sets (uvicorn's default is 2048): also the most asyncio accepts a tick.
+BACKLOG = 64
+
+
+def connection_cap(max_connections: int, backlog: int = BACKLOG) -> int:
+    """MAX_CONNECTIONS, lowered to what the descriptor limit (RLIMIT_NOFILE) leaves room for."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max_connections
+    room = soft - FD_RESERVE - BURSTS_IN_FLIGHT * backlog
+    return max(1, min(max_connections, room // FDS_PER_CONNECTION))
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one (often 1024 -> 1M in containers); the new soft."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as error:
+            logger.warning("could not raise RLIMIT_NOFILE from %d to %d: %s", soft, hard, error)
+    return soft
+
+
+def canned(status: int, reason: str, code: str, message: str, **headers: str) -> bytes:
+    """A whole response in the project's JSON error shape, written without h11: the request (if
+    any) was never parsed, so h11 would refuse to answer it."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    lines = [f"HTTP/1.1 {status} {reason}", "content-type: application/json"]
+    lines += [f"content-length: {len(body)}", "connection: close"]
+    lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class GuardedH11Protocol(H11Protocol):
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        settings = get_ops_settings()
+        cap = connection_cap(settings.max_connections, self.config.backlog)
+        if len(self.connections) > cap:
+            over_capacity.note(cap)
+            transport.write(
+                canned(
+                    503,
+                    "Service Unavailable",
+                    "too_many_connections",
+                    f"the server holds MAX_CONNECTIONS={cap} connections; retry shortly",
+                    retry_after="1",
+                )
+            )
+            transport.close()
+            return
+        self._arm(settings.header_timeout_s)
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            if self._head_too_long(data):
+                self._refuse_head()
+                return
+            if self._deadline is None:
+                self._arm(get_ops_settings().header_timeout_s)  # the next request on a kept-alive connection
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE and self.conn.our_state is not h11.DONE:
+            self._disarm()  # headers complete: the body's time is REQUEST_TIMEOUT_S (ops/timeout.py)
+
+    def _head_too_long(self, data: bytes) -> bool:
+        """Whether the head being received (what h11 holds plus `data`, up to the blank line that
+        ends it) is over MAX_HEAD_BYTES."""
+        end = data.find(b"\r\n\r\n")
+        return len(self.conn.trailing_data[0]) + (len(data) if end < 0 else end) > MAX_HEAD_BYTES
+
+    def _refuse_head(self) -> None:
+        self._disarm()
+        self.transport.write(
+            canned(
+                431,
+                "Request Header Fields Too Large",
+                "headers_too_large",
+                f"the request line and headers are longer than {MAX_HEAD_BYTES // 1024} KB",
+            )
+        )
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (bad syntax, headers over 16 KB): uvicorn answers text/plain;
+        every other error of the API is JSON."""
+        self.transport.write(
+            canned(
+                400,
+                "Bad Request",
+                "invalid_http",
+                "the request is not valid HTTP/1.1, or its headers are longer than 16 KB",
+            )
+        )
+        self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self._arm(get_ops_settings().header_timeout_s)  # answered early: the unread rest, quickly
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._expired, seconds)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self, seconds: float) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self.conn.our_state is h11.IDLE:  # nothing answered yet: say why it is closed
+            self.transport.write(
+                canned(
+                    408,
+                    "Request Timeout",
+                    "request_timeout",
+                    f"the request's headers did not arrive within HEADER_TIMEOUT_S={seconds:g} s",
+                )
+            )
+        self.transport.close()
+
+
+class _OverCapacity:
+    """Logs refused connections once a minute with a count, not one line each."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s = every_s
+        self.refused = 0
+        self._last_log = -every_s
+
+    def note(self, cap: int) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._last_log >= self.every_s:
+            self._last_log = now
+            logger.warning(
+                "connections: %d refused so far at the cap of %d open connections (MAX_CONNECTIONS)",
+                self.refused,
+                cap,
+            )
+
+
+over_capacity = _OverCapacity()
+
+
+# Messages a hostile client can make the server log once per connection or per failed accept.
+FLOOD_MESSAGES = ("socket.accept() out of system resource", "Invalid HTTP request received.")
+
+
+class RepeatedErrorFilter(logging.Filter):
+    """Lets a message that starts with one of `prefixes` through once per `every_s`, with how many
+    of it were dropped meanwhile: asyncio logs `socket.accept() out of system resource` at every
+    failed accept (hundreds of thousands of lines while descriptors are exhausted), uvicorn
+    `Invalid HTTP request received.` for every malformed request. Other messages pass."""
+
+    def __init__(
+        self,
+        prefixes: tuple[str, ...] = FLOOD_MESSAGES,
+        every_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.every_s = every_s
+        self._clock = clock
+        self._seen: dict[str, tuple[float, int]] = {}  # template -> (last let through, dropped since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        template = str(record.msg)
+        if not template.startswith(self.prefixes):
+            return True
+        now = self._clock()
+        last, dropped = self._seen.get(template, (None, 0))
+        if last is not None and now - last < self.every_s:
+            self._seen[template] = (last, dropped + 1)
+            return False
+        if len(self._seen) > 1000:  # asyncio's message names the socket: a bounded few
+            self._seen.clear()
+        self._seen[template] = (now, 0)
+        if dropped:
+            record.msg = f"{record.msg} ({dropped} more like this in the last {now - last:.0f} s not logged)"
+        return True

@@ -1,0 +1,41 @@
+"""The file-backed pages a model's calls read: its allowance in the budget while it runs.
+
+Mapped weights are clean file pages: the kernel may drop them under pressure and read them back
+on the next call. A call of a transformer runs every layer, so it reads nearly all of the weights
+onnxruntime mapped: measured without memory pressure, one call of the RoBERTuito-scale variant
+references 111.1 of its 115.3 mapped MB (MEMORY.md, issue 11). The allowance is therefore the size
+of the model's mappings, read from /proc/self/smaps: unlike the pages referenced or resident, it
+does not shrink when the cgroup is already short of memory, which is when it matters.
+"""
+
+import re
+from pathlib import Path
+
+SMAPS = Path("/proc/self/smaps")
+_MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
+
+
+def mapped_kb(prefix: Path, smaps: Path = SMAPS) -> dict[str, int]:
+    """`Size`, `Rss` and `Referenced` (kB) summed over the mappings of files under `prefix`."""
+    totals = {"Size": 0, "Rss": 0, "Referenced": 0}
+    inside = False
+    wanted = str(prefix).rstrip("/") + "/"
+    try:
+        lines = smaps.read_text().splitlines()
+    except OSError:
+        return totals
+    for line in lines:
+        header = _MAPPING.match(line)
+        if header is not None:
+            inside = header.group(1).startswith(wanted)
+            continue
+        if inside:
+            name, _, rest = line.partition(":")
+            if name in totals:
+                totals[name] += int(rest.split()[0])
+    return totals
+
+
+def mapped_mb(prefix: Path, smaps: Path = SMAPS) -> float:
+    """The MB of files under `prefix` that this process maps."""
+    return mapped_kb(prefix, smaps)["Size"] / 1024

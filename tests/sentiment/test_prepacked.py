@@ -1,0 +1,161 @@
+"""Prepacked variants: made in a child, checked against the plain model, served; and every way one
+can be wrong (corrupt, truncated, made for another CPU, not makeable) serves the plain model."""
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.sentiment.backends import file_pages, prepacked
+from service.sentiment.backends.onnx_backend import OnnxModel, read_manifest
+from tests.support import configured
+
+TEXTS = ["me encanta este lugar", "odio los lunes, qué horror", "el tren llega tarde otra vez"]
+
+
+@pytest.fixture
+def model_dir(onnx_minilm: Path, tmp_path: Path) -> Path:
+    """A private copy of the exported minilm, without any variant made by other tests."""
+    copy = tmp_path / "sentiment-es"
+    shutil.copytree(onnx_minilm, copy, ignore=shutil.ignore_patterns(prepacked.LINK, ".prepacked-*"))
+    return copy
+
+
+def load(model_dir: Path, **env: str) -> OnnxModel:
+    with configured(**env):
+        return OnnxModel(model_dir, num_threads=1)
+
+
+@pytest.fixture
+def plain_probas(model_dir: Path) -> np.ndarray:
+    return np.array(load(model_dir, PREPACKED="false").predict_probas(TEXTS))
+
+
+def served_logs(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("onnx ")]
+
+
+def test_variant_is_made_checked_and_served(model_dir, plain_probas, caplog):
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    model = load(model_dir)
+    assert model.served.variant and model.served.graph == model_dir / "prepacked" / "model.onnx"
+    assert "made now in a child" in model.served.reason and "no prepacked variant" in model.served.reason
+    assert len(served_logs(caplog)) == 1 and "serving the prepacked variant" in served_logs(caplog)[0]
+    info = prepacked.read_info(model_dir / prepacked.LINK)
+    manifest = read_manifest(model_dir)
+    assert info["key"] == prepacked.current_key(model_dir, manifest)
+    assert info["probe"]["max_abs_diff"] <= prepacked.TOLERANCE
+    assert (model_dir / prepacked.LINK).is_symlink() and not list(model_dir.glob(".prepacked-*.link"))
+    # Its weights are a mapped file: the probe read them from there.
+    assert model.file_mb > 10
+    assert np.abs(np.array(model.predict_probas(TEXTS)) - plain_probas).max() <= prepacked.TOLERANCE
+
+    caplog.clear()
+    again = load(model_dir)  # a reload trusts the variant on disk: no child this time
+    assert again.served.variant and "made now" not in again.served.reason
+    assert len(served_logs(caplog)) == 1
+
+
+def test_corrupt_variant_falls_back_to_the_plain_model_and_is_discarded(model_dir, plain_probas, caplog):
+    load(model_dir)
+    weights = model_dir / prepacked.LINK / prepacked.WEIGHTS
+    size = weights.stat().st_size
+    with weights.open("r+b") as handle:  # same size, so only the check can tell
+        handle.seek(size // 10)
+        handle.write(np.random.default_rng(0).integers(0, 256, size * 8 // 10, dtype=np.uint8).tobytes())
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    model = load(model_dir)
+    assert not model.served.variant and model.served.graph == model_dir / "model.onnx"
+    assert "failed its check at load" in model.served.reason or "is unusable" in model.served.reason
+    assert len(served_logs(caplog)) == 1 and "serving the plain model" in served_logs(caplog)[0]
+    assert np.abs(np.array(model.predict_probas(TEXTS)) - plain_probas).max() == 0
+    assert not (model_dir / prepacked.LINK).exists()  # the next load or start makes a good one
+    assert load(model_dir).served.variant
+
+
+def test_truncated_variant_is_remade(model_dir):
+    load(model_dir)
+    weights = model_dir / prepacked.LINK / prepacked.WEIGHTS
+    with weights.open("r+b") as handle:
+        handle.truncate(weights.stat().st_size // 2)
+    model = load(model_dir)
+    assert model.served.variant and "incomplete" in model.served.reason
+    info = prepacked.read_info(model_dir / prepacked.LINK)
+    assert (model_dir / prepacked.LINK / prepacked.WEIGHTS).stat().st_size == info["files"][prepacked.WEIGHTS]
+
+
+def another_cpu(model_dir: Path) -> None:
+    """Rewrite the variant's key as if made on a CPU that differs in AVX-512 VNNI and AMX."""
+    path = model_dir / prepacked.LINK / prepacked.INFO
+    info = json.loads(path.read_text())
+    info["key"]["cpu_features"] = sorted(set(info["key"]["cpu_features"]) ^ {"avx512_vnni", "amx_int8"})
+    path.write_text(json.dumps(info))
+
+
+def test_variant_from_another_cpu_is_not_used_and_is_remade_here(model_dir):
+    load(model_dir)
+    another_cpu(model_dir)
+    old_target = (model_dir / prepacked.LINK).resolve()
+    model = load(model_dir)
+    assert model.served.variant and "stale (cpu_features changed)" in model.served.reason
+    assert (model_dir / prepacked.LINK).resolve() != old_target and not old_target.exists()
+    assert prepacked.read_info(model_dir / prepacked.LINK)["key"]["cpu_features"] == prepacked.cpu_features()
+
+
+def test_variant_from_another_cpu_serves_plain_when_none_can_be_made(model_dir, plain_probas, monkeypatch):
+    load(model_dir)
+    another_cpu(model_dir)
+    monkeypatch.setattr(prepacked, "make_in_child", lambda model_dir, store: "MakeError: disk full")
+    model = load(model_dir)
+    assert not model.served.variant
+    assert "stale (cpu_features changed)" in model.served.reason and "disk full" in model.served.reason
+    assert np.abs(np.array(model.predict_probas(TEXTS)) - plain_probas).max() == 0
+
+
+def test_unwritable_store_serves_plain_and_says_why(model_dir, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    model = load(model_dir, PREPACKED_DIR=str(blocker / "variants"))
+    assert not model.served.variant and "cannot write beside" in model.served.reason
+    assert not (model_dir / prepacked.LINK).exists()
+
+
+def test_a_store_outside_read_only_model_dirs(model_dir, tmp_path):
+    store = tmp_path / "variants"
+    model = load(model_dir, PREPACKED_DIR=str(store))
+    assert model.served.variant and model.served.graph.parent.parent == store
+    assert not (model_dir / prepacked.LINK).exists()
+
+
+def test_cpu_features_keep_only_kernel_selecting_flags(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text(
+        "processor\t: 0\nflags\t\t: fpu vme sse4_2 avx avx2 fma avx512f avx512_vnni hypervisor rdrand\n"
+    )
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp sve i8mm\n")
+    assert prepacked.cpu_features(x86) == ["avx", "avx2", "avx512_vnni", "avx512f", "fma", "sse4_2"]
+    assert prepacked.cpu_features(arm) == ["asimd", "asimddp", "i8mm", "sve"]
+    assert prepacked.cpu_features(tmp_path / "missing") == []
+
+
+def test_mapped_size_of_a_models_files(tmp_path):
+    smaps = tmp_path / "smaps"
+    smaps.write_text(
+        "7f0000000000-7f0006400000 r--p 00000000 08:01 42   /models/es/prepacked/model.onnx.data\n"
+        "Size:             102400 kB\nRss:               90000 kB\nReferenced:        80000 kB\n"
+        "7f0006400000-7f0006500000 r--p 06400000 08:01 42   /models/es/prepacked/model.onnx.data\n"
+        "Size:               1024 kB\nRss:                   0 kB\nReferenced:            0 kB\n"
+        "7f1000000000-7f1000100000 r-xp 00000000 08:01 43   /usr/lib/libc.so.6\n"
+        "Size:               1024 kB\nRss:                1000 kB\nReferenced:         1000 kB\n"
+        "7f2000000000-7f2000100000 rw-p 00000000 00:00 0 \n"
+        "Size:               1024 kB\nRss:                1000 kB\n"
+    )
+    prefix = Path("/models/es/prepacked")
+    assert file_pages.mapped_kb(prefix, smaps) == {"Size": 103424, "Rss": 90000, "Referenced": 80000}
+    assert file_pages.mapped_mb(prefix, smaps) == 101
+    assert file_pages.mapped_mb(Path("/models/es"), smaps) == 101  # the variant is inside the model dir
+    assert file_pages.mapped_mb(Path("/models/en"), smaps) == 0
