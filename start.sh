@@ -4,6 +4,7 @@
 #   bash start.sh            install what is missing, export missing models, serve on $PORT
 #   bash start.sh install    the same without serving (Render's build, CI)
 #   bash start.sh install dev    also the test tools
+#   bash start.sh install ray    also Ray, for `python -m service.scale` (bulk scoring, Ray Serve)
 #
 # Installs are skipped when the requirement files have not changed since the last one, so a
 # second start is quick. Thread pools are pinned here as well as in service/runtime.py:
@@ -51,6 +52,7 @@ python -m service.ocr.tessdata check >/dev/null 2>&1 || python -m service.ocr.te
   echo "start.sh: OCR language data missing; /ocr will answer 503 until it is installed" >&2
 [ "${BACKEND:-onnx}" = "torch" ] && install_requirements requirements-torch.txt
 [ "$extras" = "dev" ] && install_requirements requirements-dev.txt
+[ "$extras" = "ray" ] && install_requirements requirements-ray.txt
 
 # Export the configured models that the onnx backend would miss (needs the export stack).
 if [ "${BACKEND:-onnx}" = "onnx" ]; then

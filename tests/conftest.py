@@ -1,12 +1,15 @@
 """Fixtures every test module may use."""
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support import app_client
+from tests.support import MINILM, ROOT, app_client
 
 # The test process's RSS (torch, what earlier tests left) is not the app's: a watchdog measuring
 # it would refuse requests at random. tests/ops turns it on where it is tested.
@@ -26,3 +29,30 @@ def make_client() -> Iterator[Callable[..., TestClient]]:
     yield make
     for manager in reversed(stack):
         manager.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def onnx_minilm(tmp_path_factory) -> Path:
+    """The trained minilm exported with `python -m service.export`, unquantized: INT8 recipes that
+    quantize activations per tensor make a text's probabilities depend on its batch-mates, which
+    would hide whether each caller got its own results."""
+    if not (MINILM / "model.safetensors").is_file():
+        pytest.skip(f"needs the trained model in {MINILM} (the project's ../shared is absent)")
+    out = tmp_path_factory.mktemp("onnx") / "sentiment-es"
+    command = [sys.executable, "-m", "service.export", "--task", "sentiment", "--lang", "es"]
+    command += ["--source", str(MINILM), "--out", str(out), "--no-quantize"]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def onnx_minilm_int8(tmp_path_factory) -> Path:
+    """The trained minilm exported as it ships (the default INT8 recipe): the batch-invariance
+    tests compare its answers exactly (tests/sentiment/test_invariance.py)."""
+    if not (MINILM / "model.safetensors").is_file():
+        pytest.skip(f"needs the trained model in {MINILM} (the project's ../shared is absent)")
+    out = tmp_path_factory.mktemp("onnx-int8") / "sentiment-es"
+    command = [sys.executable, "-m", "service.export", "--task", "sentiment", "--lang", "es"]
+    command += ["--source", str(MINILM), "--out", str(out)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    return out

@@ -92,7 +92,7 @@ def capped_lines(stream: TextIO, limit: int, too_long: set[int]) -> Iterator[str
         yield line
 
 
-def _checked(row: Row, max_chars: int) -> Row:
+def check_row(row: Row, max_chars: int) -> Row:
     if not row.text or not row.text.strip():
         row.error = _error("invalid_input", "the text is empty or only whitespace")
     elif problem := unreadable(row.text):
@@ -169,7 +169,7 @@ def csv_rows(stream: TextIO, options: BulkOptions, max_chars: int) -> Iterator[R
             yield row
             continue
         row.text = fields[text_at]
-        yield _checked(row, max_chars)
+        yield check_row(row, max_chars)
 
 
 def jsonl_rows(stream: TextIO, options: BulkOptions, max_chars: int) -> Iterator[Row]:
@@ -204,10 +204,10 @@ def jsonl_rows(stream: TextIO, options: BulkOptions, max_chars: int) -> Iterator
             yield row
             continue
         row.text = text
-        yield _checked(row, max_chars)
+        yield check_row(row, max_chars)
 
 
-def _analyze_chunk(chunk: list[Row], analyzer_item: Loadable, registry: Registry, max_size: int) -> None:
+def analyze_chunk(chunk: list[Row], analyzer_item: Loadable, registry: Registry, max_size: int) -> None:
     """Fill in each row's prediction or error; a failure costs this chunk's rows, never the stream."""
     todo = [row for row in chunk if row.error is None]
     if not todo:
@@ -263,7 +263,7 @@ def _results(
     rows: Iterator[Row], item: Loadable, registry: Registry, max_size: int, with_id: bool
 ) -> Iterator[bytes]:
     while chunk := list(itertools.islice(rows, max_size)):
-        _analyze_chunk(chunk, item, registry, max_size)
+        analyze_chunk(chunk, item, registry, max_size)
         yield "".join(_line(row, with_id) for row in chunk).encode()
 
 

@@ -1,6 +1,6 @@
 """Same text, same answer: a text's probabilities do not depend on the call it is computed in.
 
-The shipped INT8 export of tweet-sentiment-minilm (the `onnx_minilm` fixture) and every text of
+The shipped INT8 export of tweet-sentiment-minilm (the `onnx_minilm_int8` fixture) and every text of
 both shared labelled sets: alone, in every batch size up to BATCH_MAX_SIZE, among random mates at
 a random place (so padded to longer mates or not), and through the server under concurrency.
 Identical within 1e-6. On a CPU whose kernels would differ (AVX512's MatMulNBits, issue 12)
@@ -30,8 +30,8 @@ SETS = {"xlmt_spanish": "es", "xlmt_english": "en"}
 
 
 @pytest.fixture(scope="module")
-def model(onnx_minilm: Path) -> OnnxModel:
-    return OnnxModel(onnx_minilm, 1)
+def model(onnx_minilm_int8: Path) -> OnnxModel:
+    return OnnxModel(onnx_minilm_int8, 1)
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +92,14 @@ def test_property_a_text_alone_equals_the_text_in_any_batch(model, texts, alone,
     assert differences(model, batch, alone).max() <= TOLERANCE
 
 
-def test_concurrent_and_sequential_answers_are_identical_through_the_server(make_client, onnx_minilm, texts):
+def test_concurrent_and_sequential_answers_are_identical_through_the_server(
+    make_client, onnx_minilm_int8, texts
+):
     client = make_client(
-        BACKEND="onnx", MODEL_SENTIMENT_ES=str(onnx_minilm), MEMORY_BUDGET_MB="4096", BATCH_MAX_WAIT_MS="20"
+        BACKEND="onnx",
+        MODEL_SENTIMENT_ES=str(onnx_minilm_int8),
+        MEMORY_BUDGET_MB="4096",
+        BATCH_MAX_WAIT_MS="20",
     )
     sample = random.Random(5).sample(texts, 64)
 
