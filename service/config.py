@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     batch_max_size: int | None = Field(default=None, ge=1, le=1024)
     batch_max_wait_ms: float | None = Field(default=None, ge=0, le=1000)
     queue_max: int | None = Field(default=None, ge=1)
+    # A cache of recent predictions for repeated texts (service/sentiment/cache.py); 0 entries: off.
+    # Its MB bound is reserved in the memory budget while the app runs.
+    result_cache_entries: int = Field(default=0, ge=0, le=1_000_000)
+    result_cache_mb: float = Field(default=4.0, gt=0, le=1024)
 
     def model_source(self, task: str, lang: str) -> str:
         return getattr(self, f"model_{task}_{lang}")

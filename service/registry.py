@@ -350,10 +350,10 @@ class Registry:
             self._load_lock.release()
         return evicted
 
-    def count(self, name: str) -> None:
-        """Add one to a counter that /memory shows."""
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to a counter that /memory shows."""
         with self._lock:
-            self.counters[name] = self.counters.get(name, 0) + 1
+            self.counters[name] = self.counters.get(name, 0) + amount
 
     def is_loaded(self, key: str) -> bool:
         with self._lock:

@@ -1,5 +1,5 @@
 """What the app sets up at startup and undoes at shutdown, for main.py's lifespan: the hardware
-config (detected and logged once) and the micro-batching workers that it sizes."""
+config (detected and logged once), the micro-batching workers that it sizes and the result cache."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -8,7 +8,7 @@ from service import hardware
 from service.config import get_settings
 from service.hardware import HardwareConfig
 from service.registry import get_registry
-from service.sentiment import batching
+from service.sentiment import batching, cache
 from service.sentiment.service import model_item
 
 
@@ -22,9 +22,14 @@ def check_budget() -> None:
 @contextmanager
 def throughput() -> Iterator[HardwareConfig]:
     check_budget()
-    config = hardware.configure(get_settings())
+    settings = get_settings()
+    config = hardware.configure(settings)
+    registry = get_registry()
     try:
-        with batching.running(config, get_registry()):
+        with (
+            cache.running(settings.result_cache_entries, settings.result_cache_mb, registry),
+            batching.running(config, registry),
+        ):
             yield config
     finally:
         hardware.reset()

@@ -43,3 +43,16 @@ def onnx_minilm(tmp_path_factory) -> Path:
     command += ["--source", str(MINILM), "--out", str(out), "--no-quantize"]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def onnx_minilm_int8(tmp_path_factory) -> Path:
+    """The trained minilm exported as it ships (the default INT8 recipe): the batch-invariance
+    tests compare its answers exactly (tests/sentiment/test_invariance.py)."""
+    if not (MINILM / "model.safetensors").is_file():
+        pytest.skip(f"needs the trained model in {MINILM} (the project's ../shared is absent)")
+    out = tmp_path_factory.mktemp("onnx-int8") / "sentiment-es"
+    command = [sys.executable, "-m", "service.export", "--task", "sentiment", "--lang", "es"]
+    command += ["--source", str(MINILM), "--out", str(out)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    return out

@@ -83,6 +83,8 @@ RECIPES: dict[str, Recipe] = {
 }
 # weight-only, not the 12 % faster mixed-attention: dynamic INT8 scales activations per batch,
 # so a text's probabilities would depend on which requests micro-batching put beside it.
+# weight-only's own batch dependence (AVX512 kernels, an odd row count) is removed at run time:
+# the onnx backend pads every call to an even token count (docs/int8-recipes.md).
 DEFAULT_RECIPE = "weight-only"
 
 

@@ -8,6 +8,7 @@ preprocessed texts into probabilities, and labels are chosen exactly as pysentim
 pos) answer a label per word (service/sentiment/tokens.py).
 """
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +27,9 @@ class ProbabilityModel(Protocol):
     multi_label: bool
 
     def predict_probas(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+_instances = itertools.count(1)
 
 
 def model_key(task: str, lang: str) -> str:
@@ -56,6 +60,9 @@ class Analyzer:
         self.task = task
         self.lang = lang
         self.backend = backend
+        # This loaded instance, for the result cache: `task:lang` (the registry's key) + a serial,
+        # so a model loaded again (perhaps re-exported meanwhile) never sees older results.
+        self.identity = f"{model_key(task, lang)}#{next(_instances)}"
 
     @property
     def key(self) -> str:

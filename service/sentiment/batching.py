@@ -10,9 +10,9 @@ Each caller gets exactly its own predictions. The queue is bounded in texts: whe
 `/analyze` answers 503 + Retry-After at once instead of letting memory and latency grow.
 
 `infer` is the one place around the model call, with batching on or off and for bulk analysis: it
-sorts texts by length and cuts them into calls that waste little padding, admits each call's working
-memory through the registry, and when a call fails for memory (or would pass the budget) splits it
-in halves, down to single texts.
+computes identical texts once (and none the result cache holds), sorts texts by length and cuts
+them into calls that waste little padding, admits each call's working memory through the registry,
+and when a call fails for memory (or would pass the budget) splits it in halves, down to single texts.
 """
 
 import logging
@@ -24,13 +24,13 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from operator import itemgetter
 
 from service.exceptions import OverBudget, Overloaded, TooLarge
 from service.hardware import WORK_MB_FIXED, WORK_MB_PER_TEXT, HardwareConfig
 from service.monitoring.metrics import observe_batch, set_queue_depth_source
 from service.registry import Loadable, Registry
 from service.sentiment.analyzer import Analyzer
+from service.sentiment.cache import active_cache
 from service.sentiment.schemas import Prediction
 
 logger = logging.getLogger(__name__)
@@ -101,14 +101,26 @@ def _call(analyzer: Analyzer, texts: list[str], registry: Registry, wait: bool =
 
 
 def infer(analyzer: Analyzer, texts: Sequence[str], registry: Registry, max_size: int) -> list[Prediction]:
-    """Predictions for preprocessed texts, in their order, in calls of at most `max_size` texts."""
-    lengths = [estimated_tokens(text) for text in texts]
-    order = sorted(range(len(texts)), key=lengths.__getitem__)
-    results: list[tuple[int, Prediction]] = []
+    """Predictions for preprocessed texts, in their order, in calls of at most `max_size` texts.
+
+    Identical texts are computed once, and texts the result cache holds not at all: the model
+    gives a text the same answer in any batch, so a copy's answer is the text's answer.
+    """
+    unique = list(dict.fromkeys(texts))
+    cache = active_cache()
+    known = cache.get_many(analyzer.identity, unique) if cache is not None else {}
+    todo = [text for text in unique if text not in known]
+    lengths = [estimated_tokens(text) for text in todo]
+    order = sorted(range(len(todo)), key=lengths.__getitem__)
+    computed: dict[str, Prediction] = {}
     for run in buckets([lengths[i] for i in order], max_size):
-        indices = [order[i] for i in run]
-        results += zip(indices, _call(analyzer, [texts[i] for i in indices], registry), strict=True)
-    return [prediction for _, prediction in sorted(results, key=itemgetter(0))]
+        batch = [todo[order[i]] for i in run]
+        computed.update(zip(batch, _call(analyzer, batch, registry), strict=True))
+    if cache is not None:
+        cache.put_many(analyzer.identity, computed)
+    if len(unique) < len(texts):
+        registry.count("duplicate_texts", len(texts) - len(unique))
+    return [known.get(text) or computed[text] for text in texts]
 
 
 @dataclass

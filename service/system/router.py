@@ -18,6 +18,7 @@ from service.hardware import current, num_threads
 from service.monitoring.history import current_history
 from service.registry import get_registry
 from service.sentiment.batching import active_pool
+from service.sentiment.cache import active_cache
 from service.sentiment.service import model_item, model_key
 from service.system.schemas import CgroupReport, Health, MemoryReport, Ready, SystemReport
 
@@ -99,5 +100,9 @@ def _cgroup_report(group: CgroupMemory | None) -> CgroupReport | None:
     summary="Detected cores, memory and GPU, the threads and batching derived from them, the queues",
 )
 def system() -> SystemReport:
-    pool = active_pool()
-    return SystemReport(hardware=current(get_settings()), batching=pool.stats() if pool else {})
+    pool, cache = active_pool(), active_cache()
+    return SystemReport(
+        hardware=current(get_settings()),
+        batching=pool.stats() if pool else {},
+        result_cache=cache.stats() if cache else None,
+    )

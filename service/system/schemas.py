@@ -143,8 +143,22 @@ class BatcherStats(BaseModel):
     running: bool = Field(description="Whether the model's worker thread is alive.")
 
 
+class ResultCacheStats(BaseModel):
+    hits: int = Field(description="Texts answered from the cache since startup.")
+    misses: int
+    evictions: int
+    hit_rate: float
+    entries: int
+    max_entries: int = Field(description="RESULT_CACHE_ENTRIES.")
+    mb: float = Field(description="What the entries take now (estimated).")
+    max_mb: float = Field(description="RESULT_CACHE_MB, reserved in the memory budget.")
+
+
 class SystemReport(BaseModel):
     hardware: HardwareConfig
     batching: dict[str, BatcherStats] = Field(
         description="Per model (`task:lang`) since startup; empty with MICRO_BATCHING off."
+    )
+    result_cache: ResultCacheStats | None = Field(
+        default=None, description="The cache of recent results; null when RESULT_CACHE_ENTRIES is 0 (off)."
     )

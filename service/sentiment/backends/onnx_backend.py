@@ -22,6 +22,14 @@ from service.sentiment.backends import file_pages, prepacked
 
 MANIFEST = "manifest.json"
 logger = logging.getLogger("uvicorn.error")  # INFO shows under uvicorn
+# Every call is padded to an even number of tokens per text, so that each MatMulNBits call has an
+# even number of rows (texts x tokens). onnxruntime 1.32's 8-bit MatMulNBits kernel for AVX512
+# (MLAS `MlasQ8Int8GemmKernelBlkLen128Avx512`, accuracy level 4) computes rows in pairs and an odd
+# last row on its own, and the two paths sum their lanes in different orders; the int8
+# re-quantization of the next layer's activations turns that last-bit difference into up to 0.017
+# in a probability. With an even row count every row takes the paired path, whatever its batch
+# mates (docs/int8-recipes.md, "Batch invariance", with its cost). A padded token is masked.
+ROW_MULTIPLE = 2
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:
@@ -31,7 +39,9 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
 def load_tokenizer(model_dir: Path, manifest: dict[str, Any]) -> Tokenizer:
     tokenizer = Tokenizer.from_file(str(model_dir / manifest["tokenizer_file"]))
     tokenizer.enable_truncation(manifest["max_length"])
-    tokenizer.enable_padding(pad_id=manifest["pad_token_id"], pad_token=manifest["pad_token"])
+    tokenizer.enable_padding(
+        pad_id=manifest["pad_token_id"], pad_token=manifest["pad_token"], pad_to_multiple_of=ROW_MULTIPLE
+    )
     return tokenizer
 
 
