@@ -112,17 +112,7 @@ def image_in_form_pdf(side: int = SIDE) -> bytes:
         b"/Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << /XObject << /Im 6 0 R >> >>",
         b"q 612 0 0 792 0 0 cm /Im Do Q",
     )
-    return pdf_from_objects(
-        [
-            b"<< /Type /Catalog /Pages 2 0 R >>",
-            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-            b"/Resources << /XObject << /Fm 5 0 R >> >> >>",
-            _stream(b"", b"/Fm Do"),
-            form,
-            image,
-        ]
-    )
+    return _page_drawing_form(form, image)
 
 
 def looping_page_tree_pdf() -> bytes:
@@ -138,6 +128,16 @@ def looping_page_tree_pdf() -> bytes:
 
 def self_drawing_form_pdf() -> bytes:
     """A form XObject that draws itself: unbounded recursion for a naive renderer."""
+    return _page_drawing_form(
+        _stream(
+            b"/Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << /XObject << /Fm 5 0 R >> >>",
+            b"/Fm Do",
+        )
+    )
+
+
+def _page_drawing_form(form: bytes, *more: bytes) -> bytes:
+    """One page whose content draws `form` (object 5); `more` are objects 6 on."""
     return pdf_from_objects(
         [
             b"<< /Type /Catalog /Pages 2 0 R >>",
@@ -145,10 +145,7 @@ def self_drawing_form_pdf() -> bytes:
             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
             b"/Resources << /XObject << /Fm 5 0 R >> >> >>",
             _stream(b"", b"/Fm Do"),
-            _stream(
-                b"/Type /XObject /Subtype /Form /BBox [0 0 612 792] "
-                b"/Resources << /XObject << /Fm 5 0 R >> >>",
-                b"/Fm Do",
-            ),
+            form,
+            *more,
         ]
     )

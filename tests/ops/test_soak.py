@@ -25,7 +25,7 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,26 +272,39 @@ def error_code(response: Response) -> str:
         return "no error code"
 
 
+def send_retrying(
+    server: Server,
+    kind: str,
+    request: tuple[str, str, bytes, dict[str, str]],
+    tally: Tally,
+    jitter: Callable[[], float] = lambda: 1.0,
+) -> Response | None:
+    """Send as a client of a memory-bounded service does: a 503 + Retry-After is waited out and
+    retried (counted by error code) up to MAX_RETRIES. The outcome is tallied; the answer returned."""
+    method, path, body, headers = request
+    started = time.monotonic()
+    for _ in range(MAX_RETRIES):
+        try:
+            response = server.request(method, path, body, headers, timeout=300)
+        except OSError as error:
+            tally.record(kind, None, 0, f"{type(error).__name__}: {error}")
+            return None
+        if response.status == 503 and "retry-after" in response.headers:
+            with tally.lock:
+                tally.backpressure[f"{kind} {error_code(response)}"] += 1
+            time.sleep(min(float(response.headers["retry-after"]), 5) * jitter())
+            continue
+        tally.record(kind, response, time.monotonic() - started)
+        return response
+    tally.record(kind, None, 0, f"still 503 after {MAX_RETRIES} tries")
+    return None
+
+
 def client_loop(server: Server, corpus: Corpus, seed: int, stop: threading.Event, tally: Tally) -> None:
     rng = random.Random(seed)
     while not stop.is_set():
-        kind, (method, path, body, headers) = next_request(corpus, rng)
-        started = time.monotonic()
-        for _ in range(MAX_RETRIES):
-            try:
-                response = server.request(method, path, body, headers, timeout=300)
-            except OSError as error:
-                tally.record(kind, None, 0, f"{type(error).__name__}: {error}")
-                break
-            if response.status == 503 and "retry-after" in response.headers:
-                with tally.lock:
-                    tally.backpressure[f"{kind} {error_code(response)}"] += 1
-                time.sleep(min(float(response.headers["retry-after"]), 5) * rng.uniform(0.5, 1.0))
-                continue
-            tally.record(kind, response, time.monotonic() - started)
-            break
-        else:
-            tally.record(kind, None, 0, f"still 503 after {MAX_RETRIES} tries")
+        kind, request = next_request(corpus, rng)
+        send_retrying(server, kind, request, tally, lambda: rng.uniform(0.5, 1.0))
 
 
 # ---- the test -------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import pytest
 from bench.server import Server, launch
 from service.config import LANGS, TASKS
 from tests.ocr.samples import ENGLISH, SPANISH, encode, text_page
-from tests.ops.test_soak import LIMIT_MB, MAX_RETRIES, Tally, error_code, memory_cgroup, upload_request
+from tests.ops.test_soak import LIMIT_MB, Tally, memory_cgroup, send_retrying, upload_request
 from tests.support import ROOT, tessdata_missing
 
 pytestmark = pytest.mark.soak
@@ -91,24 +91,11 @@ def client(
     server: Server, rotation: Rotation, seed: int, stop: threading.Event, tally: Tally, done: list
 ) -> None:
     while not stop.is_set():
-        kind, texts, (method, path, body, headers) = rotation.request(seed)
-        started = time.monotonic()
-        for _ in range(MAX_RETRIES):
-            try:
-                response = server.request(method, path, body, headers, timeout=300)
-            except OSError as error:
-                tally.record(kind, None, 0, f"{type(error).__name__}: {error}")
-                break
-            if response.status == 503 and "retry-after" in response.headers:
-                with tally.lock:
-                    tally.backpressure[f"{kind} {error_code(response)}"] += 1
-                time.sleep(min(float(response.headers["retry-after"]), 5))
-                continue
-            tally.record(kind, response, time.monotonic() - started)
-            if response.status == 200:
-                with tally.lock:
-                    done.append(texts)
-            break
+        kind, texts, request = rotation.request(seed)
+        response = send_retrying(server, kind, request, tally)
+        if response is not None and response.status == 200:
+            with tally.lock:
+                done.append(texts)
 
 
 def soak(
