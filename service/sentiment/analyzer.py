@@ -53,6 +53,17 @@ class Pair(str):
         pair.context = context
         return pair
 
+    # Equal and hashed with the context: identical texts are computed once (batching.infer) and
+    # cached, and the same text with another target is another input.
+    def __eq__(self, other: object) -> bool:
+        return str.__eq__(self, other) is True and getattr(other, "context", None) == self.context
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((str(self), self.context))
+
 
 class Analyzer:
     def __init__(self, model: ProbabilityModel, task: str, lang: str, backend: Backend) -> None:

@@ -10,7 +10,8 @@ batches, bulk CSV files, OCR of pages, PDFs and a 12 MP photo, hostile inputs, a
 that are cheap to send and expensive to decode (tests/ops/hostile_files.py). It skips, saying
 why, where cgroups cannot be written or no exported model is found.
 Pass: no OOM kill (the cgroup's own counter), no worker restart, no 5xx other than 503 +
-Retry-After, the service's RSS (server and OCR worker) never past the budget, and RSS flat after
+Retry-After, the cgroup's peak (the kernel's count of all the service's memory) within the budget,
+and RSS flat after
 warm-up: the median of the last quarter of the run within 5% of the budget of the median of the
 second quarter. A 503 + Retry-After is retried as a client of a memory-bounded service should, so
 the load keeps its shape; the report counts them by error code. `SOAK_STRICT=1` fails on them too.
@@ -430,7 +431,9 @@ def test_soak_in_a_512_mb_cgroup(tmp_path):
     assert report["worker_restarts"] == 0, report
     assert tally.failures == [], report
     assert not (os.environ.get("SOAK_STRICT") and tally.backpressure), report
-    assert report["rss_mb"]["max"] <= LIMIT_MB and (cgroup_peak or 0) <= LIMIT_MB, report
+    # The kernel's own peak of everything the service holds. The RSS sum in the report counts shared
+    # libraries twice (server and OCR worker) and includes mapped weights the kernel can drop.
+    assert cgroup_peak is not None and cgroup_peak <= LIMIT_MB, report
     assert report["requests"] > CLIENTS, report
     assert second and last, "too short a run to judge the RSS curve"
     assert statistics.median(last) - statistics.median(second) < FLAT_TOLERANCE_MB, report

@@ -301,3 +301,14 @@ def test_the_halves_of_a_refused_batch_do_not_wait_again():
     finally:
         hold.__exit__(None, None, None)
     assert 1.9 < time.monotonic() - started < 3.5  # one wait of 2 s, not one per level of halves (4)
+
+
+def test_identical_texts_with_other_contexts_are_computed_apart():
+    """A pair task's text with two targets is two inputs: the dedupe and the cache key on both."""
+    from service.sentiment.analyzer import Pair
+
+    text = "el gobierno anunció recortes"
+    one, other = Pair(text, "Milei"), Pair(text, "recortes")
+    assert one != other and one == Pair(text, "Milei")
+    assert list(dict.fromkeys([one, other, Pair(str(one), "Milei")])) == [one, other]
+    assert one != str(one) and str(one) != one
