@@ -185,6 +185,7 @@ def launch(
     cgroup: Path | None = None,
     cpus: int | None = None,
     port: int | None = None,
+    root: Path = ROOT,
     **env: str | None,
 ) -> Server:
     """Start `python <python_args(port)> <extra_args>` from the project root, in its own session.
@@ -204,7 +205,7 @@ def launch(
     with log.open("wb") as out:
         process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=root,
             env=server_env(**env),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -226,6 +227,7 @@ def running_server(
     cgroup: Path | None = None,
     cpus: int | None = None,
     port: int | None = None,
+    root: Path = ROOT,
     **env: str | None,
 ) -> Iterator[Server]:
     """`launch` with its log in `workdir/<name>-<port>.log`, wait for /health, yield, stop.
@@ -239,6 +241,7 @@ def running_server(
         cgroup=cgroup,
         cpus=cpus,
         port=port,
+        root=root,
         **env,
     )
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bench.hostile_files import looping_page_tree_pdf
 from service.exceptions import BadInput, ModelUnavailable, TooLarge
 from service.ocr import tessdata
 from service.ocr.config import OcrSettings
@@ -19,7 +20,6 @@ from service.ocr.images import open_image, prepare_image
 from service.ocr.pdf import PdfPages, parse_pages, render_scale
 from service.ocr.uploads import check_kind, sniff_kind
 from tests.ocr.samples import blank_pdf, encode, pdf_of, png_header_only, text_page
-from tests.ops.hostile_files import looping_page_tree_pdf
 
 
 def renderer_threads() -> list[threading.Thread]:

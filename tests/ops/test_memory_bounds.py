@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bench import hostile_files
 from bench.server import Server, multipart
 from tests.ocr.samples import encode, text_page
-from tests.ops import hostile_files
 from tests.ops.test_soak import Cgroup, memory_cgroup
 from tests.support import real_server, tessdata_missing
 

@@ -7,7 +7,7 @@ The test makes a child of its own memory cgroup (cgroup v2 `memory.max`, or v1
 `memory.limit_in_bytes`), starts supervise.sh + the server in it exactly as start.sh does, with the
 onnx backend and the budget read from that cgroup, and drives 8 concurrent clients: single texts,
 batches, bulk CSV files, OCR of pages, PDFs and a 12 MP photo, hostile inputs, and hostile uploads
-that are cheap to send and expensive to decode (tests/ops/hostile_files.py). It skips, saying
+that are cheap to send and expensive to decode (bench/hostile_files.py). It skips, saying
 why, where cgroups cannot be written or no exported model is found.
 Pass: no OOM kill (the cgroup's own counter), no worker restart, no 5xx other than 503 +
 Retry-After, the cgroup's peak (the kernel's count of all the service's memory) within the budget,
@@ -35,6 +35,7 @@ import psutil
 import pytest
 from PIL import Image, ImageDraw
 
+from bench import hostile_files
 from bench.server import Response, Server, launch, multipart
 from tests.ocr.samples import (
     ENGLISH,
@@ -46,7 +47,6 @@ from tests.ocr.samples import (
     png_header_only,
     text_page,
 )
-from tests.ops import hostile_files
 from tests.support import ROOT, tessdata_missing
 
 pytestmark = pytest.mark.soak
