@@ -80,5 +80,18 @@ def real_server(workdir: Path, *args: str, **options: Any) -> AbstractContextMan
     return running_server(workdir, *args, **{"NUM_THREADS": "1", **options})
 
 
+def recycling_server(workdir: Path, **options: Any) -> AbstractContextManager[Server]:
+    """A supervised real server whose budget is below what an idle worker holds: it passes the hard
+    limit from the start, refuses work, and recycles once RECYCLE_MIN_UPTIME_S has passed."""
+    settings = {
+        "MEMORY_BUDGET_MB": "30",
+        "RECYCLE_MIN_UPTIME_S": "3",
+        "WATCHDOG_INTERVAL_S": "0.2",
+        "BACKEND": "onnx",
+        "ONNX_DIR": str(workdir),
+    }
+    return real_server(workdir, supervised=True, **{**settings, **options})
+
+
 # The uncased WordPiece tokenizer that Italian and Portuguese BERT stand-ins use (bench/standins.py).
 WORDPIECE_TOKENIZER = MINILM / "tokenizer.json"

@@ -20,7 +20,7 @@ from service.monitoring.history import DETAIL_BYTES, FILE_NAME, MERGE_S, History
 from service.ops.config import get_ops_settings
 from service.ops.watchdog import Limits, Watchdog
 from service.registry import Loadable, Registry
-from tests.support import real_server
+from tests.support import recycling_server
 
 KEY = "dashboard-test-key-0123"
 
@@ -279,16 +279,7 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> obje
 def test_the_history_survives_a_recycle_under_supervise_sh(tmp_path):
     """A real worker over its hard limit refuses work, then recycles; supervise.sh starts a fresh one,
     whose history still has the first worker's samples, its 503 and the recycle."""
-    with real_server(
-        tmp_path,
-        supervised=True,
-        MEMORY_BUDGET_MB="30",
-        RECYCLE_MIN_UPTIME_S="3",
-        WATCHDOG_INTERVAL_S="0.2",
-        HISTORY_STEP_S="0.2",
-        BACKEND="onnx",
-        ONNX_DIR=str(tmp_path),
-    ) as server:
+    with recycling_server(tmp_path, HISTORY_STEP_S="0.2") as server:
         (first,) = server.worker_pids()
         history_dir = psutil.Process(first).environ()["HISTORY_DIR"]
         assert os.path.isfile(os.path.join(history_dir, FILE_NAME))

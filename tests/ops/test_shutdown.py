@@ -14,7 +14,7 @@ import pytest
 
 from bench.server import Server, multipart, read_response, request_head
 from tests.ocr.samples import ENGLISH, encode, pdf_of, text_page
-from tests.support import ROOT, real_server, tessdata_missing
+from tests.support import ROOT, real_server, recycling_server, tessdata_missing
 
 needs_tessdata = pytest.mark.skipif(tessdata_missing() is not None, reason=f"{tessdata_missing()}")
 
@@ -96,15 +96,7 @@ def test_a_recycled_worker_is_replaced_and_sigterm_ends_the_loop_with_0(tmp_path
 
 def test_a_worker_over_its_hard_limit_refuses_work_then_recycles(tmp_path):
     """A budget below what an idle worker holds: the hard limit is passed from the start."""
-    with real_server(
-        tmp_path,
-        supervised=True,
-        MEMORY_BUDGET_MB="30",
-        RECYCLE_MIN_UPTIME_S="3",
-        WATCHDOG_INTERVAL_S="0.2",
-        BACKEND="onnx",
-        ONNX_DIR=str(tmp_path),
-    ) as server:
+    with recycling_server(tmp_path) as server:
         (first,) = server.worker_pids()
         response = server.request(
             "POST", "/analyze", b'{"text": "hola"}', {"Content-Type": "application/json"}
