@@ -15,6 +15,7 @@ import gc
 import json
 import resource
 import sys
+from dataclasses import astuple
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -23,8 +24,7 @@ from service.exceptions import ServiceError, TooLarge
 from service.ocr.config import OcrSettings
 from service.ocr.engine import TesseractEngine
 from service.ocr.errors import Undecodable
-from service.ocr.images import check_work, open_image, prepare_image
-from service.ocr.pdf import PdfPages
+from service.ocr.reading import PageRead, ReadOptions, read_pages
 
 MB = 1024 * 1024
 # What the worker accepts from the server in one message: an upload, with its multipart slack.
@@ -98,13 +98,21 @@ class Worker:
     def op_ocr(self, request: dict[str, Any]) -> None:
         data = self.conn.recv_bytes(MAX_MESSAGE_BYTES)
         settings = OcrSettings.model_validate(request["settings"])
+        options = ReadOptions(**request["options"])
         engine = self.engines[request["code"]]
         _cap_data(settings.work_mb)
         try:
-            if request["kind"] == "pdf":
-                self._ocr_pdf(engine, data, request.get("pages"), settings)
-            else:
-                self._ocr_image(engine, data, request["kind"], settings)
+            pages = read_pages(
+                engine,
+                data,
+                request["kind"],
+                options,
+                settings,
+                on_outline=lambda count: self.send({"outline": {"page_count": count}}),
+                on_page_started=lambda number: self.send({"page_started": number}),
+            )
+            for page in pages:
+                self.send({"page": page_message(page)})
             message: dict[str, Any] = {"done": True}
         except ServiceError as error:
             message = _error(error)
@@ -121,28 +129,20 @@ class Worker:
         message["rss_mb"] = rss_mb()
         self.send(message)
 
-    def _ocr_image(self, engine: TesseractEngine, data: bytes, kind: str, settings: OcrSettings) -> None:
-        image = open_image(data, kind, settings)  # type: ignore[arg-type]
-        check_work(image, settings)
-        self.send({"outline": {"page_count": 1}})
-        prepared = prepare_image(image, settings)
-        if prepared is not image:
-            image.close()  # free the full-size decode before recognition
-        self._recognize(engine, 1, prepared)
 
-    def _ocr_pdf(
-        self, engine: TesseractEngine, data: bytes, pages: str | None, settings: OcrSettings
-    ) -> None:
-        with PdfPages(data, pages, settings) as document:
-            self.send({"outline": {"page_count": document.page_count}})
-            for page in document:
-                self._recognize(engine, page.number, page.image)
-
-    def _recognize(self, engine: TesseractEngine, number: int, image: Any) -> None:
-        self.send({"page_started": number})
-        result = engine.recognize(image)
-        image.close()
-        self.send({"page": {"page": number, "text": result.text, "confidence": result.confidence}})
+def page_message(page: PageRead) -> dict[str, Any]:
+    """A page as the server receives it; words as compact [text, left, top, right, bottom, confidence]."""
+    words = None if page.words is None else [astuple(word) for word in page.words]
+    return {
+        "page": page.number,
+        "source": page.source,
+        "text_layer": page.text_layer,
+        "text": page.text,
+        "confidence": page.confidence,
+        "width": page.width,
+        "height": page.height,
+        "words": words,
+    }
 
 
 def _over_work_mb(settings: OcrSettings) -> str:
