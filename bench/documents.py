@@ -274,3 +274,66 @@ def table_photo_12mp(cells: list[list[str]]) -> Image.Image:
     photo = Image.merge("RGB", [Image.effect_noise((4000, 3000), 25 + 5 * band) for band in range(3)])
     photo.paste(table_page([(cells, True)], size=(2550, 2200)).convert("RGB"), (700, 400))
     return photo
+
+
+@dataclass(frozen=True)
+class TablePage:
+    """A letter page of a table PDF: a paragraph, `cells` as a table, a paragraph (no cells: a
+    full page of text), stored as a text layer with vector lines (`text`) or as a 150 dpi image of
+    the page (`scan`)."""
+
+    cells: list[list[str]] | None
+    ruled: bool = True
+    layer: Literal["text", "scan"] = "text"
+    seed: int = 0
+
+
+def _numeric(row: int, text: str) -> bool:
+    return row > 0 and text.replace(".", "").replace(",", "").isdigit()
+
+
+def _text_layer_table(pdf: FPDF, cells: list[list[str]], top: float, ruled: bool) -> float:
+    """`draw_table` in a PDF's own text and lines, in points; returns the table's bottom."""
+    pad, row_height = FONT_PT * 0.8, FONT_PT * 1.9
+    widths = [max(pdf.get_string_width(row[c]) for row in cells) + 2 * pad for c in range(len(cells[0]))]
+    xs = [MARGIN_PT + sum(widths[:c]) for c in range(len(widths) + 1)]
+    for r, row in enumerate(cells):
+        baseline = top + r * row_height + (row_height + FONT_PT * 0.7) / 2
+        for c, text in enumerate(row):
+            x = xs[c + 1] - pad - pdf.get_string_width(text) if _numeric(r, text) else xs[c] + pad
+            pdf.text(x, baseline, text)
+    bottom = top + len(cells) * row_height
+    if ruled:
+        pdf.set_line_width(1.0)
+        for r in range(len(cells) + 1):
+            pdf.line(xs[0], top + r * row_height, xs[-1], top + r * row_height)
+        for x in xs:
+            pdf.line(x, top, x, bottom)
+    return bottom
+
+
+def table_pdf(pages: list[TablePage]) -> bytes:
+    """A PDF of `pages`, text-layer and scanned ones mixed, tables with known cells."""
+    pdf = _fpdf()
+    for page in pages:
+        pdf.add_page()
+        if page.layer == "scan":
+            image = (
+                table_page([(page.cells, page.ruled)], seed=page.seed)
+                if page.cells
+                else letter_page(seed=page.seed)
+            )
+            pdf.image(image, x=0, y=0, w=LETTER_PT[0], h=LETTER_PT[1])
+        elif page.cells is None:
+            for index, line in enumerate(page_lines(30, page.seed)):
+                pdf.text(MARGIN_PT, baseline_pt(index), line)
+        else:
+            y = MARGIN_PT
+            for part in ([], page.cells):
+                if part:
+                    y = _text_layer_table(pdf, part, y, page.ruled) + LINE_PT
+                for line in page_lines(3, page.seed):
+                    y += LINE_PT
+                    pdf.text(MARGIN_PT, y, line)
+                y += LINE_PT
+    return bytes(pdf.output())

@@ -1,10 +1,13 @@
-"""Which table method: `python -m bench.tables [--pages 6] [--img2table DIR]`.
+"""Table detection measured: `python -m bench.tables compare [--pages 6] [--img2table DIR]` chooses
+the method; `python -m bench.tables peaks --model DIR` measures what tables cost a real server.
 
+compare:
 Reads the same generated pages (ruled and unruled tables with known cells, a page with two tables,
 pages of plain text) two ways, each in its own fresh process so that memory figures are its own:
 
-- `own`: service.ocr.tables (numpy): ruling lines found and erased, Tesseract's words, then the
-  grid or the aligned columns;
+- `own`: service.ocr.tables (numpy): ruling lines found and erased, Tesseract's words (sparse-text
+  segmentation, as the service reads a page whose tables are asked for), then the grid or the
+  aligned columns; `own-auto`: the same on words from Tesseract's default segmentation;
 - `img2table`: img2table 2.0 (OpenCV) on the page, its cells filled with the same Tesseract
   words (an OCRInstance over tesserocr, so both read the same recognition).
 
@@ -19,22 +22,41 @@ of table detection alone. img2table is never a requirement of the service: insta
         xlsxwriter==3.3.1 beautifulsoup4==4.15.0 soupsieve==4.1.3
 
 and pass `--img2table /tmp/i2t` (numpy and pypdfium2 come from the venv).
+
+peaks: one server (bench.server's launcher, 512 MB budget, one thread) with the sentiment model
+DIR loaded by an /analyze request, then /ocr of a 20-page PDF (10 text-layer and 10 scanned pages,
+a ruled table on a text-layer page and an unruled one on a scanned page) and of a 12 MP JPEG photo
+of a page with a ruled table, each without and with `tables=true`. Printed per request: the
+highest sum of the server's and its OCR worker's RSS (sampled every 20 ms), each one's VmHWM, the
+seconds, and the tables found.
 """
 
 import argparse
 import json
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import tesserocr
 from PIL import Image
 
-from bench.documents import letter_page, table_cells, table_page
+from bench.documents import (
+    TablePage,
+    encode,
+    letter_page,
+    table_cells,
+    table_page,
+    table_pdf,
+    table_photo_12mp,
+)
+from bench.server import Server, multipart, running_server
 from service.ocr.tessdata import resolve_tessdata
 from service.ocr.words import Word
 
@@ -78,8 +100,12 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def tesseract_words(api: tesserocr.PyTessBaseAPI, image: Image.Image) -> list[tuple[Word, int]]:
-    """Tesseract's words on `image`, each with the number of its text line."""
+def tesseract_words(
+    api: tesserocr.PyTessBaseAPI, image: Image.Image, psm: int = tesserocr.PSM.SPARSE_TEXT
+) -> list[tuple[Word, int]]:
+    """Tesseract's words on `image`, each with the number of its text line; sparse text, as the
+    service recognises a page whose tables are asked for (service/ocr/engine.py)."""
+    api.SetPageSegMode(psm)
     api.SetImage(image)
     api.Recognize()
     words, line = [], -1
@@ -97,7 +123,10 @@ def tesseract_words(api: tesserocr.PyTessBaseAPI, image: Image.Image) -> list[tu
 # -- the two methods, each run in its own process -------------------------------------------------
 
 
-def _own() -> Callable[[tesserocr.PyTessBaseAPI, Image.Image], tuple[list[list[list[str]]], float]]:
+Reader = Callable[[tesserocr.PyTessBaseAPI, Image.Image], tuple[list[list[list[str]]], float]]
+
+
+def _own(psm: int) -> Reader:
     from service.ocr.tables import detect_tables, erase_rules, ruling_lines
 
     def read(api: tesserocr.PyTessBaseAPI, image: Image.Image) -> tuple[list[list[list[str]]], float]:
@@ -105,7 +134,7 @@ def _own() -> Callable[[tesserocr.PyTessBaseAPI, Image.Image], tuple[list[list[l
         rules = ruling_lines(image)
         erase_rules(image, rules)
         cpu = time.process_time() - started
-        words = [word for word, _ in tesseract_words(api, image)]
+        words = [word for word, _ in tesseract_words(api, image, psm)]
         started = time.process_time()
         tables = detect_tables(words, rules)
         cpu += time.process_time() - started
@@ -114,7 +143,7 @@ def _own() -> Callable[[tesserocr.PyTessBaseAPI, Image.Image], tuple[list[list[l
     return read
 
 
-def _img2table() -> Callable[[tesserocr.PyTessBaseAPI, Image.Image], tuple[list[list[list[str]]], float]]:
+def _img2table() -> Reader:
     import numpy as np
     from img2table.document import Image as Img2TableImage
     from img2table.ocr._types import OCRData, OCRInstance
@@ -157,6 +186,13 @@ def _img2table() -> Callable[[tesserocr.PyTessBaseAPI, Image.Image], tuple[list[
     return read
 
 
+METHODS: dict[str, Callable[[], Reader]] = {
+    "own": lambda: _own(tesserocr.PSM.SPARSE_TEXT),
+    "own-auto": lambda: _own(tesserocr.PSM.AUTO),
+    "img2table": _img2table,
+}
+
+
 def run(method: str, pages: int) -> dict[str, Any]:
     """One method over the corpus, in this process: what `compare` starts in a child."""
     documents = corpus(pages)
@@ -165,7 +201,7 @@ def run(method: str, pages: int) -> dict[str, Any]:
     )
     tesseract_words(api, letter_page())  # the engine's caches, as in a worker that has read a page
     baseline = _status_mb("VmRSS:")
-    read = {"own": _own, "img2table": _img2table}[method]()
+    read = METHODS[method]()
     imported = _status_mb("VmRSS:") - baseline
     expected_cells = exact = false_tables = 0
     cpu, peaks, misses = 0.0, [], []
@@ -211,8 +247,8 @@ def compare(pages: int, img2table: Path | None) -> None:
     print(
         f"{'method':<10} {'exact cells':>16} {'false':>5} {'import MB':>9} {'peak MB':>8} {'CPU s/page':>10}"
     )
-    for method in ["own"] + (["img2table"] if img2table else []):
-        command = [sys.executable, "-m", "bench.tables", "--run", method, "--pages", str(pages)]
+    for method in ["own", "own-auto"] + (["img2table"] if img2table else []):
+        command = [sys.executable, "-m", "bench.tables", "compare", "--run", method, "--pages", str(pages)]
         if method == "img2table":
             command += ["--img2table", str(img2table)]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -227,15 +263,132 @@ def compare(pages: int, img2table: Path | None) -> None:
             print(f"    {miss}")
 
 
+def _proc_mb(pid: int, field: str) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class PairSampler:
+    """The highest simultaneous RSS of the server and its OCR worker, and each one's VmHWM, every
+    20 ms while the block runs (the worker's high-water mark is reset first: it outlives requests)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server, self.total_mb, self.worker_hwm_mb = server, 0.0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _children(self) -> list[int]:
+        return [child.pid for child in psutil.Process(self.server.pid).children()]
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            children = self._children()
+            total = self.server.rss_mb() + sum(_proc_mb(pid, "VmRSS:") for pid in children)
+            self.total_mb = max(self.total_mb, total)
+            for pid in children:
+                self.worker_hwm_mb = max(self.worker_hwm_mb, _proc_mb(pid, "VmHWM:"))
+
+    def __enter__(self) -> "PairSampler":
+        for pid in self._children():
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def peak_documents() -> dict[str, tuple[bytes, str, list[list[list[str]]]]]:
+    """The two documents of issue 14's peaks: bytes, content type, the tables they hold."""
+    invoices = table_cells(8, _COLUMNS[0], seed=20)
+    stock = table_cells(6, _COLUMNS[1], seed=21)
+    pages = [TablePage(invoices, ruled=True)]
+    pages += [TablePage(None, layer="text" if index % 2 else "scan", seed=index) for index in range(1, 10)]
+    pages.append(TablePage(stock, ruled=False, layer="scan", seed=10))
+    pages += [TablePage(None, layer="scan" if index % 2 else "text", seed=index) for index in range(11, 20)]
+    photo = table_photo_12mp(invoices)
+    return {
+        "pdf_20_mixed": (table_pdf(pages), "application/pdf", [invoices, stock]),
+        "photo_12mp_table": (encode(photo, "JPEG", quality=85), "image/jpeg", [invoices]),
+    }
+
+
+def peaks(model: Path) -> None:
+    documents = peak_documents()
+    workdir = Path(tempfile.mkdtemp(prefix="tables-peaks-"))
+    env = {
+        "MEMORY_BUDGET_MB": "512",
+        "NUM_THREADS": "1",
+        "MODEL_SENTIMENT_ES": str(model),
+        "PREPACKED_DIR": str(workdir / "prepacked"),  # never write into the model's own dir
+        "ONNX_DIR": str(workdir),
+    }
+    with running_server(workdir, name="tables-peaks", **env) as server:
+        body = json.dumps({"text": "qué buen día"}).encode()
+        answer = server.request("POST", "/analyze", body, {"Content-Type": "application/json"}, timeout=300)
+        print(f"sentiment loaded: /analyze {answer.status}, server RSS {server.rss_mb():.1f} MB")
+        print(
+            f"{'document':<18} {'tables':<6} {'status':>6} {'peak MB':>8} {'server HWM':>10}"
+            f" {'worker HWM':>10}  s"
+        )
+        for name, (data, content_type, expected) in documents.items():
+            for tables in (False, True):
+                _peak(server, name, data, content_type, expected if tables else None)
+        memory = server.request("GET", "/memory").json()
+        print(f"loaded at the end: {sorted(item['key'] for item in memory['loaded'])}")
+
+
+def _peak(
+    server: Server, name: str, data: bytes, content_type: str, tables: list[list[list[str]]] | None
+) -> None:
+    """One /ocr request measured; with `tables`, asking for tables and scoring those expected."""
+    body, multipart_type = multipart(
+        {"lang": "es", "tables": str(tables is not None).lower()}, name, data, content_type
+    )
+    started = time.perf_counter()
+    with PairSampler(server) as sampler:
+        answer = server.request("POST", "/ocr", body, {"Content-Type": multipart_type}, timeout=900)
+    seconds = time.perf_counter() - started
+    print(
+        f"{name:<18} {tables is not None!s:<6} {answer.status:>6} {sampler.total_mb:>8.1f} "
+        f"{server.peak_mb():>10.1f} {sampler.worker_hwm_mb:>10.1f}  {seconds:.1f}"
+    )
+    if tables is None or answer.status != 200:
+        return
+    found = [
+        (page["page"], [[cell["text"] for cell in row] for row in table["rows"]])
+        for page in answer.json()["pages"]
+        for table in page["tables"]
+    ]
+    print(f"    tables found on pages {[number for number, _ in found]}")
+    for cells in tables:
+        best = max((_exact(cells, table) for _, table in found), default=0)
+        print(f"    the {len(cells)}x{len(cells[0])} table: {best}/{sum(map(len, cells))} cells exact")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--pages", type=int, default=6, help="pages of each table kind")
-    parser.add_argument("--img2table", type=Path, help="a directory img2table was installed into (--target)")
-    parser.add_argument("--run", choices=["own", "img2table"], help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True)
+    comparing = commands.add_parser("compare", help="own method against img2table on generated tables")
+    comparing.add_argument("--pages", type=int, default=6, help="pages of each table kind")
+    comparing.add_argument(
+        "--img2table", type=Path, help="a directory img2table was installed into (--target)"
+    )
+    comparing.add_argument("--run", choices=list(METHODS), help=argparse.SUPPRESS)
+    peaking = commands.add_parser("peaks", help="peaks of issue 14's table documents on a real server")
+    peaking.add_argument("--model", type=Path, required=True, help="the exported sentiment:es model dir")
     args = parser.parse_args()
-    if args.run:
+    if args.command == "peaks":
+        peaks(args.model)
+    elif args.run:
         if args.img2table:
             sys.path.append(str(args.img2table))  # after the venv: its numpy and pypdfium2 win
         print(json.dumps(run(args.run, args.pages)))
