@@ -37,9 +37,10 @@ MB = 1024 * 1024
 ENGINE_BASE_MB = 25.0
 # RSS of the worker process itself (Python, Pillow, pdfium, libtesseract), paid with its first engine.
 WORKER_BASE_MB = 60.0
-# RSS table detection adds to the worker: numpy and service/ocr/tables.py imported (MEMORY.md,
-# "Issue 14 - tables"). Its work per page (a few page-sized masks) runs inside OCR_WORK_MB.
-TABLES_MB = 10.0
+# RSS table detection adds to the worker: numpy and service/ocr/tables.py imported, measured
+# 11.4 MB (MEMORY.md, "Issue 14 - tables"). Its work per page (a few page-sized masks, 4-8 MB)
+# runs inside OCR_WORK_MB.
+TABLES_MB = 12.0
 
 
 class EngineHandle:

@@ -34,12 +34,14 @@ _MAX_THICKNESS_EMS = 0.35
 _INK_SHARE = 0.7
 _BACKGROUND_BLOCK = 16
 _DARK = 96
+_STRIP = 128
 # Gaps, in letter heights, that split a line into groups of words (unruled columns), and that a
 # column hint may go down to.
 _COLUMN_GAP_EMS = 0.9
 _HINTED_GAP_EMS = 0.3
 # Lines farther apart than this (letter heights, bottom to top) are not rows of one table.
 _ROW_GAP_EMS = 2.5
+_MIN_UNRULED_ROWS = 3
 _LINE_GLYPHS = set("-‐‑‒–—―_|¦")
 
 
@@ -101,13 +103,19 @@ def detect_tables(
 
 def ruling_lines(image: Image.Image, em: float = _DEFAULT_EM) -> list[Rule]:
     """Horizontal and vertical ruling lines drawn on a gray page image."""
-    gray = np.asarray(image.convert("L") if image.mode != "L" else image)
-    block = max(1, min(_BACKGROUND_BLOCK, *gray.shape))
-    background = image.reduce(block).resize(image.size, Image.Resampling.BILINEAR)
-    # Dark in absolute terms too: inside a filled block the local mean is as dark as the block,
-    # which would leave only its rim as "ink", a thin line; whole, it is too thick to be one.
-    ink = (gray < np.asarray(background) * _INK_SHARE) | (gray < _DARK)
-    del gray, background
+    gray = image.convert("L") if image.mode != "L" else image
+    block = max(1, min(_BACKGROUND_BLOCK, *gray.size))
+    # The threshold is made small and in 8 bits, then enlarged: one byte per pixel, never floats.
+    # Dark in absolute terms is ink too: inside a filled block the local mean is as dark as the
+    # block, which would leave only its rim as "ink", a thin line; whole, it is too thick to be one.
+    threshold = gray.reduce(block).point(lambda mean: max(int(mean * _INK_SHARE), _DARK))
+    threshold = threshold.resize(gray.size, Image.Resampling.BILINEAR)
+    width, height = gray.size
+    ink = np.empty((height, width), dtype=bool)
+    for top in range(0, height, _STRIP):  # compared a strip at a time: no page-sized copies
+        box = (0, top, width, min(top + _STRIP, height))
+        ink[box[1] : box[3]] = np.asarray(gray.crop(box)) < np.asarray(threshold.crop(box))
+    del threshold
     min_length = max(12, round(_MIN_LINE_EMS * em))
     max_thickness = max(4.0, _MAX_THICKNESS_EMS * em)
     gap = max(2, round(em / 4))
@@ -129,13 +137,20 @@ def erase_rules(image: Image.Image, rules: Iterable[Rule]) -> None:
 
 
 def _runs(ink: np.ndarray, min_length: int) -> np.ndarray:
-    """Runs of ink along each row at least `min_length` long, as rows of (row, start, end)."""
-    edges = np.diff(ink.astype(np.int8), axis=1, prepend=np.int8(0), append=np.int8(0))
-    rows, starts = np.nonzero(edges == 1)
-    _, ends = np.nonzero(edges == -1)  # same order: every run starts and then ends in its row
-    del edges
-    long = (ends - starts) >= min_length
-    return np.stack([rows[long], starts[long], ends[long]], axis=1)
+    """Runs of ink along each row at least `min_length` long, as rows of (row, start, end).
+
+    Taken _STRIP rows at a time: a page of text has hundreds of thousands of short runs, and
+    their positions for the whole page at once would take more memory than the page itself."""
+    found = []
+    for first in range(0, ink.shape[0], _STRIP):
+        edges = np.diff(
+            ink[first : first + _STRIP].astype(np.int8), axis=1, prepend=np.int8(0), append=np.int8(0)
+        )
+        rows, starts = np.nonzero(edges == 1)
+        _, ends = np.nonzero(edges == -1)  # same order: every run starts and then ends in its row
+        long = (ends - starts) >= min_length
+        found.append(np.stack([rows[long] + first, starts[long], ends[long]], axis=1))
+    return np.concatenate(found)
 
 
 def _segments(runs: np.ndarray, gap: int, max_thickness: float) -> list[tuple[int, int, int, int]]:
@@ -364,9 +379,10 @@ def _block_tables(block: list[tuple[list[Word], bool]], gap: float, columns: int
         [tops[0]] + [(b + t) // 2 for b, t in zip(bottoms, tops[1:], strict=False)] + [bottoms[-1] + 1]
     )
     table = _fill(row_edges, column_edges, words, ruled=False)
-    # Two or more rows with two or more cells filled: fewer is text with a wide gap, not a table.
+    # Rows with two or more cells filled: two such lines of running text happen (a word misread as
+    # two leaves a gap in two lines at once); three rows, a header and two, make a table.
     rows_spread = sum(1 for row in table.rows if sum(1 for cell in row if cell.text) >= 2)
-    return [table] if rows_spread >= 2 else []
+    return [table] if rows_spread >= _MIN_UNRULED_ROWS else []
 
 
 def _separators(words: list[Word], gap: float, columns: int | None) -> list[int]:

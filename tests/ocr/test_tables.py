@@ -218,3 +218,10 @@ def test_csv_quotes_what_needs_quoting() -> None:
     ]
     table = detect_tables(unruled(rows, [100, 400]))[0]
     assert list(csv.reader(io.StringIO(table.csv()))) == rows
+
+
+def test_two_lines_sharing_one_wide_gap_are_not_a_table() -> None:
+    # Two lines of running text where a word misread as two left a gap at the same place in both.
+    lines = [["ventas ayer sus ciento pi", "ron facturas"], ["primavera sus el aunque", "tora informe"]]
+    assert detect_tables(unruled(lines, [100, 520])) == []
+    assert len(detect_tables(unruled([*lines, ["costes de envío", "marzo"]], [100, 520]))) == 1
