@@ -260,24 +260,27 @@ IMPORTS = {
 }
 
 
-def import_mb(method: str, img2table: Path | None) -> float:
-    """RSS the method's modules add to a fresh process that imported the OCR worker's modules."""
+def import_mb(method: str, img2table: Path | None) -> tuple[float, float]:
+    """RSS and anonymous memory the method's modules add to a fresh process that imported the OCR
+    worker's modules (the budget counts the anonymous part; the rest is mapped library files)."""
     code = (
         f"import sys; sys.path.append({str(img2table)!r})\n"
-        "import resource, service.ocr.worker\n"
-        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() / 2**20\n"
-        "before = rss()\n"
+        "import service.ocr.worker\n"
+        "from service.budget import process_memory\n"
+        "before = process_memory()\n"
         f"{IMPORTS[method.removesuffix('-auto')]}\n"
-        "print(rss() - before)\n"
+        "after = process_memory()\n"
+        "print(after.rss_mb - before.rss_mb, after.anon_mb - before.anon_mb)\n"
     )
-    return float(
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    )
+    output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    rss, anon = output.split()
+    return float(rss), float(anon)
 
 
 def compare(pages: int, img2table: Path | None) -> None:
     print(
-        f"{'method':<10} {'exact cells':>16} {'false':>5} {'import MB':>9} {'peak MB':>8} {'CPU s/page':>10}"
+        f"{'method':<10} {'exact cells':>16} {'false':>5} {'import MB (anon)':>16} {'peak MB':>8}"
+        f" {'CPU s/page':>10}"
     )
     for method in ["own", "own-auto"] + (["img2table"] if img2table else []):
         command = [sys.executable, "-m", "bench.tables", "compare", "--run", method, "--pages", str(pages)]
@@ -286,9 +289,10 @@ def compare(pages: int, img2table: Path | None) -> None:
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         result = json.loads(output.splitlines()[-1])
         share = result["exact"] / result["cells"]
+        imported, anon = import_mb(method, img2table)
         print(
             f"{method:<10} {result['exact']:>5}/{result['cells']:<4} {share:6.1%}"
-            f" {result['false_tables']:>5} {import_mb(method, img2table):>9.1f} {result['peak_mb']:>8}"
+            f" {result['false_tables']:>5} {imported:>9.1f} ({anon:4.1f}) {result['peak_mb']:>8}"
             f" {result['table_cpu_s_per_page']:>10}"
         )
         for miss in result["misses"]:

@@ -37,10 +37,11 @@ MB = 1024 * 1024
 ENGINE_BASE_MB = 25.0
 # RSS of the worker process itself (Python, Pillow, pdfium, libtesseract), paid with its first engine.
 WORKER_BASE_MB = 60.0
-# RSS table detection adds to the worker: numpy and service/ocr/tables.py imported, measured
-# 11.4 MB (MEMORY.md, "Issue 14 - tables"). Its work per page (a few page-sized masks, 4-8 MB)
-# runs inside OCR_WORK_MB.
-TABLES_MB = 12.0
+# Unreclaimable memory table detection adds to the worker: numpy and service/ocr/tables.py
+# imported, measured 5.4 MB anonymous (of 11.4 MB RSS; the rest is numpy's mapped libraries) in a
+# fresh process, 1.8 MB in a worker that has read pages (MEMORY.md, "Issue 14 - tables"). Its work
+# per page (a few page-sized masks, 4-8 MB) runs inside OCR_WORK_MB.
+TABLES_MB = 6.0
 
 
 class EngineHandle:
