@@ -17,7 +17,6 @@ from service.ocr.config import OcrSettings
 from service.ocr.engine import TesseractEngine
 from service.ocr.images import check_work, open_image, prepare_image
 from service.ocr.pdf import LoadedPage, PdfPages
-from service.ocr.uploads import Kind
 from service.ocr.words import Word
 
 Source = Literal["text_layer", "ocr"]
@@ -50,7 +49,7 @@ class PageRead:
 def read_pages(
     engine: TesseractEngine,
     data: bytes,
-    kind: Kind,
+    kind: str,  # an image kind or "pdf", as service.ocr.uploads.check_kind decided
     options: ReadOptions,
     settings: OcrSettings,
     on_outline: Callable[[int], None],
@@ -62,7 +61,7 @@ def read_pages(
     if kind == "pdf":
         yield from _pdf_pages(engine, data, options, settings, on_outline, on_page_started)
         return
-    image = open_image(data, kind, settings)
+    image = open_image(data, kind, settings)  # type: ignore[arg-type]
     check_work(image, settings)
     on_outline(1)
     prepared = prepare_image(image, settings)

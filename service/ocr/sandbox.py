@@ -34,6 +34,7 @@ from service import budget
 from service.exceptions import BadInput, ModelUnavailable, Overloaded, ServiceError, TooLarge
 from service.ocr.config import OcrSettings
 from service.ocr.errors import Undecodable
+from service.ocr.uploads import Kind
 from service.ocr.words import Word
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class OcrJob:
     """One file to read, and how (`service/ocr/reading.py` in the worker)."""
 
     data: bytes
-    kind: str
+    kind: Kind
     pages: str | None = None
     force_ocr: bool = False
     words: bool = False

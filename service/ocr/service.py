@@ -101,32 +101,39 @@ def _job(upload: Upload, options: OcrOptions, batch: bool) -> OcrJob:
     return OcrJob(upload.data, kind, pages, force_ocr=options.ocr == "force", words=options.words)
 
 
-def _read_all(
-    uploads: list[Upload], options: OcrOptions, lang: str, settings: OcrSettings, batch: bool
-) -> list["OcrFile | ServiceError"]:
-    """Each upload read in turn in the OCR worker, or its own error; one engine use, one
-    reservation of OCR_WORK_MB and one turn at the worker for all of them (one job runs at a time).
-    Files share OCR_MAX_PAGES: each job may read what the files before it left."""
-    results: list[OcrFile | OcrJob | ServiceError] = []
+def _checked(uploads: list[Upload], options: OcrOptions, batch: bool) -> list[OcrJob | ServiceError]:
+    checked: list[OcrJob | ServiceError] = []
     for upload in uploads:
         try:
-            results.append(_job(upload, options, batch))
+            checked.append(_job(upload, options, batch))
         except ServiceError as error:
-            if not batch:
-                raise
-            results.append(error)
-    if not any(isinstance(job, OcrJob) for job in results):
-        return results  # type: ignore[return-value]  # nothing to decode: no engine, no reservation
+            checked.append(error)
+    return checked
+
+
+def _read_all(
+    uploads: list[Upload], options: OcrOptions, lang: str, settings: OcrSettings, batch: bool
+) -> list[OcrFile | ServiceError]:
+    """Each upload read in turn in the OCR worker, or its own error. One engine use, one
+    reservation of OCR_WORK_MB and one turn at the worker serve all of them (one job runs at a
+    time); they share OCR_MAX_PAGES: each job may read what the files before it left."""
+    checked = _checked(uploads, options, batch)
+    results: list[OcrFile | ServiceError] = [job for job in checked if isinstance(job, ServiceError)]
+    if len(results) == len(checked):
+        return results  # nothing to decode: no engine, no reservation
+    results = []
     item, registry = engine_item(TESSERACT_LANGS[lang], settings), get_registry()
     pages_left = settings.max_pages
-    what = "these files" if batch else "this upload"
     with (
         registry.use(item) as engine,
-        registry.reserve(settings.work_mb, f"reading {what}", on=item.key),
+        registry.reserve(
+            settings.work_mb, "reading these files" if batch else "reading this upload", on=item.key
+        ),
         engine.worker.turn(settings),
     ):
-        for index, (upload, job) in enumerate(zip(uploads, list(results), strict=True)):
-            if not isinstance(job, OcrJob):
+        for upload, job in zip(uploads, checked, strict=True):
+            if isinstance(job, ServiceError):
+                results.append(job)
                 continue
             started = time.perf_counter()
             try:
@@ -140,17 +147,19 @@ def _read_all(
                     replace(job, pages_left=pages_left), engine.code, settings
                 )
             except ServiceError as error:
-                if not batch:
-                    raise
-                results[index] = error
+                results.append(error)
                 continue
             pages_left -= len(pages)
-            read = [_result(page) for page in pages]
-            seconds = round(time.perf_counter() - started, 3)
-            results[index] = OcrFile(
-                filename=upload.filename, format=job.kind, page_count=page_count, pages=read, seconds=seconds
-            )  # type: ignore[arg-type]
-    return results  # type: ignore[return-value]
+            results.append(
+                OcrFile(
+                    filename=upload.filename,
+                    format=job.kind,
+                    page_count=page_count,
+                    pages=[_result(page) for page in pages],
+                    seconds=round(time.perf_counter() - started, 3),
+                )
+            )
+    return results
 
 
 def _result(page: OcrPage) -> PageResult:
@@ -191,7 +200,8 @@ def ocr_upload(upload: Upload, options: OcrOptions, started: float) -> OcrRespon
     settings = get_ocr_settings()
     lang = options.lang or settings.default_lang
     (read,) = _read_all([upload], options, lang, settings, batch=False)
-    assert isinstance(read, OcrFile)
+    if isinstance(read, ServiceError):
+        raise read
     if options.analyze:
         _add_sentiment(read.pages, lang)
     seconds = round(time.perf_counter() - started, 3)
