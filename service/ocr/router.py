@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from service.exceptions import error_examples
+from service.error_handlers import error_examples
 from service.ocr.config import get_ocr_settings
 from service.ocr.schemas import OcrOptions, OcrResponse
 from service.ocr.service import ocr_upload

@@ -14,6 +14,7 @@ the worker exits when the last one is unloaded. Jobs run one at a time, in arriv
 OCR_QUEUE_MAX more may wait, past that a request is refused at once with 503.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -196,7 +197,7 @@ class OcrWorker:
                     "kind": kind,
                     "pages": pages,
                     "code": code,
-                    "settings": settings.model_dump(mode="json"),
+                    "limits": dataclasses.asdict(settings.job_limits()),
                 },
                 data,
             )

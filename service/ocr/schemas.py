@@ -2,8 +2,8 @@
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.ocr.config import PAGES_PATTERN, OcrLang
-from service.ocr.uploads import Kind
+from service.ocr.config import OcrLang
+from service.ocr.jobs import PAGES_PATTERN, Kind
 
 
 class OcrOptions(BaseModel):

@@ -20,10 +20,10 @@ from typing import Any
 
 from service import runtime
 from service.exceptions import ServiceError, TooLarge
-from service.ocr.config import OcrSettings
 from service.ocr.engine import TesseractEngine
 from service.ocr.errors import Undecodable
 from service.ocr.images import check_work, open_image, prepare_image
+from service.ocr.jobs import JobLimits
 from service.ocr.pdf import PdfPages
 
 MB = 1024 * 1024
@@ -97,19 +97,19 @@ class Worker:
 
     def op_ocr(self, request: dict[str, Any]) -> None:
         data = self.conn.recv_bytes(MAX_MESSAGE_BYTES)
-        settings = OcrSettings.model_validate(request["settings"])
+        limits = JobLimits(**request["limits"])
         engine = self.engines[request["code"]]
-        _cap_data(settings.work_mb)
+        _cap_data(limits.work_mb)
         try:
             if request["kind"] == "pdf":
-                self._ocr_pdf(engine, data, request.get("pages"), settings)
+                self._ocr_pdf(engine, data, request.get("pages"), limits)
             else:
-                self._ocr_image(engine, data, request["kind"], settings)
+                self._ocr_image(engine, data, request["kind"], limits)
             message: dict[str, Any] = {"done": True}
         except ServiceError as error:
             message = _error(error)
         except MemoryError:
-            message = _error(TooLarge(_over_work_mb(settings), limit_mb=settings.work_mb))
+            message = _error(TooLarge(_over_work_mb(limits), limit_mb=limits.work_mb))
         except Exception as error:  # a decoder's own failure on a malformed file
             print(f"ocr worker: {type(error).__name__}: {error}", file=sys.stderr)
             message = _error(Undecodable(f"the upload cannot be decoded: {type(error).__name__}: {error}"))
@@ -121,19 +121,17 @@ class Worker:
         message["rss_mb"] = rss_mb()
         self.send(message)
 
-    def _ocr_image(self, engine: TesseractEngine, data: bytes, kind: str, settings: OcrSettings) -> None:
-        image = open_image(data, kind, settings)  # type: ignore[arg-type]
-        check_work(image, settings)
+    def _ocr_image(self, engine: TesseractEngine, data: bytes, kind: str, limits: JobLimits) -> None:
+        image = open_image(data, kind, limits)  # type: ignore[arg-type]
+        check_work(image, limits)
         self.send({"outline": {"page_count": 1}})
-        prepared = prepare_image(image, settings)
+        prepared = prepare_image(image, limits)
         if prepared is not image:
             image.close()  # free the full-size decode before recognition
         self._recognize(engine, 1, prepared)
 
-    def _ocr_pdf(
-        self, engine: TesseractEngine, data: bytes, pages: str | None, settings: OcrSettings
-    ) -> None:
-        with PdfPages(data, pages, settings) as document:
+    def _ocr_pdf(self, engine: TesseractEngine, data: bytes, pages: str | None, limits: JobLimits) -> None:
+        with PdfPages(data, pages, limits) as document:
             self.send({"outline": {"page_count": document.page_count}})
             for page in document:
                 self._recognize(engine, page.number, page.image)
@@ -145,9 +143,9 @@ class Worker:
         self.send({"page": {"page": number, "text": result.text, "confidence": result.confidence}})
 
 
-def _over_work_mb(settings: OcrSettings) -> str:
+def _over_work_mb(limits: JobLimits) -> str:
     return (
-        f"decoding this upload needs more than OCR_WORK_MB={settings.work_mb:g} MB of working memory; "
+        f"decoding this upload needs more than OCR_WORK_MB={limits.work_mb:g} MB of working memory; "
         "send a smaller image or fewer, smaller pages"
     )
 
