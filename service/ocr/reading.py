@@ -13,9 +13,9 @@ from typing import Literal
 
 from PIL import Image
 
-from service.ocr.config import OcrSettings
 from service.ocr.engine import TesseractEngine
 from service.ocr.images import check_work, open_image, prepare_image
+from service.ocr.jobs import JobLimits, Kind, ReadOptions
 from service.ocr.pdf import LoadedPage, PdfPages
 from service.ocr.words import Word
 
@@ -23,14 +23,6 @@ Source = Literal["text_layer", "ocr"]
 # What became of a PDF page's text layer: `used`, or why it was not (textlayer.py), or `skipped`
 # when OCR was forced; None for an image.
 TextLayerStatus = Literal["used", "absent", "garbage", "hidden", "sparse", "skipped"]
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    pages: str | None = None
-    force_ocr: bool = False
-    words: bool = False
-    pages_left: int | None = None  # what this request may still read of OCR_MAX_PAGES
 
 
 @dataclass
@@ -49,9 +41,9 @@ class PageRead:
 def read_pages(
     engine: TesseractEngine,
     data: bytes,
-    kind: str,  # an image kind or "pdf", as service.ocr.uploads.check_kind decided
+    kind: Kind,
     options: ReadOptions,
-    settings: OcrSettings,
+    limits: JobLimits,
     on_outline: Callable[[int], None],
     on_page_started: Callable[[int], None],
 ) -> Iterator[PageRead]:
@@ -59,12 +51,12 @@ def read_pages(
     `on_page_started` each page's number before its work starts. The image of a page is closed
     when the next one is asked for (or the iteration ends)."""
     if kind == "pdf":
-        yield from _pdf_pages(engine, data, options, settings, on_outline, on_page_started)
+        yield from _pdf_pages(engine, data, options, limits, on_outline, on_page_started)
         return
-    image = open_image(data, kind, settings)  # type: ignore[arg-type]
-    check_work(image, settings)
+    image = open_image(data, kind, limits)
+    check_work(image, limits)
     on_outline(1)
-    prepared = prepare_image(image, settings)
+    prepared = prepare_image(image, limits)
     if prepared is not image:
         image.close()  # free the full-size decode before recognition
     on_page_started(1)
@@ -75,14 +67,14 @@ def _pdf_pages(
     engine: TesseractEngine,
     data: bytes,
     options: ReadOptions,
-    settings: OcrSettings,
+    limits: JobLimits,
     on_outline: Callable[[int], None],
     on_page_started: Callable[[int], None],
 ) -> Iterator[PageRead]:
     pdf = PdfPages(
         data,
         options.pages,
-        settings,
+        limits,
         pages_left=options.pages_left,
         force_ocr=options.force_ocr,
         words=options.words,

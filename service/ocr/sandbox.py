@@ -14,6 +14,7 @@ the worker exits when the last one is unloaded. Jobs run one at a time, in arriv
 OCR_QUEUE_MAX more may wait, past that a request is refused at once with 503.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from service import budget
 from service.exceptions import BadInput, ModelUnavailable, Overloaded, ServiceError, TooLarge
 from service.ocr.config import OcrSettings
 from service.ocr.errors import Undecodable
-from service.ocr.uploads import Kind
+from service.ocr.jobs import Kind, ReadOptions
 from service.ocr.words import Word
 
 logger = logging.getLogger(__name__)
@@ -63,10 +64,7 @@ class OcrJob:
 
     data: bytes
     kind: Kind
-    pages: str | None = None
-    force_ocr: bool = False
-    words: bool = False
-    pages_left: int | None = None  # what the request may still read of OCR_MAX_PAGES
+    options: ReadOptions
 
 
 @dataclass
@@ -211,18 +209,12 @@ class OcrWorker:
     def run(self, job: OcrJob, code: str, settings: OcrSettings) -> tuple[int, list[OcrPage]]:
         """One job, within `turn`: a worker that died on the previous one is replaced first."""
         self._ensure_started()
-        options = {
-            "pages": job.pages,
-            "force_ocr": job.force_ocr,
-            "words": job.words,
-            "pages_left": job.pages_left,
-        }
         message = {
             "op": "ocr",
             "kind": job.kind,
-            "options": options,
+            "options": dataclasses.asdict(job.options),
             "code": code,
-            "settings": settings.model_dump(mode="json"),
+            "limits": dataclasses.asdict(settings.job_limits()),
         }
         progress = _Progress()
         try:

@@ -4,9 +4,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.exceptions import ErrorDetail
-from service.ocr.config import PAGES_PATTERN, OcrLang
-from service.ocr.uploads import Kind
+from service.error_handlers import ErrorDetail
+from service.ocr.config import OcrLang
+from service.ocr.jobs import PAGES_PATTERN, Kind
 
 
 class OcrOptions(BaseModel):

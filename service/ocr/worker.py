@@ -21,10 +21,10 @@ from typing import Any
 
 from service import runtime
 from service.exceptions import ServiceError, TooLarge
-from service.ocr.config import OcrSettings
 from service.ocr.engine import TesseractEngine
 from service.ocr.errors import Undecodable
-from service.ocr.reading import PageRead, ReadOptions, read_pages
+from service.ocr.jobs import JobLimits, ReadOptions
+from service.ocr.reading import PageRead, read_pages
 
 MB = 1024 * 1024
 # What the worker accepts from the server in one message: an upload, with its multipart slack.
@@ -97,17 +97,17 @@ class Worker:
 
     def op_ocr(self, request: dict[str, Any]) -> None:
         data = self.conn.recv_bytes(MAX_MESSAGE_BYTES)
-        settings = OcrSettings.model_validate(request["settings"])
+        limits = JobLimits(**request["limits"])
         options = ReadOptions(**request["options"])
         engine = self.engines[request["code"]]
-        _cap_data(settings.work_mb)
+        _cap_data(limits.work_mb)
         try:
             pages = read_pages(
                 engine,
                 data,
                 request["kind"],
                 options,
-                settings,
+                limits,
                 on_outline=lambda count: self.send({"outline": {"page_count": count}}),
                 on_page_started=lambda number: self.send({"page_started": number}),
             )
@@ -117,7 +117,7 @@ class Worker:
         except ServiceError as error:
             message = _error(error)
         except MemoryError:
-            message = _error(TooLarge(_over_work_mb(settings), limit_mb=settings.work_mb))
+            message = _error(TooLarge(_over_work_mb(limits), limit_mb=limits.work_mb))
         except Exception as error:  # a decoder's own failure on a malformed file
             print(f"ocr worker: {type(error).__name__}: {error}", file=sys.stderr)
             message = _error(Undecodable(f"the upload cannot be decoded: {type(error).__name__}: {error}"))
@@ -145,9 +145,9 @@ def page_message(page: PageRead) -> dict[str, Any]:
     }
 
 
-def _over_work_mb(settings: OcrSettings) -> str:
+def _over_work_mb(limits: JobLimits) -> str:
     return (
-        f"decoding this upload needs more than OCR_WORK_MB={settings.work_mb:g} MB of working memory; "
+        f"decoding this upload needs more than OCR_WORK_MB={limits.work_mb:g} MB of working memory; "
         "send a smaller image or fewer, smaller pages"
     )
 
