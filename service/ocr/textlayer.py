@@ -139,7 +139,10 @@ def _chars(
         address = _address(raw)
         if address and address not in modes:
             modes[address] = pdfium_c.FPDFTextObj_GetTextRenderMode(raw)
-        hidden = modes.get(address) in _INVISIBLE_MODES or _covered(box, order_of.get(address, -1), painted)
+        order = order_of.get(address)  # None: an object pdfium did not list (never judged covered)
+        hidden = modes.get(address) in _INVISIBLE_MODES or (
+            order is not None and _covered(box, order, painted)
+        )
         yield _Char(char, box, bad, hidden)
 
 
