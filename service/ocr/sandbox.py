@@ -11,7 +11,9 @@ starts a new worker.
 
 One worker serves every language: each Tesseract engine is a registry item loaded into it, and
 the worker exits when the last one is unloaded. Jobs run one at a time, in arrival order;
-OCR_QUEUE_MAX more may wait, past that a request is refused at once with 503.
+OCR_QUEUE_MAX more requests may wait, past that a request is refused at once with 503. A request
+with several files (`POST /ocr/batch`) holds its turn for all of them and runs one job per file:
+each job is capped and can fail alone, and the worker it killed is replaced for the next file.
 """
 
 import dataclasses
@@ -201,13 +203,9 @@ class OcrWorker:
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    def ocr(self, job: OcrJob, code: str, settings: OcrSettings) -> tuple[int, list[OcrPage]]:
-        """Recognise one upload in the worker: (page count, pages read), or the job's own error."""
-        with self.turn(settings):
-            return self.run(job, code, settings)
-
     def run(self, job: OcrJob, code: str, settings: OcrSettings) -> tuple[int, list[OcrPage]]:
-        """One job, within `turn`: a worker that died on the previous one is replaced first."""
+        """Recognise one upload in the worker, within `turn`: (page count, pages read), or the job's
+        own error. A worker that died on the previous job is replaced first."""
         self._ensure_started()
         message = {
             "op": "ocr",

@@ -8,7 +8,8 @@ to 300 MB), can make it use more: an allocation past the limit fails, raising Me
 Python or ending the process in native code, and the server answers that request alone.
 
 Messages are length-prefixed JSON over the socket the server passes as fd `argv[1]`; the upload's
-bytes follow a job as one raw message. Results go back page by page.
+bytes follow a job as one raw message. Results go back page by page, as `reading.read_pages`
+yields them (a PDF page from its text layer or OCRed, with its size and, on request, its words).
 """
 
 import gc
