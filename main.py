@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.exceptions import install_handlers
+from service.error_handlers import install_handlers
 from service.monitoring.history import start_history, stop_history
 from service.monitoring.middleware import MetricsMiddleware
 from service.monitoring.router import router as monitoring_router

@@ -10,9 +10,6 @@ import ctypes
 import ctypes.util
 import os
 
-from service.config import get_settings
-from service.hardware import num_threads
-
 # glibc mallopt() parameter numbers.
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
@@ -20,6 +17,15 @@ _M_ARENA_MAX = -8
 # with every large block freed (up to 32 MB), after which model activations land in the heap and
 # stay there instead of going back when a call ends (MEMORY.md, "Working memory").
 MMAP_THRESHOLD_BYTES = 1 << 20
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+# Everything `pin()` sets; a process that inherits all of them (the OCR worker) has nothing to decide.
+_PINNED_VARS = (
+    *_THREAD_VARS,
+    "TOKENIZERS_PARALLELISM",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_THRESHOLD_",
+    "CUDA_VISIBLE_DEVICES",
+)
 _libc = None
 
 
@@ -39,16 +45,22 @@ def _glibc() -> ctypes.CDLL | None:
 def pin() -> None:
     """Pin thread pools and the allocator from the settings; existing env values win.
 
-    Without NUM_THREADS, one thread per core the process may use (service/hardware.py)."""
-    settings = get_settings()
-    threads = str(num_threads(settings))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        os.environ.setdefault(var, threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD_BYTES))
-    if not settings.use_gpu:
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    Without NUM_THREADS, one thread per core the process may use (service/hardware.py). When the
+    environment already holds every value (a child of the server, such as the OCR worker), the
+    settings are not read at all: that spares the child the settings stack (~25 MB)."""
+    if not all(var in os.environ for var in _PINNED_VARS):
+        from service.config import get_settings
+        from service.hardware import num_threads
+
+        settings = get_settings()
+        threads = str(num_threads(settings))
+        for var in _THREAD_VARS:
+            os.environ.setdefault(var, threads)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+        os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD_BYTES))
+        if not settings.use_gpu:
+            os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     # glibc reads MALLOC_* at process start; start.sh exports them, and this covers processes
     # started any other way (tests, python -m service.*).
     libc = _glibc()

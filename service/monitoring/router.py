@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.exceptions import error_examples
+from service.error_handlers import error_examples
 from service.monitoring.exceptions import HistoryUnavailable
 from service.monitoring.history import current_history
 from service.monitoring.metrics import exposition, route_stats

@@ -12,10 +12,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-OcrLang = Literal["es", "en"]
+from service.ocr.jobs import JobLimits
 
-# PDF page selections: "1-3,5".
-PAGES_PATTERN = r"^\s*\d{1,6}(\s*-\s*\d{1,6})?(\s*,\s*\d{1,6}(\s*-\s*\d{1,6})?)*\s*$"
+OcrLang = Literal["es", "en"]
 
 # The API's language codes and the Tesseract traineddata each one loads.
 TESSERACT_LANGS: dict[str, str] = {"es": "spa", "en": "eng"}
@@ -55,6 +54,10 @@ class OcrSettings(BaseSettings):
     tessdata: Path | None = Field(
         default=None, validation_alias=AliasChoices("OCR_TESSDATA", "TESSDATA_PREFIX")
     )
+
+    def job_limits(self) -> JobLimits:
+        """What the OCR worker needs of these settings for one job."""
+        return JobLimits(**self.model_dump(include=set(JobLimits.__dataclass_fields__)))
 
 
 @lru_cache

@@ -12,9 +12,8 @@ import io
 from PIL import Image, ImageChops, ImageFile
 
 from service.exceptions import BadInput, TooLarge
-from service.ocr.config import OcrSettings, get_ocr_settings
 from service.ocr.errors import Undecodable
-from service.ocr.uploads import KIND_NAMES, Kind
+from service.ocr.jobs import KIND_NAMES, JobLimits, Kind
 
 PIL_FORMATS: dict[Kind, str] = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "webp": "WEBP"}
 # Pillow keeps these modes at 1 byte per pixel, 16-bit ones at 2, every other mode at 4.
@@ -31,10 +30,6 @@ _TRANSPOSE_FOR_ORIENTATION = {
     8: Image.Transpose.ROTATE_90,
 }
 
-# Pillow's own guard, a backstop behind the header check in `open_image`: it raises on images
-# over twice this many pixels, wherever they are opened in the process.
-Image.MAX_IMAGE_PIXELS = get_ocr_settings().max_pixels
-
 
 def fit_within(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     """`size` scaled down, aspect kept, so that neither side passes `max_side`."""
@@ -49,35 +44,38 @@ def bytes_per_pixel(mode: str) -> int:
     return 2 if mode in _SIXTEEN_BIT_MODES else 4
 
 
-def open_image(data: bytes, kind: Kind, settings: OcrSettings) -> ImageFile.ImageFile:
+def open_image(data: bytes, kind: Kind, limits: JobLimits) -> ImageFile.ImageFile:
     """Open the header only, check the pixel limits, and set JPEG's reduced-scale decoding."""
+    # Pillow's own guard, a backstop behind the header check below: it raises on images over
+    # twice this many pixels, wherever they are opened in the process.
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels
     try:
         image = Image.open(io.BytesIO(data), formats=[PIL_FORMATS[kind]])
     except Image.DecompressionBombError as error:  # Pillow's guard: over twice the limit
         raise TooLarge(
-            f"the image has more than OCR_MAX_PIXELS={settings.max_pixels:,} pixels: {error}",
-            limit_pixels=settings.max_pixels,
+            f"the image has more than OCR_MAX_PIXELS={limits.max_pixels:,} pixels: {error}",
+            limit_pixels=limits.max_pixels,
         ) from error
     except (OSError, SyntaxError, ValueError) as error:
         raise Undecodable(f"the {KIND_NAMES[kind]} image cannot be read: {error}") from error
     width, height = image.size
-    if width * height > settings.max_pixels:
+    if width * height > limits.max_pixels:
         raise TooLarge(
             f"the image is {width}x{height} = {width * height:,} pixels; "
-            f"at most OCR_MAX_PIXELS={settings.max_pixels:,}",
+            f"at most OCR_MAX_PIXELS={limits.max_pixels:,}",
             width=width,
             height=height,
-            limit_pixels=settings.max_pixels,
+            limit_pixels=limits.max_pixels,
         )
-    if min(width, height) < settings.min_side:
+    if min(width, height) < limits.min_side:
         raise BadInput(
-            f"the image is {width}x{height}; each side needs OCR_MIN_SIDE={settings.min_side} pixels or more",
+            f"the image is {width}x{height}; each side needs OCR_MIN_SIDE={limits.min_side} pixels or more",
             width=width,
             height=height,
         )
     if kind == "jpeg":
         image.info["coefficient_bytes"] = jpeg_coefficient_bytes(image)  # before draft() shrinks size
-        image.draft("L", fit_within(image.size, settings.max_side))
+        image.draft("L", fit_within(image.size, limits.max_side))
     return image
 
 
@@ -102,18 +100,18 @@ def jpeg_coefficient_bytes(image: Image.Image) -> int:
     return int(width * height * per_pixel * 2)
 
 
-def check_work(image: Image.Image, settings: OcrSettings) -> None:
+def check_work(image: Image.Image, limits: JobLimits) -> None:
     """Refuse, from the header, an image whose decode and gray copies alone pass OCR_WORK_MB.
 
     A cheap early answer only: the worker's memory cap is what bounds decoding whatever the header says."""
     need = decoded_bytes(image) + 3 * image.size[0] * image.size[1] + image.info.get("coefficient_bytes", 0)
-    if need > settings.work_mb * 1024 * 1024:
+    if need > limits.work_mb * 1024 * 1024:
         raise TooLarge(
             f"the image is {image.size[0]}x{image.size[1]} {image.mode}: decoding it takes "
-            f"~{need / 2**20:.0f} MB, more than OCR_WORK_MB={settings.work_mb:g}; send a smaller image",
+            f"~{need / 2**20:.0f} MB, more than OCR_WORK_MB={limits.work_mb:g}; send a smaller image",
             width=image.size[0],
             height=image.size[1],
-            limit_mb=settings.work_mb,
+            limit_mb=limits.work_mb,
         )
 
 
@@ -135,7 +133,7 @@ def _to_grayscale(image: Image.Image) -> Image.Image:
     return ImageChops.invert(ImageChops.multiply(ink, alpha))
 
 
-def prepare_image(image: ImageFile.ImageFile, settings: OcrSettings) -> Image.Image:
+def prepare_image(image: ImageFile.ImageFile, limits: JobLimits) -> Image.Image:
     """Decode, convert to grayscale, downscale and orient the image for recognition."""
     try:
         image.load()
@@ -145,7 +143,7 @@ def prepare_image(image: ImageFile.ImageFile, settings: OcrSettings) -> Image.Im
         raise Undecodable(f"the {image.format} image cannot be decoded: {error}") from error
     except Image.DecompressionBombError as error:
         raise TooLarge(f"the image is a decompression bomb: {error}") from error
-    target = fit_within(gray.size, settings.max_side)
+    target = fit_within(gray.size, limits.max_side)
     if target != gray.size:
         gray = gray.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
     transpose = _TRANSPOSE_FOR_ORIENTATION.get(orientation) if isinstance(orientation, int) else None

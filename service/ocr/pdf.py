@@ -25,8 +25,8 @@ import pypdfium2.raw as pdfium_c
 from PIL import Image
 
 from service.exceptions import BadInput, TooLarge
-from service.ocr.config import PAGES_PATTERN, OcrSettings
 from service.ocr.errors import EncryptedPdf, Undecodable
+from service.ocr.jobs import PAGES_PATTERN, JobLimits
 from service.ocr.textlayer import TextLayer, pixel_size, read_text_layer
 
 _PDFIUM_LOCK = threading.Lock()
@@ -116,7 +116,7 @@ def _embedded_image_pixels(page: pdfium.PdfPage) -> int:
 
 
 class PdfPages:
-    """`with PdfPages(data, pages, settings) as pdf:` checks the document and the selection;
+    """`with PdfPages(data, pages, limits) as pdf:` checks the document and the selection;
     iterating then loads the pages. Leaving the block stops and joins the producer.
 
     `pages_left` bounds the selection when earlier files of the request took some of OCR_MAX_PAGES;
@@ -127,7 +127,7 @@ class PdfPages:
         self,
         data: bytes,
         pages: str | None,
-        settings: OcrSettings,
+        limits: JobLimits,
         *,
         pages_left: int | None = None,
         force_ocr: bool = False,
@@ -136,12 +136,12 @@ class PdfPages:
     ) -> None:
         self._data = data
         self._spec = pages
-        self._settings = settings
+        self._limits = limits
         self._pages_left = pages_left
         self._force_ocr = force_ocr
         self._words = words
         self._render_all = render_all
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=settings.render_queue)
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=limits.render_queue)
         self._go = threading.Event()  # set by iteration: nothing is rendered before the caller asks
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, name="ocr-pdf-render", daemon=True)
@@ -231,7 +231,7 @@ class PdfPages:
                 document.close()
 
     def _outline(self, document: pdfium.PdfDocument) -> _Outline:
-        numbers = parse_pages(self._spec, len(document), self._settings.max_pages, self._pages_left)
+        numbers = parse_pages(self._spec, len(document), self._limits.max_pages, self._pages_left)
         for number in numbers:
             page = document[number - 1]
             try:
@@ -240,33 +240,33 @@ class PdfPages:
             finally:
                 page.close()
             self._check_legible(number, width, height)
-            if pixels > self._settings.max_pixels:
+            if pixels > self._limits.max_pixels:
                 raise TooLarge(
                     f"page {number} embeds images of {pixels:,} pixels; at most OCR_MAX_PIXELS="
-                    f"{self._settings.max_pixels:,} per page",
+                    f"{self._limits.max_pixels:,} per page",
                     page=number,
-                    limit_pixels=self._settings.max_pixels,
+                    limit_pixels=self._limits.max_pixels,
                 )
         return _Outline(len(document), numbers)
 
     def _check_legible(self, number: int, width_pt: float, height_pt: float) -> None:
-        settings = self._settings
-        dpi = render_scale(width_pt, height_pt, settings.dpi, settings.page_pixels) * 72
-        if dpi < settings.min_dpi:
+        limits = self._limits
+        dpi = render_scale(width_pt, height_pt, limits.dpi, limits.page_pixels) * 72
+        if dpi < limits.min_dpi:
             raise TooLarge(
                 f"page {number} is {width_pt / 72:.0f} x {height_pt / 72:.0f} inches: within "
-                f"OCR_PAGE_PIXELS={settings.page_pixels:,} it would render at {dpi:.0f} dpi, below "
-                f"the {settings.min_dpi} dpi that text needs to be read; send smaller pages",
+                f"OCR_PAGE_PIXELS={limits.page_pixels:,} it would render at {dpi:.0f} dpi, below "
+                f"the {limits.min_dpi} dpi that text needs to be read; send smaller pages",
                 page=number,
                 dpi=round(dpi, 1),
-                min_dpi=settings.min_dpi,
+                min_dpi=limits.min_dpi,
             )
 
     def _load(self, document: pdfium.PdfDocument, number: int) -> LoadedPage:
         page = document[number - 1]
         try:
             width, height = page.get_size()
-            scale = render_scale(width, height, self._settings.dpi, self._settings.page_pixels)
+            scale = render_scale(width, height, self._limits.dpi, self._limits.page_pixels)
             size = pixel_size(width, height, scale)
             layer = None if self._force_ocr else read_text_layer(page, size, self._words)
             if layer is not None and layer.status == "used" and not self._render_all:

@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Literal
 
 from PIL import Image
 
-from service.ocr.config import OcrSettings
 from service.ocr.engine import TesseractEngine
 from service.ocr.images import check_work, open_image, prepare_image
+from service.ocr.jobs import JobLimits, Kind, ReadOptions
 from service.ocr.pdf import LoadedPage, PdfPages
-from service.ocr.uploads import Kind
 from service.ocr.words import Word
 
 if TYPE_CHECKING:  # imported when tables are asked for: numpy stays out of a worker that never is
@@ -27,16 +26,6 @@ Source = Literal["text_layer", "ocr"]
 # What became of a PDF page's text layer: `used`, or why it was not (textlayer.py), or `skipped`
 # when OCR was forced; None for an image.
 TextLayerStatus = Literal["used", "absent", "garbage", "hidden", "sparse", "skipped"]
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    pages: str | None = None
-    force_ocr: bool = False
-    words: bool = False
-    pages_left: int | None = None  # what this request may still read of OCR_MAX_PAGES
-    tables: bool = False
-    columns: int | None = None  # the caller's hint for unruled tables
 
 
 @dataclass
@@ -58,7 +47,7 @@ def read_pages(
     data: bytes,
     kind: Kind,
     options: ReadOptions,
-    settings: OcrSettings,
+    limits: JobLimits,
     on_outline: Callable[[int], None],
     on_page_started: Callable[[int], None],
 ) -> Iterator[PageRead]:
@@ -66,12 +55,12 @@ def read_pages(
     `on_page_started` each page's number before its work starts. The image of a page is closed
     when the next one is asked for (or the iteration ends)."""
     if kind == "pdf":
-        yield from _pdf_pages(engine, data, options, settings, on_outline, on_page_started)
+        yield from _pdf_pages(engine, data, options, limits, on_outline, on_page_started)
         return
-    image = open_image(data, kind, settings)
-    check_work(image, settings)
+    image = open_image(data, kind, limits)
+    check_work(image, limits)
     on_outline(1)
-    prepared = prepare_image(image, settings)
+    prepared = prepare_image(image, limits)
     if prepared is not image:
         image.close()  # free the full-size decode before recognition
     on_page_started(1)
@@ -82,14 +71,14 @@ def _pdf_pages(
     engine: TesseractEngine,
     data: bytes,
     options: ReadOptions,
-    settings: OcrSettings,
+    limits: JobLimits,
     on_outline: Callable[[int], None],
     on_page_started: Callable[[int], None],
 ) -> Iterator[PageRead]:
     pdf = PdfPages(
         data,
         options.pages,
-        settings,
+        limits,
         pages_left=options.pages_left,
         force_ocr=options.force_ocr,
         words=options.words or options.tables,

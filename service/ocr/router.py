@@ -5,7 +5,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
-from service.exceptions import BadInput, TooLarge, error_examples
+from service.error_handlers import error_examples
+from service.exceptions import BadInput, TooLarge
 from service.ocr.config import get_ocr_settings
 from service.ocr.schemas import OcrBatchResponse, OcrOptions, OcrResponse
 from service.ocr.service import Upload, ocr_batch, ocr_upload

@@ -11,9 +11,12 @@ starts a new worker.
 
 One worker serves every language: each Tesseract engine is a registry item loaded into it, and
 the worker exits when the last one is unloaded. Jobs run one at a time, in arrival order;
-OCR_QUEUE_MAX more may wait, past that a request is refused at once with 503.
+OCR_QUEUE_MAX more requests may wait, past that a request is refused at once with 503. A request
+with several files (`POST /ocr/batch`) holds its turn for all of them and runs one job per file:
+each job is capped and can fail alone, and the worker it killed is replaced for the next file.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +37,7 @@ from service import budget
 from service.exceptions import BadInput, ModelUnavailable, Overloaded, ServiceError, TooLarge
 from service.ocr.config import OcrSettings
 from service.ocr.errors import Undecodable
+from service.ocr.jobs import Kind, ReadOptions
 from service.ocr.words import Word
 
 logger = logging.getLogger(__name__)
@@ -61,14 +65,8 @@ class OcrJob:
     """One file to read, and how (`service/ocr/reading.py` in the worker)."""
 
     data: bytes
-    kind: str
-    pages: str | None = None
-    force_ocr: bool = False
-    words: bool = False
-    pages_left: int | None = None  # what the request may still read of OCR_MAX_PAGES
-    tables: bool = False
-    columns: int | None = None
-    table_csv: bool = False
+    kind: Kind
+    options: ReadOptions
 
 
 @dataclass
@@ -234,29 +232,16 @@ class OcrWorker:
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    def ocr(self, job: OcrJob, code: str, settings: OcrSettings) -> tuple[int, list[OcrPage]]:
-        """Recognise one upload in the worker: (page count, pages read), or the job's own error."""
-        with self.turn(settings):
-            return self.run(job, code, settings)
-
     def run(self, job: OcrJob, code: str, settings: OcrSettings) -> tuple[int, list[OcrPage]]:
-        """One job, within `turn`: a worker that died on the previous one is replaced first."""
+        """Recognise one upload in the worker, within `turn`: (page count, pages read), or the job's
+        own error. A worker that died on the previous job is replaced first."""
         self._ensure_started()
-        options = {
-            "pages": job.pages,
-            "force_ocr": job.force_ocr,
-            "words": job.words,
-            "pages_left": job.pages_left,
-            "tables": job.tables,
-            "columns": job.columns,
-        }
         message = {
             "op": "ocr",
             "kind": job.kind,
-            "options": options,
+            "options": dataclasses.asdict(job.options),
             "code": code,
-            "table_csv": job.table_csv,
-            "settings": settings.model_dump(mode="json"),
+            "limits": dataclasses.asdict(settings.job_limits()),
         }
         progress = _Progress()
         try:

@@ -4,9 +4,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from service.exceptions import ErrorDetail
-from service.ocr.config import PAGES_PATTERN, OcrLang
-from service.ocr.uploads import Kind
+from service.error_handlers import ErrorDetail
+from service.ocr.config import OcrLang
+from service.ocr.jobs import PAGES_PATTERN, Kind
 
 
 class OcrOptions(BaseModel):
@@ -18,7 +18,8 @@ class OcrOptions(BaseModel):
         max_length=200,
         description="PDF pages to read, counted from 1, e.g. `1-3,5`. Default: every page, "
         "refused when the PDF has more than OCR_MAX_PAGES. Images have one page (of a multi-page "
-        "TIFF or an animated WebP, the first is read).",
+        "TIFF or an animated WebP, the first is read). On `/ocr/batch`, each PDF's pages (a PDF it "
+        "does not fit gets its own error); images are read whole.",
         examples=["1-3,5"],
     )
     lang: OcrLang | None = Field(

@@ -12,8 +12,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
-from service.exceptions import BadInput, ErrorDetail, ServiceError, TooLarge
+from service.error_handlers import ErrorDetail
+from service.exceptions import BadInput, ServiceError, TooLarge
 from service.ocr.config import TESSERACT_LANGS, OcrSettings, get_ocr_settings
+from service.ocr.jobs import ReadOptions
 from service.ocr.sandbox import OcrJob, OcrPage, OcrWorker, get_worker
 from service.ocr.schemas import (
     OcrBatchResponse,
@@ -35,8 +37,9 @@ MB = 1024 * 1024
 # RSS an engine adds to the worker: the LSTM model and its caches (measured 14 MB for spa's
 # 3.4 MB traineddata, +7 MB kept after the first page), plus the file itself.
 ENGINE_BASE_MB = 25.0
-# RSS of the worker process itself (Python, Pillow, pdfium, libtesseract), paid with its first engine.
-WORKER_BASE_MB = 60.0
+# RSS of the worker process itself (Python, Pillow, pdfium, libtesseract: 30.3 MB measured after its
+# imports, 2026-11-30), paid with its first engine.
+WORKER_BASE_MB = 32.0
 # Unreclaimable memory table detection adds to the worker: numpy and service/ocr/tables.py
 # imported, measured 5.4 MB anonymous (of 11.4 MB RSS; the rest is numpy's mapped libraries) in a
 # fresh process, 1.8 MB in a worker that has read pages (MEMORY.md, "Issue 14 - tables"). Its work
@@ -130,9 +133,7 @@ def _job(upload: Upload, options: OcrOptions, batch: bool) -> OcrJob:
         if not batch and pages.strip() != "1":
             raise BadInput("pages selects pages of a PDF; an image has a single page")
         pages = None  # in a batch, `pages` selects each PDF's pages; an image is read whole
-    return OcrJob(
-        upload.data,
-        kind,
+    read = ReadOptions(
         pages,
         force_ocr=options.ocr == "force",
         words=options.words,
@@ -140,35 +141,43 @@ def _job(upload: Upload, options: OcrOptions, batch: bool) -> OcrJob:
         columns=options.columns,
         table_csv=options.table_csv,
     )
+    return OcrJob(upload.data, kind, read)
+
+
+def _checked(uploads: list[Upload], options: OcrOptions, batch: bool) -> list[OcrJob | ServiceError]:
+    checked: list[OcrJob | ServiceError] = []
+    for upload in uploads:
+        try:
+            checked.append(_job(upload, options, batch))
+        except ServiceError as error:
+            checked.append(error)
+    return checked
 
 
 def _read_all(
     uploads: list[Upload], options: OcrOptions, lang: str, settings: OcrSettings, batch: bool
-) -> list["OcrFile | ServiceError"]:
-    """Each upload read in turn in the OCR worker, or its own error; one engine use, one
-    reservation of OCR_WORK_MB and one turn at the worker for all of them (one job runs at a time).
-    Files share OCR_MAX_PAGES: each job may read what the files before it left."""
-    results: list[OcrFile | OcrJob | ServiceError] = []
-    for upload in uploads:
-        try:
-            results.append(_job(upload, options, batch))
-        except ServiceError as error:
-            if not batch:
-                raise
-            results.append(error)
-    if not any(isinstance(job, OcrJob) for job in results):
-        return results  # type: ignore[return-value]  # nothing to decode: no engine, no reservation
+) -> list[OcrFile | ServiceError]:
+    """Each upload read in turn in the OCR worker, or its own error. One engine use, one
+    reservation of OCR_WORK_MB and one turn at the worker serve all of them (one job runs at a
+    time); they share OCR_MAX_PAGES: each job may read what the files before it left."""
+    checked = _checked(uploads, options, batch)
+    results: list[OcrFile | ServiceError] = [job for job in checked if isinstance(job, ServiceError)]
+    if len(results) == len(checked):
+        return results  # nothing to decode: no engine, no reservation
+    results = []
     item, registry = engine_item(TESSERACT_LANGS[lang], settings), get_registry()
     pages_left = settings.max_pages
-    what = "these files" if batch else "this upload"
     with (
         registry.use(item) as engine,
         registry.use(tables_item()) if options.tables else nullcontext(),
-        registry.reserve(settings.work_mb, f"reading {what}", on=item.key),
+        registry.reserve(
+            settings.work_mb, "reading these files" if batch else "reading this upload", on=item.key
+        ),
         engine.worker.turn(settings),
     ):
-        for index, (upload, job) in enumerate(zip(uploads, list(results), strict=True)):
-            if not isinstance(job, OcrJob):
+        for upload, job in zip(uploads, checked, strict=True):
+            if isinstance(job, ServiceError):
+                results.append(job)
                 continue
             started = time.perf_counter()
             try:
@@ -178,21 +187,22 @@ def _read_all(
                         "of this request; send this file in another request",
                         max_pages=settings.max_pages,
                     )
-                page_count, pages = engine.worker.run(
-                    replace(job, pages_left=pages_left), engine.code, settings
-                )
+                counted = replace(job, options=replace(job.options, pages_left=pages_left))
+                page_count, pages = engine.worker.run(counted, engine.code, settings)
             except ServiceError as error:
-                if not batch:
-                    raise
-                results[index] = error
+                results.append(error)
                 continue
             pages_left -= len(pages)
-            read = [_result(page) for page in pages]
-            seconds = round(time.perf_counter() - started, 3)
-            results[index] = OcrFile(
-                filename=upload.filename, format=job.kind, page_count=page_count, pages=read, seconds=seconds
-            )  # type: ignore[arg-type]
-    return results  # type: ignore[return-value]
+            results.append(
+                OcrFile(
+                    filename=upload.filename,
+                    format=job.kind,
+                    page_count=page_count,
+                    pages=[_result(page) for page in pages],
+                    seconds=round(time.perf_counter() - started, 3),
+                )
+            )
+    return results
 
 
 def _result(page: OcrPage) -> PageResult:
@@ -239,7 +249,8 @@ def ocr_upload(upload: Upload, options: OcrOptions, started: float) -> OcrRespon
     settings = get_ocr_settings()
     lang = options.lang or settings.default_lang
     (read,) = _read_all([upload], options, lang, settings, batch=False)
-    assert isinstance(read, OcrFile)
+    if isinstance(read, ServiceError):
+        raise read
     if options.analyze:
         _add_sentiment(read.pages, lang)
     seconds = round(time.perf_counter() - started, 3)

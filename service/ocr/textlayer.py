@@ -15,6 +15,7 @@ used only when it is what a reader sees; otherwise the page is OCRed and the rea
   A page without images is used whatever its length: there is nothing else on it to read.
 """
 
+import contextlib
 import math
 import unicodedata
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ WORD_GAP = 0.6
 _INVISIBLE_MODES = {pdfium_c.FPDF_TEXTRENDERMODE_INVISIBLE, pdfium_c.FPDF_TEXTRENDERMODE_CLIP}
 _BAD_CATEGORIES = {"Cc", "Co", "Cs", "Cn"}
 _NONCHARACTERS = {0xFFFD, 0xFFFE, 0xFFFF}
+_NO_BOX = (0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def read_text_layer(page: pdfium.PdfPage, size: tuple[int, int], words: bool) ->
     textpage = page.get_textpage()
     try:
         painted, order_of = _painted_objects(page)
-        chars = list(_chars(textpage, painted, order_of))
+        chars = list(_chars(textpage, painted, order_of, boxes=words or bool(painted)))
         status = _judge(chars, page, painted)
         if status != "used":
             return TextLayer(status, "", None)
@@ -118,9 +120,10 @@ def _bounds(raw: object) -> tuple[float, float, float, float]:
 
 
 def _chars(
-    textpage: pdfium.PdfTextPage, painted: list[_Painted], order_of: dict[int, int]
+    textpage: pdfium.PdfTextPage, painted: list[_Painted], order_of: dict[int, int], boxes: bool
 ) -> Iterator[_Char]:
-    """The page's own characters (not pdfium's generated spaces and line breaks)."""
+    """The page's own characters (not pdfium's generated spaces and line breaks); their boxes
+    only when `boxes` (words are asked for, or images may cover them): one call fewer per character."""
     modes: dict[int, int] = {}
     for index in range(textpage.count_chars()):
         if pdfium_c.FPDFText_IsGenerated(textpage, index) == 1:
@@ -128,15 +131,18 @@ def _chars(
         code = pdfium_c.FPDFText_GetUnicode(textpage, index)
         char = chr(code) if code < 0x110000 else "\ufffd"
         bad = pdfium_c.FPDFText_HasUnicodeMapError(textpage, index) == 1 or _is_bad(char)
-        try:
-            box = textpage.get_charbox(index)
-        except pdfium.PdfiumError:
-            box = (0.0, 0.0, 0.0, 0.0)
+        box = _NO_BOX
+        if boxes:
+            with contextlib.suppress(pdfium.PdfiumError):
+                box = textpage.get_charbox(index)
         raw = pdfium_c.FPDFText_GetTextObject(textpage, index)
         address = _address(raw)
         if address and address not in modes:
             modes[address] = pdfium_c.FPDFTextObj_GetTextRenderMode(raw)
-        hidden = modes.get(address) in _INVISIBLE_MODES or _covered(box, order_of.get(address, -1), painted)
+        order = order_of.get(address)  # None: an object pdfium did not list (never judged covered)
+        hidden = modes.get(address) in _INVISIBLE_MODES or (
+            order is not None and _covered(box, order, painted)
+        )
         yield _Char(char, box, bad, hidden)
 
 

@@ -8,7 +8,7 @@ disagrees with the content is refused, so a client learns what it actually sent.
 """
 
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Request, Response, UploadFile
 from fastapi.routing import APIRoute
@@ -18,15 +18,13 @@ from starlette.types import Message
 from service.exceptions import BadInput, TooLarge
 from service.ocr.config import get_ocr_settings
 from service.ocr.errors import UnsupportedMedia
-
-Kind = Literal["pdf", "png", "jpeg", "tiff", "webp"]
+from service.ocr.jobs import KIND_NAMES, Kind
 
 MB = 1024 * 1024
 CHUNK_BYTES = MB
 # Multipart boundaries and the small form fields around the file.
 MULTIPART_SLACK_BYTES = 64 * 1024
 
-KIND_NAMES: dict[Kind, str] = {"pdf": "a PDF", "png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "webp": "WebP"}
 DECLARED_KINDS: dict[str, Kind] = {
     "application/pdf": "pdf",
     "application/x-pdf": "pdf",

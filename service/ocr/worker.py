@@ -8,7 +8,8 @@ to 300 MB), can make it use more: an allocation past the limit fails, raising Me
 Python or ending the process in native code, and the server answers that request alone.
 
 Messages are length-prefixed JSON over the socket the server passes as fd `argv[1]`; the upload's
-bytes follow a job as one raw message. Results go back page by page.
+bytes follow a job as one raw message. Results go back page by page, as `reading.read_pages`
+yields them (a PDF page from its text layer or OCRed, with its size and, on request, its words).
 """
 
 import gc
@@ -21,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from service import runtime
 from service.exceptions import ServiceError, TooLarge
-from service.ocr.config import OcrSettings
 from service.ocr.engine import TesseractEngine
 from service.ocr.errors import Undecodable
-from service.ocr.reading import PageRead, ReadOptions, read_pages
+from service.ocr.jobs import JobLimits, ReadOptions
+from service.ocr.reading import PageRead, read_pages
 
 if TYPE_CHECKING:
     from service.ocr.tables import Table
@@ -107,27 +108,27 @@ class Worker:
 
     def op_ocr(self, request: dict[str, Any]) -> None:
         data = self.conn.recv_bytes(MAX_MESSAGE_BYTES)
-        settings = OcrSettings.model_validate(request["settings"])
+        limits = JobLimits(**request["limits"])
         options = ReadOptions(**request["options"])
         engine = self.engines[request["code"]]
-        _cap_data(settings.work_mb)
+        _cap_data(limits.work_mb)
         try:
             pages = read_pages(
                 engine,
                 data,
                 request["kind"],
                 options,
-                settings,
+                limits,
                 on_outline=lambda count: self.send({"outline": {"page_count": count}}),
                 on_page_started=lambda number: self.send({"page_started": number}),
             )
             for page in pages:
-                self.send({"page": page_message(page, request.get("table_csv", False))})
+                self.send({"page": page_message(page, options.table_csv)})
             message: dict[str, Any] = {"done": True}
         except ServiceError as error:
             message = _error(error)
         except MemoryError:
-            message = _error(TooLarge(_over_work_mb(settings), limit_mb=settings.work_mb))
+            message = _error(TooLarge(_over_work_mb(limits), limit_mb=limits.work_mb))
         except Exception as error:  # a decoder's own failure on a malformed file
             print(f"ocr worker: {type(error).__name__}: {error}", file=sys.stderr)
             message = _error(Undecodable(f"the upload cannot be decoded: {type(error).__name__}: {error}"))
@@ -168,9 +169,9 @@ def table_message(table: "Table", csv: bool) -> dict[str, Any]:
     }
 
 
-def _over_work_mb(settings: OcrSettings) -> str:
+def _over_work_mb(limits: JobLimits) -> str:
     return (
-        f"decoding this upload needs more than OCR_WORK_MB={settings.work_mb:g} MB of working memory; "
+        f"decoding this upload needs more than OCR_WORK_MB={limits.work_mb:g} MB of working memory; "
         "send a smaller image or fewer, smaller pages"
     )
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.types import Scope, Send
 
-from service.exceptions import error_response
+from service.error_handlers import error_response
 
 
 async def _no_body() -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.exceptions import ErrorResponse
+from service.error_handlers import ErrorResponse
 from service.ops.admission import EXEMPT_PATHS as ADMISSION_EXEMPT
 from service.ops.security import EXEMPT_PATHS as KEY_EXEMPT
 

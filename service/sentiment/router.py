@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 
-from service.exceptions import error_examples
+from service.error_handlers import error_examples
 from service.sentiment.bulk import NDJSON, BulkOptions, analyze_file
 from service.sentiment.schemas import (
     AnalyzeBatchResult,

@@ -13,7 +13,7 @@ from service.budget import (
     thread_count,
 )
 from service.config import get_settings
-from service.exceptions import error_examples
+from service.error_handlers import error_examples
 from service.hardware import current, num_threads
 from service.monitoring.history import current_history
 from service.registry import get_registry

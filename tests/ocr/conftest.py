@@ -8,7 +8,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from service.config import get_settings
-from service.exceptions import ModelUnavailable, install_handlers
+from service.error_handlers import install_handlers
+from service.exceptions import ModelUnavailable
 from service.ocr.config import get_ocr_settings
 from service.ocr.router import router
 from service.ocr.tessdata import resolve_tessdata

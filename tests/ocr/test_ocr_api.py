@@ -1,6 +1,7 @@
 """`POST /ocr` end to end: real Tesseract on generated pages with known text."""
 
 import asyncio
+import dataclasses
 import json
 import threading
 from collections.abc import Callable
@@ -294,8 +295,8 @@ def run_worker_job(data: bytes, kind: str, **options: object) -> list[dict]:
     conn = Conn()
     worker = Worker(conn)  # type: ignore[arg-type]
     worker.op_load({"code": "spa", "tessdata": str(tessdata.resolve_tessdata("spa"))})
-    settings = OcrSettings(_env_file=None).model_dump(mode="json")
-    worker.op_ocr({"kind": kind, "options": options, "code": "spa", "settings": settings})
+    limits = dataclasses.asdict(OcrSettings(_env_file=None).job_limits())
+    worker.op_ocr({"kind": kind, "options": options, "code": "spa", "limits": limits})
     worker.op_unload({"code": "spa"})
     return conn.sent[1:-1]
 

@@ -4,6 +4,10 @@ import base64
 import gzip
 import hashlib
 import io
+import json
+import os
+import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -20,6 +24,7 @@ from service.ocr.images import open_image, prepare_image
 from service.ocr.pdf import PdfPages, parse_pages, render_scale
 from service.ocr.uploads import check_kind, sniff_kind
 from tests.ocr.samples import blank_pdf, encode, pdf_of, png_header_only, text_page
+from tests.support import ROOT
 
 
 def renderer_threads() -> list[threading.Thread]:
@@ -58,7 +63,7 @@ def test_render_scale_caps_the_pixels_of_any_page() -> None:
 
 
 def test_pdf_pages_render_within_budget_and_stop_early() -> None:
-    settings = OcrSettings(page_pixels=500_000, min_dpi=1)
+    settings = OcrSettings(page_pixels=500_000, min_dpi=1).job_limits()
     with PdfPages(blank_pdf(200 * 72, 100 * 72, pages=5), None, settings) as pdf:
         assert (pdf.page_count, pdf.numbers) == (5, [1, 2, 3, 4, 5])
         page = next(iter(pdf))
@@ -71,10 +76,10 @@ def test_pdf_pages_refuse_oversized_embedded_images() -> None:
     pdf = pdf_of([Image.new("L", (400, 300), 255)])
     with (
         pytest.raises(TooLarge, match="OCR_MAX_PIXELS"),
-        PdfPages(pdf, None, OcrSettings(max_pixels=100_000)),
+        PdfPages(pdf, None, OcrSettings(max_pixels=100_000).job_limits()),
     ):
         pass
-    with PdfPages(pdf, None, OcrSettings()) as pages:
+    with PdfPages(pdf, None, OcrSettings().job_limits()) as pages:
         assert pages.numbers == [1]  # an image under the cap: the page is read
     assert not renderer_threads()
 
@@ -109,11 +114,11 @@ def test_check_kind_trusts_content_over_a_generic_type() -> None:
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_decompression_bomb_is_refused_from_its_header(side: int) -> None:
     with pytest.raises(TooLarge, match="OCR_MAX_PIXELS=40,000,000"):
-        open_image(png_header_only(side, side), "png", OcrSettings())
+        open_image(png_header_only(side, side), "png", OcrSettings().job_limits())
 
 
 def test_sixteen_bit_and_rotated_images_become_upright_8_bit() -> None:
-    settings = OcrSettings()
+    settings = OcrSettings().job_limits()
     deep = Image.new("I;16", (40, 20), 40_000)
     prepared = prepare_image(open_image(encode(deep), "png", settings), settings)
     assert prepared.mode == "L" and prepared.getpixel((0, 0)) == 40_000 // 256
@@ -125,7 +130,7 @@ def test_sixteen_bit_and_rotated_images_become_upright_8_bit() -> None:
 
 
 def test_large_images_are_downscaled_to_max_side() -> None:
-    settings = OcrSettings(max_side=500)
+    settings = OcrSettings(max_side=500).job_limits()
     image = open_image(encode(text_page(["x"], size=(2000, 1000)), "JPEG"), "jpeg", settings)
     assert image.size == (500, 250)  # libjpeg decodes at 1/4 scale
     assert prepare_image(image, settings).size == (500, 250)
@@ -169,7 +174,18 @@ def test_missing_tessdata_says_what_to_install(tmp_path: Path, monkeypatch: pyte
 def test_a_page_tree_that_contains_itself_is_undecodable() -> None:
     with (
         pytest.raises(Undecodable, match="cannot be read"),
-        PdfPages(looping_page_tree_pdf(), None, OcrSettings()),
+        PdfPages(looping_page_tree_pdf(), None, OcrSettings().job_limits()),
     ):
         pass
     assert not renderer_threads()
+
+
+def test_the_worker_process_loads_no_settings_stack() -> None:
+    """The worker inherits the server's pinned environment, so it never imports pydantic-settings,
+    pydantic or FastAPI: they would add ~25 MB to a process whose memory the budget counts."""
+    code = "import json, sys, service.ocr.worker; print(json.dumps(sorted(sys.modules)))"
+    env = {**os.environ}  # pinned by `import service` in this process, as in the server
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    modules = set(json.loads(result.stdout))
+    assert {"PIL", "pypdfium2", "tesserocr"} <= modules
+    assert not {"fastapi", "pydantic", "pydantic_settings", "service.config"} & modules

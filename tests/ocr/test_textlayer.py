@@ -16,7 +16,7 @@ from bench.documents import (
     word_spans,
 )
 from service.ocr.textlayer import SCAN_MIN_CHARS, TextLayer, pixel_size, read_text_layer
-from tests.ocr.samples import blank_pdf, needs_dejavu, pdf_of, text_page
+from tests.ocr.samples import blank_pdf, needs_dejavu, pdf_from_objects, pdf_of, text_page
 
 SCALE = 150 / 72
 LINES = page_lines(8, seed=3)
@@ -76,6 +76,35 @@ def test_a_scan_with_a_long_visible_stamp_is_a_text_page() -> None:
 def test_a_short_text_page_without_images_is_used() -> None:
     layer = read(layered_pdf([LayeredPage(["Anexo I"])]))
     assert (layer.status, layer.text) == ("used", "Anexo I")
+
+
+def test_text_inside_a_form_xobject_is_a_text_layer() -> None:
+    """Text drawn by a form XObject (as many generators wrap page content) is mapped to its form."""
+    text = b"BT /F1 12 Tf 72 700 Td (Hello from inside a form) Tj ET"
+    page_content = b"q /Fm1 Do Q"
+    data = pdf_from_objects(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+            b"/Resources << /XObject << /Fm1 5 0 R >> >> >>",
+            b"<< /Length %d >>\nstream\n%s\nendstream" % (len(page_content), page_content),
+            b"<< /Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << /Font << /F1 6 0 R >> >> "
+            b"/Length %d >>\nstream\n%s\nendstream" % (len(text), text),
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        ]
+    )
+    layer = read(data, words=True)
+    assert (layer.status, layer.text) == ("used", "Hello from inside a form")
+    assert layer.words is not None and [word.text for word in layer.words] == [
+        "Hello",
+        "from",
+        "inside",
+        "a",
+        "form",
+    ]
+    # 72 pt from the left edge, baseline 92 pt from the top: at 150 dpi, x from 150 px, above y 192.
+    assert 148 <= layer.words[0].left <= 156 and 185 <= layer.words[0].bottom <= 194
 
 
 def test_private_use_and_control_characters_are_garbage() -> None:

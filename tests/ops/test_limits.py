@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service.exceptions import install_handlers
+from service.error_handlers import install_handlers
 from service.ocr.config import get_ocr_settings
 from service.ops import install_ops
 from service.ops import security as security_module

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from service.budget import MB, Budget
-from service.exceptions import install_handlers
+from service.error_handlers import install_handlers
 from service.ops import install_ops
 from service.ops import watchdog as watchdog_module
 from service.ops.watchdog import Limits, Watchdog

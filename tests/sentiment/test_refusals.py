@@ -8,7 +8,7 @@ import json
 import pytest
 from starlette.requests import Request
 
-from service.exceptions import MAX_PROBLEM_CHARS, MAX_PROBLEMS
+from service.error_handlers import MAX_PROBLEM_CHARS, MAX_PROBLEMS
 
 MAX_BATCH = 64
 MAX_TEXT_CHARS = 100
