@@ -41,7 +41,7 @@ ENGINE_BASE_MB = 25.0
 # imports, 2026-11-30), paid with its first engine.
 WORKER_BASE_MB = 32.0
 # Unreclaimable memory table detection adds to the worker: numpy and service/ocr/tables.py
-# imported, measured 5.4 MB anonymous (of 11.4 MB RSS; the rest is numpy's mapped libraries) in a
+# imported, measured 6.0 MB anonymous (of 12.3 MB RSS; the rest is numpy's mapped libraries) in a
 # fresh process, 1.8 MB in a worker that has read pages (MEMORY.md, "Issue 14 - tables"). Its work
 # per page (a few page-sized masks, 4-8 MB) runs inside OCR_WORK_MB.
 TABLES_MB = 6.0

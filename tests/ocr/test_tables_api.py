@@ -83,6 +83,22 @@ def test_pdf_tables_from_text_layer_and_scanned_pages(ocr_client: MakeClient) ->
     assert exact_share(STOCK, pages[3]["tables"][0]) >= 0.95
 
 
+def test_a_batch_gets_each_files_tables_and_a_corrupt_file_its_own_error(ocr_client: MakeClient) -> None:
+    files = [
+        ("stock.png", encode(table_page([(STOCK, False)]))),
+        ("broken.pdf", b"%PDF-1.7\n1 0 obj << /Type /Catalog >> garbage"),
+        ("invoices.pdf", table_pdf([TablePage(INVOICES)])),
+    ]
+    response = ocr_client().post(
+        "/ocr/batch", files=[("file", file) for file in files], data={"tables": "true"}
+    )
+    assert response.status_code == 200, response.text
+    stock, broken, invoices = response.json()["files"]
+    assert exact_share(STOCK, stock["pages"][0]["tables"][0]) >= 0.95
+    assert broken["error"]["code"] == "undecodable_file"
+    assert texts(invoices["pages"][0]["tables"][0]) == INVOICES
+
+
 def test_the_column_hint_splits_an_unruled_table_at_its_widest_gaps(ocr_client: MakeClient) -> None:
     client = ocr_client()
     image = encode(table_page([(STOCK, False)]))
