@@ -2,7 +2,7 @@
 
 Pure numpy and the standard library, run in the OCR worker on words it already has (Tesseract's,
 or a PDF text layer's) and the page's gray image, so asking for tables adds no engine, no model
-and no copy of the page beyond a few page-sized masks. Chosen over img2table (OpenCV) by
+and, per page, one byte per pixel of mask. Chosen over img2table (OpenCV) by
 measurement: MEMORY.md, "Issue 14 - tables".
 
 Ruled: dark horizontal and vertical runs much longer than a letter are ruling lines; lines that
@@ -23,7 +23,8 @@ from PIL import Image, ImageDraw
 
 from service.ocr.words import Word
 
-# Fallback letter height (px) for a page without words: ~11 pt at 150 dpi.
+# Letter height (px) assumed where none is measured: looking for lines before recognition, or a
+# page without words. ~11 pt at 150 dpi.
 _DEFAULT_EM = 22.0
 # A ruling line is at least this many letter heights long, and at most this thick: letters' strokes
 # are shorter, filled blocks (photos, shading) thicker.
@@ -89,8 +90,8 @@ def detect_tables(
     words: Sequence[Word], rules: Iterable[Rule] = (), columns: int | None = None
 ) -> list[Table]:
     """The tables of a page, top to bottom, from its words and its ruling lines (`ruling_lines`
-    of its image, or a PDF's drawing). `columns`, the number of columns the caller expects,
-    guides the split of unruled tables; ruled tables follow their lines."""
+    of its image). `columns`, the number of columns the caller expects, guides the split of
+    unruled tables; ruled tables follow their lines."""
     em = _letter_height(words)
     ruled = _ruled_tables(list(rules), words, em)
     rest = [word for word in words if not any(_holds(table, word) for table in ruled)]
@@ -101,8 +102,9 @@ def detect_tables(
 # -- ruling lines ---------------------------------------------------------------------------------
 
 
-def ruling_lines(image: Image.Image, em: float = _DEFAULT_EM) -> list[Rule]:
-    """Horizontal and vertical ruling lines drawn on a gray page image."""
+def ruling_lines(image: Image.Image) -> list[Rule]:
+    """Horizontal and vertical ruling lines drawn on a gray page image (before recognition, so
+    that they can be erased: lengths and thicknesses are judged against _DEFAULT_EM)."""
     gray = image.convert("L") if image.mode != "L" else image
     block = max(1, min(_BACKGROUND_BLOCK, *gray.size))
     # The threshold is made small and in 8 bits, then enlarged: one byte per pixel, never floats.
@@ -116,9 +118,9 @@ def ruling_lines(image: Image.Image, em: float = _DEFAULT_EM) -> list[Rule]:
         box = (0, top, width, min(top + _STRIP, height))
         ink[box[1] : box[3]] = np.asarray(gray.crop(box)) < np.asarray(threshold.crop(box))
     del threshold
-    min_length = max(12, round(_MIN_LINE_EMS * em))
-    max_thickness = max(4.0, _MAX_THICKNESS_EMS * em)
-    gap = max(2, round(em / 4))
+    min_length = round(_MIN_LINE_EMS * _DEFAULT_EM)
+    max_thickness = _MAX_THICKNESS_EMS * _DEFAULT_EM
+    gap = round(_DEFAULT_EM / 4)
     horizontal = [
         Rule(x0, y0, x1, y1) for y0, x0, y1, x1 in _segments(_runs(ink, min_length), gap, max_thickness)
     ]
@@ -358,6 +360,8 @@ def _bottom(line: list[Word]) -> int:
 
 
 def _block_tables(block: list[tuple[list[Word], bool]], gap: float, columns: int | None) -> list[Table]:
+    """The table a block makes, or the tables of its parts when a one-group line crosses a column
+    (it is text between two tables), or none."""
     while block and not block[-1][1]:
         block = block[:-1]
     if len(block) < 2:
