@@ -3,7 +3,10 @@
 
 import csv
 import io
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +20,7 @@ from tests.ocr.samples import needs_dejavu
 pytestmark = [needs_tessdata, needs_dejavu]
 
 MakeClient = Callable[..., TestClient]
+ROOT = Path(__file__).resolve().parents[2]
 INVOICES = table_cells(6, ["fecha", "cliente", "ciudad", "unidades", "importe"], seed=2)
 STOCK = table_cells(5, ["codigo", "producto", "unidades", "importe"], seed=3)
 
@@ -152,3 +156,15 @@ def test_openapi_shows_the_table_fields_with_examples(ocr_client: MakeClient) ->
     example = components["OcrResponse"]["examples"][0]
     assert any(page.get("tables") for page in example["pages"])
     assert "TableResult" in components and "TableCell" in components
+
+
+def test_nothing_of_table_detection_is_imported_at_startup() -> None:
+    """numpy comes with the first table request (the `ocr:tables` item), in the worker alone."""
+    code = (
+        "import sys, main, service.ocr.worker\n"
+        "print(sorted({'numpy', 'service.ocr.tables'} & sys.modules.keys()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout.strip() == "[]"
