@@ -46,7 +46,9 @@ class OcrOptions(BaseModel):
         default=False,
         description="Also detect each page's tables: ruled ones from their lines, unruled ones from "
         "aligned columns of words; each comes back as rows of cells with their text and box. A page "
-        "without a table gets an empty list. A text-layer page's tables come from its text layer.",
+        "without a table gets an empty list. A text-layer page's tables come from its text layer; an "
+        "OCRed page is then read as sparse text (each group of words apart, which reads cells more "
+        "exactly), so its `text` lists those groups in Tesseract's order.",
     )
     columns: int | None = Field(
         default=None,
