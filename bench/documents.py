@@ -1,14 +1,21 @@
 """Documents with known text, made on the fly: what the OCR benchmarks, the profiler's load and
 the tests send to /ocr. Nothing here is used while serving."""
 
+import datetime
 import io
 import random
 import struct
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from fpdf import FPDF
+from fpdf.enums import TextMode
 from PIL import Image, ImageDraw, ImageFont
+
+from bench.hostile_files import pdf_from_objects
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # Debian's fonts-dejavu-core
 TEXT = (
@@ -89,4 +96,105 @@ def png_header_only(width: int, height: int) -> bytes:
         + chunk(b"IHDR", ihdr)
         + chunk(b"IDAT", zlib.compress(b"\0" * 64))
         + chunk(b"IEND", b"")
+    )
+
+
+# Text-layer PDFs (fpdf2): letter pages, lines at known places, so the text read and each word's
+# box can be checked exactly. Points here; the service's pixels are points x OCR_DPI / 72.
+LETTER_PT = (612.0, 792.0)
+MARGIN_PT = 72.0
+LINE_PT = 20.0
+FONT_PT = 11.0
+Layer = Literal["text", "scan", "hidden", "under", "stamped"]
+
+
+@dataclass(frozen=True)
+class LayeredPage:
+    """A page's lines and how they are stored: `text` a text layer only; `scan` an image only;
+    `hidden` an image with the same text as an invisible layer (render mode 3, another tool's OCR);
+    `under` visible text painted over by the image of the page; `stamped` an image with a short
+    visible stamp (`stamp`) as its only text."""
+
+    lines: list[str]
+    layer: Layer = "text"
+    stamp: str = "Página 3"
+
+
+def _fpdf() -> FPDF:
+    pdf = FPDF(unit="pt", format="letter")
+    pdf.set_creation_date(datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))  # the same bytes every time
+    if DEJAVU.is_file():
+        pdf.add_font("dejavu", fname=str(DEJAVU))
+        pdf.set_font("dejavu", size=FONT_PT)
+    else:  # a core font: Latin-1 text only
+        pdf.set_font("helvetica", size=FONT_PT)
+    return pdf
+
+
+def baseline_pt(line: int) -> float:
+    """The baseline of line `line` (0-based), from the top of the page."""
+    return MARGIN_PT + (line + 1) * LINE_PT
+
+
+def word_spans(line: str) -> list[tuple[str, float, float]]:
+    """Each word of a line of a text-layer page with its left and right edge in points (advance
+    widths: the ink starts a side bearing later)."""
+    pdf, spans, x = _fpdf(), [], MARGIN_PT
+    for index, word in enumerate(line.split(" ")):
+        if index:
+            x += pdf.get_string_width(" ")
+        width = pdf.get_string_width(word)
+        if word:
+            spans.append((word, x, x + width))
+        x += width
+    return spans
+
+
+def scanned_letter(lines: list[str], dpi: int = 150) -> Image.Image:
+    """A letter page at `dpi` with the lines printed where a text-layer page has them."""
+    scale = dpi / 72
+    page = Image.new("L", (round(LETTER_PT[0] * scale), round(LETTER_PT[1] * scale)), 255)
+    draw, face = ImageDraw.Draw(page), font(round(FONT_PT * scale))
+    for index, line in enumerate(lines):
+        draw.text((MARGIN_PT * scale, baseline_pt(index) * scale), line, font=face, fill=0, anchor="ls")
+    return page
+
+
+def layered_pdf(pages: list[LayeredPage]) -> bytes:
+    """A PDF whose pages store their text as `LayeredPage.layer` says."""
+    pdf = _fpdf()
+    for page in pages:
+        pdf.add_page()
+        if page.layer in ("text", "hidden", "under"):
+            pdf.text_mode = TextMode.INVISIBLE if page.layer == "hidden" else TextMode.FILL
+            for index, line in enumerate(page.lines):
+                pdf.text(MARGIN_PT, baseline_pt(index), line)
+            pdf.text_mode = TextMode.FILL
+        if page.layer != "text":
+            pdf.image(scanned_letter(page.lines), x=0, y=0, w=LETTER_PT[0], h=LETTER_PT[1])
+        if page.layer == "stamped":
+            pdf.text(LETTER_PT[0] - 2 * MARGIN_PT, LETTER_PT[1] - MARGIN_PT / 2, page.stamp)
+    return bytes(pdf.output())
+
+
+def garbage_text_pdf(visible: str = "INVOICE 2024 TOTAL DUE") -> bytes:
+    """One page showing `visible` in Helvetica whose text layer is garbage: its ToUnicode map sends
+    letters to private-use code points and digits to control characters (a broken font subset)."""
+    cmap = (
+        b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap /CMapName /Garbage def "
+        b"1 begincodespacerange <00> <FF> endcodespacerange "
+        b"2 beginbfrange <41> <5A> <E000> <30> <39> <0001> endbfrange "
+        b"endcmap CMapName currentdict /CMap defineresource pop end end"
+    )
+    content = b"BT /F1 24 Tf 72 700 Td (%s) Tj ET" % visible.encode("latin-1")
+    return pdf_from_objects(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+            b"/Resources << /Font << /F1 5 0 R >> >> >>",
+            b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /ToUnicode 6 0 R >>",
+            b"<< /Length %d >>\nstream\n%s\nendstream" % (len(cmap), cmap),
+        ]
     )

@@ -24,7 +24,10 @@ class OcrSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OCR_", env_file=".env", extra="ignore")
 
     max_upload_mb: float = Field(default=20, gt=0)
+    # Pages read per request, all files together.
     max_pages: int = Field(default=20, ge=1)
+    # Files per request on POST /ocr/batch; they share OCR_MAX_UPLOAD_MB and OCR_MAX_PAGES.
+    max_files: int = Field(default=10, ge=1)
     # Decoded pixels of an uploaded image, read from its header before decoding.
     max_pixels: int = Field(default=40_000_000, ge=1)
     # Images are downscaled to this many pixels per side before recognition.

@@ -1,5 +1,5 @@
-"""What the server hands the OCR worker with each job: the upload's kind and the limits that bound
-the job's work, as plain data, so that the worker process never imports the settings stack
+"""What the server hands the OCR worker with each job: the upload's kind, how to read it and the
+limits that bound the job's work, as plain data, so that the worker process never imports the settings stack
 (pydantic-settings and FastAPI would add ~25 MB to it). `OcrSettings.job_limits()` makes them.
 """
 
@@ -26,3 +26,15 @@ class JobLimits:
     min_dpi: int
     render_queue: int
     work_mb: float
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read one upload's pages: the request's form fields, and what is left of its pages."""
+
+    pages: str | None = None  # a PDF's page selection, "1-3,5"
+    force_ocr: bool = False  # OCR every PDF page, text layer or not
+    words: bool = False  # each page's words with their boxes
+    pages_left: int | None = (
+        None  # what the request may still read of OCR_MAX_PAGES (earlier files took the rest)
+    )

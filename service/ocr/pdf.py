@@ -1,7 +1,9 @@
-"""Rasterising PDF pages one at a time, so memory stays flat whatever the page count.
+"""Reading PDF pages one at a time, so memory stays flat whatever the page count.
 
-A producer thread opens the document, checks the page selection, then renders the selected
-pages into a bounded queue while the caller recognises the previous one. pdfium is not
+A producer thread opens the document, checks the page selection, then loads the selected pages
+into a bounded queue while the caller recognises the previous one: a page whose text layer covers
+it (`service/ocr/textlayer.py`) is read from that layer and never rendered; any other page, or
+every page when OCR is forced, is rendered for recognition. pdfium is not
 thread-safe: every pdfium call happens in that thread, under a process-wide lock so that two
 requests' producers never call it at once, and every pdfium object is closed there too.
 Each page is rendered at OCR_DPI, lowered so that the bitmap stays within OCR_PAGE_PIXELS
@@ -25,15 +27,21 @@ from PIL import Image
 from service.exceptions import BadInput, TooLarge
 from service.ocr.errors import EncryptedPdf, Undecodable
 from service.ocr.jobs import PAGES_PATTERN, JobLimits
+from service.ocr.textlayer import TextLayer, pixel_size, read_text_layer
 
 _PDFIUM_LOCK = threading.Lock()
 _POLL_S = 0.05
 
 
 @dataclass(frozen=True)
-class RenderedPage:
+class LoadedPage:
+    """A page as the producer hands it over: its text layer, used or not, and its rendering
+    unless that layer is used. `size` is its pixel size at its OCR scale, rendered or not."""
+
     number: int  # 1-based
-    image: Image.Image
+    size: tuple[int, int]
+    text_layer: TextLayer | None  # None when OCR is forced: the layer is not even read
+    image: Image.Image | None
 
 
 @dataclass(frozen=True)
@@ -46,15 +54,23 @@ class _Done:
     pass
 
 
-def parse_pages(spec: str | None, page_count: int, max_pages: int) -> list[int]:
-    """The sorted page numbers that `spec` ("1-3,5") selects; all pages when it is None."""
+def parse_pages(
+    spec: str | None, page_count: int, max_pages: int, pages_left: int | None = None
+) -> list[int]:
+    """The sorted page numbers that `spec` ("1-3,5") selects; all pages when it is None.
+
+    `pages_left` is what the request may still read when earlier files took some of OCR_MAX_PAGES."""
+    left = max_pages if pages_left is None else pages_left
+    limit = f"OCR_MAX_PAGES={max_pages} per request" + (
+        "" if left == max_pages else f", all files together; {left} left for this one"
+    )
     if page_count == 0:
         raise Undecodable("the PDF has no pages")
     if spec is None:
-        if page_count > max_pages:
+        if page_count > left:
             raise TooLarge(
-                f"the PDF has {page_count} pages; at most OCR_MAX_PAGES={max_pages} per request: "
-                f"select some with `pages`, e.g. pages=1-{max_pages}",
+                f"the PDF has {page_count} pages; at most {limit}: "
+                f"select some with `pages`, e.g. pages=1-{max(left, 1)}",
                 page_count=page_count,
                 max_pages=max_pages,
             )
@@ -69,11 +85,8 @@ def parse_pages(spec: str | None, page_count: int, max_pages: int) -> list[int]:
             raise BadInput(f"pages: {part.strip()} is not a page or a rising range of pages counted from 1")
         if end > page_count:
             raise BadInput(f"pages: {part.strip()} goes past the last page; the PDF has {page_count}")
-        if end - start + 1 > max_pages or len(selected | set(range(start, end + 1))) > max_pages:
-            raise TooLarge(
-                f"pages: {spec} selects more than OCR_MAX_PAGES={max_pages} pages per request",
-                max_pages=max_pages,
-            )
+        if end - start + 1 > left or len(selected | set(range(start, end + 1))) > left:
+            raise TooLarge(f"pages: {spec} selects more than {limit}", max_pages=max_pages)
         selected.update(range(start, end + 1))
     return sorted(selected)
 
@@ -99,12 +112,27 @@ def _embedded_image_pixels(page: pdfium.PdfPage) -> int:
 
 class PdfPages:
     """`with PdfPages(data, pages, limits) as pdf:` checks the document and the selection;
-    iterating then renders the pages. Leaving the block stops and joins the producer."""
+    iterating then loads the pages. Leaving the block stops and joins the producer.
 
-    def __init__(self, data: bytes, pages: str | None, limits: JobLimits) -> None:
+    `pages_left` bounds the selection when earlier files of the request took some of OCR_MAX_PAGES;
+    `force_ocr` renders every page whatever its text layer; `words` boxes a used layer's words."""
+
+    def __init__(
+        self,
+        data: bytes,
+        pages: str | None,
+        limits: JobLimits,
+        *,
+        pages_left: int | None = None,
+        force_ocr: bool = False,
+        words: bool = False,
+    ) -> None:
         self._data = data
         self._spec = pages
         self._limits = limits
+        self._pages_left = pages_left
+        self._force_ocr = force_ocr
+        self._words = words
         self._queue: queue.Queue[object] = queue.Queue(maxsize=limits.render_queue)
         self._go = threading.Event()  # set by iteration: nothing is rendered before the caller asks
         self._stop = threading.Event()
@@ -128,10 +156,10 @@ class PdfPages:
     ) -> None:
         self.close()
 
-    def __iter__(self) -> Iterator[RenderedPage]:
+    def __iter__(self) -> Iterator[LoadedPage]:
         self._go.set()
         while not isinstance(item := self._next(), _Done):
-            assert isinstance(item, RenderedPage)
+            assert isinstance(item, LoadedPage)
             yield item
 
     def close(self) -> None:
@@ -182,7 +210,7 @@ class PdfPages:
                 if self._stop.is_set():
                     return
                 with _PDFIUM_LOCK:
-                    page = self._render(document, number)
+                    page = self._load(document, number)
                 if not self._put(page):
                     return
             self._put(_Done())
@@ -195,7 +223,7 @@ class PdfPages:
                 document.close()
 
     def _outline(self, document: pdfium.PdfDocument) -> _Outline:
-        numbers = parse_pages(self._spec, len(document), self._limits.max_pages)
+        numbers = parse_pages(self._spec, len(document), self._limits.max_pages, self._pages_left)
         for number in numbers:
             page = document[number - 1]
             try:
@@ -226,11 +254,15 @@ class PdfPages:
                 min_dpi=limits.min_dpi,
             )
 
-    def _render(self, document: pdfium.PdfDocument, number: int) -> RenderedPage:
+    def _load(self, document: pdfium.PdfDocument, number: int) -> LoadedPage:
         page = document[number - 1]
         try:
             width, height = page.get_size()
             scale = render_scale(width, height, self._limits.dpi, self._limits.page_pixels)
+            size = pixel_size(width, height, scale)
+            layer = None if self._force_ocr else read_text_layer(page, size, self._words)
+            if layer is not None and layer.status == "used":
+                return LoadedPage(number, size, layer, None)
             bitmap = page.render(scale=scale, grayscale=True)
             try:
                 # A copy PIL owns: the bitmap's buffer is freed by pdfium, in this thread.
@@ -238,7 +270,7 @@ class PdfPages:
             finally:
                 bitmap.close()
         except pdfium.PdfiumError as error:
-            raise Undecodable(f"page {number} of the PDF cannot be rendered: {error}") from error
+            raise Undecodable(f"page {number} of the PDF cannot be read: {error}") from error
         finally:
             page.close()
-        return RenderedPage(number, image)
+        return LoadedPage(number, image.size, layer, image)

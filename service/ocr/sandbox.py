@@ -11,7 +11,9 @@ starts a new worker.
 
 One worker serves every language: each Tesseract engine is a registry item loaded into it, and
 the worker exits when the last one is unloaded. Jobs run one at a time, in arrival order;
-OCR_QUEUE_MAX more may wait, past that a request is refused at once with 503.
+OCR_QUEUE_MAX more requests may wait, past that a request is refused at once with 503. A request
+with several files (`POST /ocr/batch`) holds its turn for all of them and runs one job per file:
+each job is capped and can fail alone, and the worker it killed is replaced for the next file.
 """
 
 import dataclasses
@@ -35,6 +37,8 @@ from service import budget
 from service.exceptions import BadInput, ModelUnavailable, Overloaded, ServiceError, TooLarge
 from service.ocr.config import OcrSettings
 from service.ocr.errors import Undecodable
+from service.ocr.jobs import Kind, ReadOptions
+from service.ocr.words import Word
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +60,25 @@ class WorkerDied(Exception):
         self.timed_out = timed_out
 
 
+@dataclass(frozen=True)
+class OcrJob:
+    """One file to read, and how (`service/ocr/reading.py` in the worker)."""
+
+    data: bytes
+    kind: Kind
+    options: ReadOptions
+
+
 @dataclass
 class OcrPage:
     page: int
+    source: str  # text_layer | ocr
+    text_layer: str | None
     text: str
     confidence: float
+    width: int
+    height: int
+    words: list[Word] | None
     seconds: float
 
 
@@ -185,26 +203,31 @@ class OcrWorker:
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    def ocr(
-        self, data: bytes, kind: str, pages: str | None, code: str, settings: OcrSettings
-    ) -> tuple[int, list[OcrPage]]:
-        """Recognise an upload in the worker: (page count, pages read), or the job's own error."""
-        with self._queued(settings):
-            self._ensure_started()
-            self._send(
-                {
-                    "op": "ocr",
-                    "kind": kind,
-                    "pages": pages,
-                    "code": code,
-                    "limits": dataclasses.asdict(settings.job_limits()),
-                },
-                data,
-            )
-            return self._collect(settings)
+    def run(self, job: OcrJob, code: str, settings: OcrSettings) -> tuple[int, list[OcrPage]]:
+        """Recognise one upload in the worker, within `turn`: (page count, pages read), or the job's
+        own error. A worker that died on the previous job is replaced first."""
+        self._ensure_started()
+        message = {
+            "op": "ocr",
+            "kind": job.kind,
+            "options": dataclasses.asdict(job.options),
+            "code": code,
+            "limits": dataclasses.asdict(settings.job_limits()),
+        }
+        progress = _Progress()
+        try:
+            self._send(message, job.data)
+            return self._collect(settings, progress)
+        except WorkerDied as error:
+            status = self._process.returncode if self._process is not None else None
+            self._stop()
+            threading.Thread(target=self._restart, name="ocr-worker-restart", daemon=True).start()
+            raise _death_error(status, progress.page, settings, error) from error
 
     @contextmanager
-    def _queued(self, settings: OcrSettings) -> Iterator[None]:
+    def turn(self, settings: OcrSettings) -> Iterator[None]:
+        """The worker to this request alone, for one job or for each file of a request in turn;
+        refused at once (503) when OCR_QUEUE_MAX requests already wait for it."""
         with self._waiting_lock:
             if self._waiting > settings.queue_max:
                 raise Overloaded(
@@ -220,30 +243,21 @@ class OcrWorker:
             with self._waiting_lock:
                 self._waiting -= 1
 
-    def _collect(self, settings: OcrSettings) -> tuple[int, list[OcrPage]]:
-        page_count, pages, current = 0, [], 0
+    def _collect(self, settings: OcrSettings, progress: "_Progress") -> tuple[int, list[OcrPage]]:
+        page_count, pages = 0, []
         started = time.perf_counter()
-        try:
-            while True:
-                reply = self._receive(settings.page_timeout_s)
-                if "outline" in reply:
-                    page_count = reply["outline"]["page_count"]
-                elif "page_started" in reply:
-                    current, started = reply["page_started"], time.perf_counter()
-                elif "page" in reply:
-                    page = reply["page"]
-                    pages.append(
-                        OcrPage(page["page"], page["text"], page["confidence"], time.perf_counter() - started)
-                    )
-                elif "error" in reply:
-                    raise _service_error(reply["error"])
-                elif reply.get("done"):
-                    return page_count, pages
-        except WorkerDied as error:
-            status = self._process.returncode if self._process is not None else None
-            self._stop()
-            threading.Thread(target=self._restart, name="ocr-worker-restart", daemon=True).start()
-            raise _death_error(status, current, settings, error) from error
+        while True:
+            reply = self._receive(settings.page_timeout_s)
+            if "outline" in reply:
+                page_count = reply["outline"]["page_count"]
+            elif "page_started" in reply:
+                progress.page, started = reply["page_started"], time.perf_counter()
+            elif "page" in reply:
+                pages.append(_page(reply["page"], time.perf_counter() - started))
+            elif "error" in reply:
+                raise _service_error(reply["error"])
+            elif reply.get("done"):
+                return page_count, pages
 
     def _restart(self) -> None:
         """Start the next worker (and its engines) now, so the next upload does not wait for it."""
@@ -259,6 +273,17 @@ class OcrWorker:
         with self._lock:
             self._engines.clear()
             self._stop()
+
+
+@dataclass
+class _Progress:
+    page: int = 0  # the page being read, named if the worker dies on it
+
+
+def _page(page: dict[str, Any], seconds: float) -> OcrPage:
+    words = page.pop("words")
+    page["words"] = None if words is None else [Word(*word) for word in words]
+    return OcrPage(**page, seconds=seconds)
 
 
 def _service_error(error: dict[str, Any]) -> ServiceError:

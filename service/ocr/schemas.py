@@ -1,7 +1,10 @@
-"""Form fields and response of `POST /ocr`."""
+"""Form fields and responses of `POST /ocr` and `POST /ocr/batch`."""
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.error_handlers import ErrorDetail
 from service.ocr.config import OcrLang
 from service.ocr.jobs import PAGES_PATTERN, Kind
 
@@ -15,7 +18,8 @@ class OcrOptions(BaseModel):
         max_length=200,
         description="PDF pages to read, counted from 1, e.g. `1-3,5`. Default: every page, "
         "refused when the PDF has more than OCR_MAX_PAGES. Images have one page (of a multi-page "
-        "TIFF or an animated WebP, the first is read).",
+        "TIFF or an animated WebP, the first is read). On `/ocr/batch`, each PDF's pages (a PDF it "
+        "does not fit gets its own error); images are read whole.",
         examples=["1-3,5"],
     )
     lang: OcrLang | None = Field(
@@ -25,6 +29,18 @@ class OcrOptions(BaseModel):
         default=False,
         description="Also run the `lang` sentiment model on each readable page's text "
         "(the model reads a page's first ~128 tokens).",
+    )
+    ocr: Literal["auto", "force"] = Field(
+        default="auto",
+        description="`auto`: a PDF page whose embedded text layer covers it is read from that layer, "
+        "exactly and without rendering; other pages are OCRed. `force`: every page is rendered and "
+        "OCRed, whatever its text layer (for a PDF whose text layer is wrong).",
+        examples=["auto"],
+    )
+    words: bool = Field(
+        default=False,
+        description="Also return each page's words with their box `[x0, y0, x1, y1]` in page pixels "
+        "(top-left origin; a PDF page's pixels at its OCR scale, rendered or not) and their confidence.",
     )
 
     @field_validator("pages", mode="before")
@@ -39,15 +55,69 @@ class PageSentiment(BaseModel):
     probas: dict[str, float] = Field(description="Every label's probability.")
 
 
+class WordBox(BaseModel):
+    text: str
+    box: tuple[int, int, int, int] = Field(
+        description="`[x0, y0, x1, y1]` in page pixels, top-left origin, within `width` x `height`."
+    )
+    confidence: float = Field(
+        ge=0, le=1, description="Tesseract's word confidence; 1 for a text layer's words."
+    )
+
+
 class PageResult(BaseModel):
     page: int = Field(description="Page number in the document, counted from 1.")
-    text: str = Field(description="The recognised text; empty when the page is unreadable.")
-    confidence: float = Field(ge=0, le=1, description="Tesseract's mean word confidence, 0-1.")
-    unreadable: bool = Field(description="True when Tesseract found no text on the page.")
-    seconds: float = Field(description="Time spent recognising this page.")
+    source: Literal["text_layer", "ocr"] = Field(
+        description="Where the text comes from: the PDF's embedded text layer, or OCR of the page's pixels."
+    )
+    text_layer: Literal["used", "absent", "garbage", "hidden", "sparse", "skipped"] | None = Field(
+        default=None,
+        description="For a PDF page, what became of its text layer: `used`; `absent` (none: a scan); "
+        "`garbage` (control characters, private-use or unmappable glyphs); `hidden` (invisible or under "
+        "an image: another tool's OCR, not trusted); `sparse` (a scan with a few stray characters); "
+        "`skipped` (ocr=force). None for an image.",
+    )
+    text: str = Field(description="The page's text; empty when the page is unreadable.")
+    confidence: float = Field(
+        ge=0, le=1, description="Tesseract's mean word confidence, 0-1; 1 for a text layer."
+    )
+    unreadable: bool = Field(description="True when no text was found on the page.")
+    width: int = Field(description="The page's width in pixels, the unit of word boxes.")
+    height: int = Field(description="The page's height in pixels.")
+    seconds: float = Field(description="Time spent reading this page.")
+    words: list[WordBox] | None = Field(default=None, description="With `words=true`: the page's words.")
     sentiment: PageSentiment | None = Field(
         default=None, description="With `analyze=true`, the sentiment of a readable page's text."
     )
+
+
+PAGE_EXAMPLE = {
+    "page": 1,
+    "source": "text_layer",
+    "text_layer": "used",
+    "text": "Estimado cliente:\nGracias por su compra.",
+    "confidence": 1.0,
+    "unreadable": False,
+    "width": 1275,
+    "height": 1650,
+    "seconds": 0.02,
+    "words": [
+        {"text": "Estimado", "box": [150, 188, 262, 210], "confidence": 1.0},
+        {"text": "cliente:", "box": [272, 188, 368, 210], "confidence": 1.0},
+    ],
+    "sentiment": {"label": "POS", "probas": {"NEG": 0.01, "NEU": 0.12, "POS": 0.87}},
+}
+BLANK_PAGE_EXAMPLE = {
+    "page": 3,
+    "source": "ocr",
+    "text_layer": "absent",
+    "text": "",
+    "confidence": 0.0,
+    "unreadable": True,
+    "width": 1275,
+    "height": 1650,
+    "seconds": 1.21,
+}
 
 
 class OcrResponse(BaseModel):
@@ -58,17 +128,7 @@ class OcrResponse(BaseModel):
                     "format": "pdf",
                     "lang": "es",
                     "page_count": 3,
-                    "pages": [
-                        {
-                            "page": 1,
-                            "text": "Estimado cliente:\nGracias por su compra.",
-                            "confidence": 0.93,
-                            "unreadable": False,
-                            "seconds": 1.84,
-                            "sentiment": {"label": "POS", "probas": {"NEG": 0.01, "NEU": 0.12, "POS": 0.87}},
-                        },
-                        {"page": 3, "text": "", "confidence": 0.0, "unreadable": True, "seconds": 0.21},
-                    ],
+                    "pages": [PAGE_EXAMPLE, BLANK_PAGE_EXAMPLE],
                     "seconds": 2.31,
                 }
             ]
@@ -79,4 +139,57 @@ class OcrResponse(BaseModel):
     lang: OcrLang
     page_count: int = Field(description="Pages in the document (1 for an image); `pages` lists those read.")
     pages: list[PageResult]
+    seconds: float = Field(description="Time spent on the whole request, upload reading included.")
+
+
+class OcrFile(BaseModel):
+    """One file of a batch, read."""
+
+    filename: str | None = Field(description="The file part's name, as sent.")
+    format: Kind
+    page_count: int
+    pages: list[PageResult]
+    seconds: float = Field(description="Time spent reading this file.")
+
+
+class OcrFileError(BaseModel):
+    """One file of a batch that could not be read: the error `POST /ocr` would answer for it alone."""
+
+    filename: str | None
+    error: ErrorDetail = Field(
+        description="`status` (the HTTP status it would get alone), `code`, `message`."
+    )
+
+
+class OcrBatchResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "lang": "es",
+                    "files": [
+                        {
+                            "filename": "factura.pdf",
+                            "format": "pdf",
+                            "page_count": 3,
+                            "pages": [PAGE_EXAMPLE, BLANK_PAGE_EXAMPLE],
+                            "seconds": 1.3,
+                        },
+                        {
+                            "filename": "contrato.pdf",
+                            "error": {
+                                "status": 422,
+                                "code": "encrypted_pdf",
+                                "message": "the PDF is encrypted with a password; send a decrypted copy",
+                            },
+                        },
+                    ],
+                    "seconds": 1.42,
+                }
+            ]
+        }
+    )
+
+    lang: OcrLang
+    files: list[OcrFile | OcrFileError] = Field(description="One entry per file part, in the order sent.")
     seconds: float = Field(description="Time spent on the whole request, upload reading included.")

@@ -1,4 +1,4 @@
-"""OCR of one upload: check it, then decode and recognise it in the OCR worker, then analyse.
+"""OCR of uploads: check each, then decode and recognise it in the OCR worker, then analyse.
 
 The order matters for the budget: cheap checks first (kind, page selection), then the engine
 through the registry (which may evict idle models to fit it), then a reservation of exactly
@@ -8,12 +8,24 @@ The engine is released before sentiment runs, so the registry may unload it to f
 """
 
 import time
+from dataclasses import dataclass, replace
 from typing import Any
 
-from service.exceptions import BadInput
+from service.error_handlers import ErrorDetail
+from service.exceptions import BadInput, ServiceError, TooLarge
 from service.ocr.config import TESSERACT_LANGS, OcrSettings, get_ocr_settings
-from service.ocr.sandbox import OcrWorker, get_worker
-from service.ocr.schemas import OcrOptions, OcrResponse, PageResult, PageSentiment
+from service.ocr.jobs import ReadOptions
+from service.ocr.sandbox import OcrJob, OcrPage, OcrWorker, get_worker
+from service.ocr.schemas import (
+    OcrBatchResponse,
+    OcrFile,
+    OcrFileError,
+    OcrOptions,
+    OcrResponse,
+    PageResult,
+    PageSentiment,
+    WordBox,
+)
 from service.ocr.tessdata import resolve_tessdata
 from service.ocr.uploads import check_kind
 from service.registry import Loadable, get_registry
@@ -70,23 +82,108 @@ def engine_item(code: str, settings: OcrSettings) -> Loadable:
     return Loadable(key=f"ocr:{code}", load=load, estimate_mb=estimate_mb, describe=describe)
 
 
-def _read(
-    data: bytes, kind: str, options: OcrOptions, lang: str, settings: OcrSettings
-) -> tuple[int, list[PageResult]]:
-    what = "this image" if kind != "pdf" else "these PDF pages"
+@dataclass(frozen=True)
+class Upload:
+    """A file part of a request: its bytes and what the client said about it."""
+
+    data: bytes
+    declared_type: str | None
+    filename: str | None = None
+
+
+def _job(upload: Upload, options: OcrOptions, batch: bool) -> OcrJob:
+    """Cheap checks before any decoding: the kind from magic bytes, and the page selection."""
+    if not upload.data:
+        raise BadInput("the uploaded file is empty")
+    kind = check_kind(upload.data, upload.declared_type)
+    pages = options.pages
+    if kind != "pdf" and pages is not None:
+        if not batch and pages.strip() != "1":
+            raise BadInput("pages selects pages of a PDF; an image has a single page")
+        pages = None  # in a batch, `pages` selects each PDF's pages; an image is read whole
+    read = ReadOptions(pages, force_ocr=options.ocr == "force", words=options.words)
+    return OcrJob(upload.data, kind, read)
+
+
+def _checked(uploads: list[Upload], options: OcrOptions, batch: bool) -> list[OcrJob | ServiceError]:
+    checked: list[OcrJob | ServiceError] = []
+    for upload in uploads:
+        try:
+            checked.append(_job(upload, options, batch))
+        except ServiceError as error:
+            checked.append(error)
+    return checked
+
+
+def _read_all(
+    uploads: list[Upload], options: OcrOptions, lang: str, settings: OcrSettings, batch: bool
+) -> list[OcrFile | ServiceError]:
+    """Each upload read in turn in the OCR worker, or its own error. One engine use, one
+    reservation of OCR_WORK_MB and one turn at the worker serve all of them (one job runs at a
+    time); they share OCR_MAX_PAGES: each job may read what the files before it left."""
+    checked = _checked(uploads, options, batch)
+    results: list[OcrFile | ServiceError] = [job for job in checked if isinstance(job, ServiceError)]
+    if len(results) == len(checked):
+        return results  # nothing to decode: no engine, no reservation
+    results = []
     item, registry = engine_item(TESSERACT_LANGS[lang], settings), get_registry()
-    with registry.use(item) as engine, registry.reserve(settings.work_mb, f"reading {what}", on=item.key):
-        page_count, pages = engine.worker.ocr(data, kind, options.pages, engine.code, settings)
-    return page_count, [
-        PageResult(
-            page=page.page,
-            text=page.text,
-            confidence=round(page.confidence, 3),
-            unreadable=not page.text,
-            seconds=round(page.seconds, 3),
-        )
-        for page in pages
-    ]
+    pages_left = settings.max_pages
+    with (
+        registry.use(item) as engine,
+        registry.reserve(
+            settings.work_mb, "reading these files" if batch else "reading this upload", on=item.key
+        ),
+        engine.worker.turn(settings),
+    ):
+        for upload, job in zip(uploads, checked, strict=True):
+            if isinstance(job, ServiceError):
+                results.append(job)
+                continue
+            started = time.perf_counter()
+            try:
+                if pages_left < 1:
+                    raise TooLarge(
+                        f"the files before this one took all OCR_MAX_PAGES={settings.max_pages} pages "
+                        "of this request; send this file in another request",
+                        max_pages=settings.max_pages,
+                    )
+                counted = replace(job, options=replace(job.options, pages_left=pages_left))
+                page_count, pages = engine.worker.run(counted, engine.code, settings)
+            except ServiceError as error:
+                results.append(error)
+                continue
+            pages_left -= len(pages)
+            results.append(
+                OcrFile(
+                    filename=upload.filename,
+                    format=job.kind,
+                    page_count=page_count,
+                    pages=[_result(page) for page in pages],
+                    seconds=round(time.perf_counter() - started, 3),
+                )
+            )
+    return results
+
+
+def _result(page: OcrPage) -> PageResult:
+    words = None
+    if page.words is not None:
+        words = [
+            WordBox(text=w.text, box=(w.left, w.top, w.right, w.bottom), confidence=w.confidence)
+            for w in page.words
+        ]
+    return PageResult(
+        page=page.page,
+        source=page.source,  # type: ignore[arg-type]
+        text_layer=page.text_layer,  # type: ignore[arg-type]
+        text=page.text,
+        confidence=round(page.confidence, 3),
+        unreadable=not page.text,
+        width=page.width,
+        height=page.height,
+        seconds=round(page.seconds, 3),
+        words=words,
+    )
 
 
 def _add_sentiment(pages: list[PageResult], lang: str) -> None:
@@ -101,20 +198,35 @@ def _add_sentiment(pages: list[PageResult], lang: str) -> None:
         page.sentiment = PageSentiment.model_validate(prediction.model_dump())
 
 
-def ocr_upload(data: bytes, declared_type: str | None, options: OcrOptions, started: float) -> OcrResponse:
+def ocr_upload(upload: Upload, options: OcrOptions, started: float) -> OcrResponse:
     """OCR an upload's bytes; `started` is when the request began, for the total time."""
     settings = get_ocr_settings()
     lang = options.lang or settings.default_lang
-    kind = check_kind(data, declared_type)
-    if kind != "pdf" and options.pages is not None and options.pages.strip() != "1":
-        raise BadInput("pages selects pages of a PDF; an image has a single page")
-    page_count, pages = _read(data, kind, options, lang, settings)
+    (read,) = _read_all([upload], options, lang, settings, batch=False)
+    if isinstance(read, ServiceError):
+        raise read
     if options.analyze:
-        _add_sentiment(pages, lang)
+        _add_sentiment(read.pages, lang)
+    seconds = round(time.perf_counter() - started, 3)
     return OcrResponse(
-        format=kind,
-        lang=lang,
-        page_count=page_count,
-        pages=pages,
-        seconds=round(time.perf_counter() - started, 3),
+        format=read.format, lang=lang, page_count=read.page_count, pages=read.pages, seconds=seconds
     )
+
+
+def ocr_batch(uploads: list[Upload], options: OcrOptions, started: float) -> OcrBatchResponse:
+    """OCR several uploads in order; a file that fails is its own error entry, the others go on."""
+    settings = get_ocr_settings()
+    lang = options.lang or settings.default_lang
+    results = _read_all(uploads, options, lang, settings, batch=True)
+    if options.analyze:
+        _add_sentiment([page for read in results if isinstance(read, OcrFile) for page in read.pages], lang)
+    files = [
+        read if isinstance(read, OcrFile) else _file_error(upload.filename, read)
+        for upload, read in zip(uploads, results, strict=True)
+    ]
+    return OcrBatchResponse(lang=lang, files=files, seconds=round(time.perf_counter() - started, 3))
+
+
+def _file_error(filename: str | None, error: ServiceError) -> OcrFileError:
+    detail = ErrorDetail(status=error.status_code, code=error.code, message=error.message, **error.details)
+    return OcrFileError(filename=filename, error=detail)

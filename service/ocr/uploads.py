@@ -82,15 +82,29 @@ def _too_large(limit_mb: float) -> TooLarge:
 
 def read_upload(upload: UploadFile, limit_mb: float) -> bytes:
     """The file's bytes, read in chunks and abandoned as soon as they pass `limit_mb`."""
+    data = _read_within(upload, limit_mb, 0)
+    if not data:
+        raise BadInput("the uploaded file is empty")
+    return data
+
+
+def read_uploads(uploads: list[UploadFile], limit_mb: float) -> list[bytes]:
+    """Each file's bytes (empty ones too: each file is judged on its own), all of them together
+    within `limit_mb`."""
+    read: list[bytes] = []
+    for upload in uploads:
+        read.append(_read_within(upload, limit_mb, sum(map(len, read))))
+    return read
+
+
+def _read_within(upload: UploadFile, limit_mb: float, already: int) -> bytes:
     chunks: list[bytes] = []
-    total = 0
+    total = already
     while chunk := upload.file.read(CHUNK_BYTES):
         total += len(chunk)
         if total > limit_mb * MB:
             raise _too_large(limit_mb)
         chunks.append(chunk)
-    if not total:
-        raise BadInput("the uploaded file is empty")
     return b"".join(chunks)
 
 

@@ -8,13 +8,15 @@ to 300 MB), can make it use more: an allocation past the limit fails, raising Me
 Python or ending the process in native code, and the server answers that request alone.
 
 Messages are length-prefixed JSON over the socket the server passes as fd `argv[1]`; the upload's
-bytes follow a job as one raw message. Results go back page by page.
+bytes follow a job as one raw message. Results go back page by page, as `reading.read_pages`
+yields them (a PDF page from its text layer or OCRed, with its size and, on request, its words).
 """
 
 import gc
 import json
 import resource
 import sys
+from dataclasses import astuple
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -22,9 +24,8 @@ from service import runtime
 from service.exceptions import ServiceError, TooLarge
 from service.ocr.engine import TesseractEngine
 from service.ocr.errors import Undecodable
-from service.ocr.images import check_work, open_image, prepare_image
-from service.ocr.jobs import JobLimits
-from service.ocr.pdf import PdfPages
+from service.ocr.jobs import JobLimits, ReadOptions
+from service.ocr.reading import PageRead, read_pages
 
 MB = 1024 * 1024
 # What the worker accepts from the server in one message: an upload, with its multipart slack.
@@ -98,13 +99,21 @@ class Worker:
     def op_ocr(self, request: dict[str, Any]) -> None:
         data = self.conn.recv_bytes(MAX_MESSAGE_BYTES)
         limits = JobLimits(**request["limits"])
+        options = ReadOptions(**request["options"])
         engine = self.engines[request["code"]]
         _cap_data(limits.work_mb)
         try:
-            if request["kind"] == "pdf":
-                self._ocr_pdf(engine, data, request.get("pages"), limits)
-            else:
-                self._ocr_image(engine, data, request["kind"], limits)
+            pages = read_pages(
+                engine,
+                data,
+                request["kind"],
+                options,
+                limits,
+                on_outline=lambda count: self.send({"outline": {"page_count": count}}),
+                on_page_started=lambda number: self.send({"page_started": number}),
+            )
+            for page in pages:
+                self.send({"page": page_message(page)})
             message: dict[str, Any] = {"done": True}
         except ServiceError as error:
             message = _error(error)
@@ -121,26 +130,20 @@ class Worker:
         message["rss_mb"] = rss_mb()
         self.send(message)
 
-    def _ocr_image(self, engine: TesseractEngine, data: bytes, kind: str, limits: JobLimits) -> None:
-        image = open_image(data, kind, limits)  # type: ignore[arg-type]
-        check_work(image, limits)
-        self.send({"outline": {"page_count": 1}})
-        prepared = prepare_image(image, limits)
-        if prepared is not image:
-            image.close()  # free the full-size decode before recognition
-        self._recognize(engine, 1, prepared)
 
-    def _ocr_pdf(self, engine: TesseractEngine, data: bytes, pages: str | None, limits: JobLimits) -> None:
-        with PdfPages(data, pages, limits) as document:
-            self.send({"outline": {"page_count": document.page_count}})
-            for page in document:
-                self._recognize(engine, page.number, page.image)
-
-    def _recognize(self, engine: TesseractEngine, number: int, image: Any) -> None:
-        self.send({"page_started": number})
-        result = engine.recognize(image)
-        image.close()
-        self.send({"page": {"page": number, "text": result.text, "confidence": result.confidence}})
+def page_message(page: PageRead) -> dict[str, Any]:
+    """A page as the server receives it; words as compact [text, left, top, right, bottom, confidence]."""
+    words = None if page.words is None else [astuple(word) for word in page.words]
+    return {
+        "page": page.number,
+        "source": page.source,
+        "text_layer": page.text_layer,
+        "text": page.text,
+        "confidence": page.confidence,
+        "width": page.width,
+        "height": page.height,
+        "words": words,
+    }
 
 
 def _over_work_mb(limits: JobLimits) -> str:

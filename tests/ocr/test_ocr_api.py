@@ -260,11 +260,11 @@ def test_failing_recognition_stops_the_pdf_renderer(monkeypatch: pytest.MonkeyPa
     """In the worker: an engine failure mid-PDF is that job's error, and no renderer is left."""
     calls = []
 
-    def fail_on_second_page(self: TesseractEngine, image: Image.Image):
+    def fail_on_second_page(self: TesseractEngine, image: Image.Image, words: bool = False):
         calls.append(image.size)
         if len(calls) == 2:
             raise RuntimeError("simulated engine failure")
-        return original(self, image)
+        return original(self, image, words)
 
     original = TesseractEngine.recognize
     monkeypatch.setattr(TesseractEngine, "recognize", fail_on_second_page)
@@ -277,7 +277,7 @@ def test_failing_recognition_stops_the_pdf_renderer(monkeypatch: pytest.MonkeyPa
     assert run_worker_job(blank_pdf(612, 792, pages=2), "pdf")[-1].get("done")
 
 
-def run_worker_job(data: bytes, kind: str) -> list[dict]:
+def run_worker_job(data: bytes, kind: str, **options: object) -> list[dict]:
     """One job through `service.ocr.worker.Worker` in this process, its replies in order."""
     from service.ocr.config import OcrSettings
     from service.ocr.worker import Worker
@@ -296,7 +296,7 @@ def run_worker_job(data: bytes, kind: str) -> list[dict]:
     worker = Worker(conn)  # type: ignore[arg-type]
     worker.op_load({"code": "spa", "tessdata": str(tessdata.resolve_tessdata("spa"))})
     limits = dataclasses.asdict(OcrSettings(_env_file=None).job_limits())
-    worker.op_ocr({"kind": kind, "pages": None, "code": "spa", "limits": limits})
+    worker.op_ocr({"kind": kind, "options": options, "code": "spa", "limits": limits})
     worker.op_unload({"code": "spa"})
     return conn.sent[1:-1]
 

@@ -1,0 +1,108 @@
+"""One upload's pages as the OCR worker reads them: each page's text, words, size and source, in
+one shape whatever the page came from (an image, a PDF page's text layer, a rendered PDF page).
+
+Runs in the worker process, under its memory cap. `read_pages` is the one place that walks a
+document: anything else computed per page (word boxes for callers, tables) reads a `PageRead`
+there, including the gray image that was recognised, which stays open only until the next page
+is asked for.
+"""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from PIL import Image
+
+from service.ocr.engine import TesseractEngine
+from service.ocr.images import check_work, open_image, prepare_image
+from service.ocr.jobs import JobLimits, Kind, ReadOptions
+from service.ocr.pdf import LoadedPage, PdfPages
+from service.ocr.words import Word
+
+Source = Literal["text_layer", "ocr"]
+# What became of a PDF page's text layer: `used`, or why it was not (textlayer.py), or `skipped`
+# when OCR was forced; None for an image.
+TextLayerStatus = Literal["used", "absent", "garbage", "hidden", "sparse", "skipped"]
+
+
+@dataclass
+class PageRead:
+    number: int  # 1-based
+    source: Source
+    text_layer: TextLayerStatus | None
+    text: str
+    confidence: float  # 0-1; 1.0 for a text layer
+    width: int  # page pixels: the recognised image's, or the rendering's at the OCR scale
+    height: int
+    words: list[Word] | None  # when asked for
+    image: Image.Image | None  # the gray image recognised; None for a text-layer page
+
+
+def read_pages(
+    engine: TesseractEngine,
+    data: bytes,
+    kind: Kind,
+    options: ReadOptions,
+    limits: JobLimits,
+    on_outline: Callable[[int], None],
+    on_page_started: Callable[[int], None],
+) -> Iterator[PageRead]:
+    """Each selected page, read; `on_outline` gets the page count before the first page, and
+    `on_page_started` each page's number before its work starts. The image of a page is closed
+    when the next one is asked for (or the iteration ends)."""
+    if kind == "pdf":
+        yield from _pdf_pages(engine, data, options, limits, on_outline, on_page_started)
+        return
+    image = open_image(data, kind, limits)
+    check_work(image, limits)
+    on_outline(1)
+    prepared = prepare_image(image, limits)
+    if prepared is not image:
+        image.close()  # free the full-size decode before recognition
+    on_page_started(1)
+    yield from _recognized(engine, 1, None, prepared, options.words)
+
+
+def _pdf_pages(
+    engine: TesseractEngine,
+    data: bytes,
+    options: ReadOptions,
+    limits: JobLimits,
+    on_outline: Callable[[int], None],
+    on_page_started: Callable[[int], None],
+) -> Iterator[PageRead]:
+    pdf = PdfPages(
+        data,
+        options.pages,
+        limits,
+        pages_left=options.pages_left,
+        force_ocr=options.force_ocr,
+        words=options.words,
+    )
+    with pdf as document:
+        on_outline(document.page_count)
+        for page in document:
+            on_page_started(page.number)
+            if page.image is None:
+                yield _from_text_layer(page)
+            else:
+                status = page.text_layer.status if page.text_layer is not None else "skipped"
+                yield from _recognized(engine, page.number, status, page.image, options.words)
+
+
+def _from_text_layer(page: LoadedPage) -> PageRead:
+    assert page.text_layer is not None
+    layer = page.text_layer
+    return PageRead(page.number, "text_layer", "used", layer.text, 1.0, *page.size, layer.words, None)
+
+
+def _recognized(
+    engine: TesseractEngine, number: int, status: TextLayerStatus | None, image: Image.Image, words: bool
+) -> Iterator[PageRead]:
+    try:
+        result = engine.recognize(image, words)
+        yield PageRead(
+            number, "ocr", status, result.text, result.confidence, *image.size, result.words, image
+        )
+    finally:
+        image.close()
