@@ -198,3 +198,142 @@ def garbage_text_pdf(visible: str = "INVOICE 2024 TOTAL DUE") -> bytes:
             b"<< /Length %d >>\nstream\n%s\nendstream" % (len(cmap), cmap),
         ]
     )
+
+
+# -- Tables with known cells (issue 14): ruled and unruled, for the table tests and bench.tables --
+
+_NAMES = ["Muñoz", "García López", "Pérez", "Ibáñez Ruiz", "Navarro", "Sánchez", "Domínguez", "Ortega Gil"]
+_CITIES = ["Madrid", "Sevilla", "Bilbao", "Valencia", "Zaragoza", "Málaga", "Córdoba", "Murcia"]
+_PRODUCTS = ["tornillos", "cable eléctrico", "pintura", "bisagras", "tuercas", "madera", "yeso", "cola"]
+# Columns a generated table may have: a header and a maker of cell texts from a seeded random.
+TABLE_COLUMNS: dict[str, tuple[str, object]] = {
+    "fecha": ("Fecha", lambda r: f"{r.randint(1, 28):02d}/{r.randint(1, 12):02d}/{r.randint(2019, 2025)}"),
+    "cliente": ("Cliente", lambda r: r.choice(_NAMES)),
+    "ciudad": ("Ciudad", lambda r: r.choice(_CITIES)),
+    "producto": ("Producto", lambda r: r.choice(_PRODUCTS)),
+    "unidades": ("Unidades", lambda r: str(r.randint(1, 900))),
+    "importe": ("Importe", lambda r: f"{r.randint(1, 9)}.{r.randint(0, 999):03d},{r.randint(0, 99):02d}"),
+    "codigo": ("Código", lambda r: f"A-{r.randint(100, 999)}"),
+}
+
+
+def table_cells(rows: int, columns: list[str], seed: int = 0) -> list[list[str]]:
+    """A header row and `rows` rows of the named TABLE_COLUMNS, with seeded values."""
+    draw = random.Random(seed)
+    makers = [TABLE_COLUMNS[name][1] for name in columns]
+    header = [TABLE_COLUMNS[name][0] for name in columns]
+    return [header] + [[make(draw) for make in makers] for _ in range(rows)]  # type: ignore[operator]
+
+
+def draw_table(
+    page: Image.Image, cells: list[list[str]], origin: tuple[int, int], ruled: bool, font_size: int = 24
+) -> tuple[int, int, int, int]:
+    """Draw `cells` on `page` at `origin`, with a grid of lines when `ruled`, else aligned columns
+    only (numbers right-aligned, as registers print them); returns the table's box."""
+    draw, face = ImageDraw.Draw(page), font(font_size)
+    pad, row_height = int(font_size * 0.8), int(font_size * 1.9)
+    widths = [
+        max(int(draw.textlength(row[c], font=face)) for row in cells) + 2 * pad for c in range(len(cells[0]))
+    ]
+    left, top = origin
+    xs = [left + sum(widths[:c]) for c in range(len(widths) + 1)]
+    for r, row in enumerate(cells):
+        y = top + r * row_height + (row_height - font_size) // 2
+        for c, text in enumerate(row):
+            numeric = r > 0 and text.replace(".", "").replace(",", "").isdigit()
+            x = xs[c + 1] - pad - int(draw.textlength(text, font=face)) if numeric else xs[c] + pad
+            draw.text((x, y), text, font=face, fill=0)
+    bottom = top + len(cells) * row_height
+    if ruled:
+        for r in range(len(cells) + 1):
+            draw.line([(xs[0], top + r * row_height), (xs[-1], top + r * row_height)], fill=0, width=2)
+        for x in xs:
+            draw.line([(x, top), (x, bottom)], fill=0, width=2)
+    return xs[0], top, xs[-1], bottom
+
+
+def table_page(
+    tables: list[tuple[list[list[str]], bool]], size: tuple[int, int] = (1275, 1650), seed: int = 0
+) -> Image.Image:
+    """A 150 dpi page with a paragraph, then each (cells, ruled) table followed by a paragraph."""
+    page = Image.new("L", size, 255)
+    draw, face = ImageDraw.Draw(page), font(22)
+    y = 90
+    for index, (cells, ruled) in enumerate([([], False), *tables]):
+        if cells:
+            y = draw_table(page, cells, (90, y), ruled)[3] + 50
+        for line in page_lines(3, seed + index):
+            draw.text((90, y), line, font=face, fill=0)
+            y += 40
+        y += 40
+    return page
+
+
+def table_photo_12mp(cells: list[list[str]]) -> Image.Image:
+    """A 4000x3000 photo-like image of a page holding a ruled table of `cells`."""
+    photo = Image.merge("RGB", [Image.effect_noise((4000, 3000), 25 + 5 * band) for band in range(3)])
+    photo.paste(table_page([(cells, True)], size=(2550, 2200)).convert("RGB"), (700, 400))
+    return photo
+
+
+@dataclass(frozen=True)
+class TablePage:
+    """A letter page of a table PDF: a paragraph, `cells` as a table, a paragraph (no cells: a
+    full page of text), stored as a text layer with vector lines (`text`) or as a 150 dpi image of
+    the page (`scan`)."""
+
+    cells: list[list[str]] | None
+    ruled: bool = True
+    layer: Literal["text", "scan"] = "text"
+    seed: int = 0
+
+
+def _numeric(row: int, text: str) -> bool:
+    return row > 0 and text.replace(".", "").replace(",", "").isdigit()
+
+
+def _text_layer_table(pdf: FPDF, cells: list[list[str]], top: float, ruled: bool) -> float:
+    """`draw_table` in a PDF's own text and lines, in points; returns the table's bottom."""
+    pad, row_height = FONT_PT * 0.8, FONT_PT * 1.9
+    widths = [max(pdf.get_string_width(row[c]) for row in cells) + 2 * pad for c in range(len(cells[0]))]
+    xs = [MARGIN_PT + sum(widths[:c]) for c in range(len(widths) + 1)]
+    for r, row in enumerate(cells):
+        baseline = top + r * row_height + (row_height + FONT_PT * 0.7) / 2
+        for c, text in enumerate(row):
+            x = xs[c + 1] - pad - pdf.get_string_width(text) if _numeric(r, text) else xs[c] + pad
+            pdf.text(x, baseline, text)
+    bottom = top + len(cells) * row_height
+    if ruled:
+        pdf.set_line_width(1.0)
+        for r in range(len(cells) + 1):
+            pdf.line(xs[0], top + r * row_height, xs[-1], top + r * row_height)
+        for x in xs:
+            pdf.line(x, top, x, bottom)
+    return bottom
+
+
+def table_pdf(pages: list[TablePage]) -> bytes:
+    """A PDF of `pages`, text-layer and scanned ones mixed, tables with known cells."""
+    pdf = _fpdf()
+    for page in pages:
+        pdf.add_page()
+        if page.layer == "scan":
+            image = (
+                table_page([(page.cells, page.ruled)], seed=page.seed)
+                if page.cells
+                else letter_page(seed=page.seed)
+            )
+            pdf.image(image, x=0, y=0, w=LETTER_PT[0], h=LETTER_PT[1])
+        elif page.cells is None:
+            for index, line in enumerate(page_lines(30, page.seed)):
+                pdf.text(MARGIN_PT, baseline_pt(index), line)
+        else:
+            y = MARGIN_PT
+            for part in ([], page.cells):
+                if part:
+                    y = _text_layer_table(pdf, part, y, page.ruled) + LINE_PT
+                for line in page_lines(3, page.seed):
+                    y += LINE_PT
+                    pdf.text(MARGIN_PT, y, line)
+                y += LINE_PT
+    return bytes(pdf.output())

@@ -30,10 +30,15 @@ class TesseractEngine:
             path=f"{tessdata}/", lang=code, oem=tesserocr.OEM.LSTM_ONLY, psm=tesserocr.PSM.AUTO
         )
 
-    def recognize(self, image: Image.Image, words: bool = False) -> Recognition:
-        """The image's text; with `words`, also its words, read from the same recognition."""
+    def recognize(self, image: Image.Image, words: bool = False, sparse: bool = False) -> Recognition:
+        """The image's text; with `words`, also its words, read from the same recognition.
+
+        `sparse` reads each group of words apart (Tesseract's sparse-text segmentation), not as
+        lines of a paragraph: table cells come out more exactly, a gap between two cells no
+        longer read as a character (MEMORY.md, "Issue 14 - tables")."""
         with self._lock:
             try:
+                self._api.SetPageSegMode(tesserocr.PSM.SPARSE_TEXT if sparse else tesserocr.PSM.AUTO)
                 self._api.SetImage(image)
                 text = self._api.GetUTF8Text().strip()
                 confidence = self._api.MeanTextConf()

@@ -38,3 +38,6 @@ class ReadOptions:
     pages_left: int | None = (
         None  # what the request may still read of OCR_MAX_PAGES (earlier files took the rest)
     )
+    tables: bool = False  # each page's tables
+    columns: int | None = None  # the caller's hint for unruled tables
+    table_csv: bool = False  # each table also as CSV

@@ -36,12 +36,17 @@ _POLL_S = 0.05
 @dataclass(frozen=True)
 class LoadedPage:
     """A page as the producer hands it over: its text layer, used or not, and its rendering
-    unless that layer is used. `size` is its pixel size at its OCR scale, rendered or not."""
+    unless that layer is used (and `render_all` is off). `size` is its pixel size at its OCR
+    scale, rendered or not."""
 
     number: int  # 1-based
     size: tuple[int, int]
     text_layer: TextLayer | None  # None when OCR is forced: the layer is not even read
     image: Image.Image | None
+
+    @property
+    def layer_used(self) -> bool:
+        return self.text_layer is not None and self.text_layer.status == "used"
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,8 @@ class PdfPages:
     iterating then loads the pages. Leaving the block stops and joins the producer.
 
     `pages_left` bounds the selection when earlier files of the request took some of OCR_MAX_PAGES;
-    `force_ocr` renders every page whatever its text layer; `words` boxes a used layer's words."""
+    `force_ocr` renders every page whatever its text layer; `words` boxes a used layer's words;
+    `render_all` renders a page read from its text layer too (its ruling lines for tables)."""
 
     def __init__(
         self,
@@ -126,6 +132,7 @@ class PdfPages:
         pages_left: int | None = None,
         force_ocr: bool = False,
         words: bool = False,
+        render_all: bool = False,
     ) -> None:
         self._data = data
         self._spec = pages
@@ -133,6 +140,7 @@ class PdfPages:
         self._pages_left = pages_left
         self._force_ocr = force_ocr
         self._words = words
+        self._render_all = render_all
         self._queue: queue.Queue[object] = queue.Queue(maxsize=limits.render_queue)
         self._go = threading.Event()  # set by iteration: nothing is rendered before the caller asks
         self._stop = threading.Event()
@@ -261,7 +269,7 @@ class PdfPages:
             scale = render_scale(width, height, self._limits.dpi, self._limits.page_pixels)
             size = pixel_size(width, height, scale)
             layer = None if self._force_ocr else read_text_layer(page, size, self._words)
-            if layer is not None and layer.status == "used":
+            if layer is not None and layer.status == "used" and not self._render_all:
                 return LoadedPage(number, size, layer, None)
             bitmap = page.render(scale=scale, grayscale=True)
             try:

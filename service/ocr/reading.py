@@ -9,7 +9,7 @@ is asked for.
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from PIL import Image
 
@@ -18,6 +18,9 @@ from service.ocr.images import check_work, open_image, prepare_image
 from service.ocr.jobs import JobLimits, Kind, ReadOptions
 from service.ocr.pdf import LoadedPage, PdfPages
 from service.ocr.words import Word
+
+if TYPE_CHECKING:  # imported when tables are asked for: numpy stays out of a worker that never is
+    from service.ocr.tables import Table
 
 Source = Literal["text_layer", "ocr"]
 # What became of a PDF page's text layer: `used`, or why it was not (textlayer.py), or `skipped`
@@ -36,6 +39,7 @@ class PageRead:
     height: int
     words: list[Word] | None  # when asked for
     image: Image.Image | None  # the gray image recognised; None for a text-layer page
+    tables: "list[Table] | None" = None  # when asked for
 
 
 def read_pages(
@@ -60,7 +64,7 @@ def read_pages(
     if prepared is not image:
         image.close()  # free the full-size decode before recognition
     on_page_started(1)
-    yield from _recognized(engine, 1, None, prepared, options.words)
+    yield from _recognized(engine, 1, None, prepared, options)
 
 
 def _pdf_pages(
@@ -77,32 +81,63 @@ def _pdf_pages(
         limits,
         pages_left=options.pages_left,
         force_ocr=options.force_ocr,
-        words=options.words,
+        words=options.words or options.tables,
+        render_all=options.tables,
     )
     with pdf as document:
         on_outline(document.page_count)
         for page in document:
             on_page_started(page.number)
-            if page.image is None:
-                yield _from_text_layer(page)
+            if page.layer_used:
+                yield _from_text_layer(page, options)
             else:
+                assert page.image is not None
                 status = page.text_layer.status if page.text_layer is not None else "skipped"
-                yield from _recognized(engine, page.number, status, page.image, options.words)
+                yield from _recognized(engine, page.number, status, page.image, options)
 
 
-def _from_text_layer(page: LoadedPage) -> PageRead:
+def _from_text_layer(page: LoadedPage, options: ReadOptions) -> PageRead:
+    """A page read from its text layer; with tables, from the layer's words and the ruling lines
+    of its rendering (closed here)."""
     assert page.text_layer is not None
     layer = page.text_layer
-    return PageRead(page.number, "text_layer", "used", layer.text, 1.0, *page.size, layer.words, None)
+    tables = None
+    if options.tables:
+        from service.ocr.tables import detect_tables, ruling_lines
+
+        assert page.image is not None and layer.words is not None
+        try:
+            rules = ruling_lines(page.image)
+        finally:
+            page.image.close()
+        tables = detect_tables(layer.words, rules, options.columns)
+    words = layer.words if options.words else None
+    return PageRead(page.number, "text_layer", "used", layer.text, 1.0, *page.size, words, None, tables)
 
 
 def _recognized(
-    engine: TesseractEngine, number: int, status: TextLayerStatus | None, image: Image.Image, words: bool
+    engine: TesseractEngine,
+    number: int,
+    status: TextLayerStatus | None,
+    image: Image.Image,
+    options: ReadOptions,
 ) -> Iterator[PageRead]:
+    """A page recognised; with tables, its ruling lines are found and erased first (Tesseract
+    reads a line beside a word as part of it), and its tables built from the words."""
     try:
-        result = engine.recognize(image, words)
+        tables = None
+        if options.tables:
+            from service.ocr.tables import detect_tables, erase_rules, ruling_lines
+
+            rules = ruling_lines(image)
+            erase_rules(image, rules)
+            result = engine.recognize(image, words=True, sparse=True)
+            tables = detect_tables(result.words or [], rules, options.columns)
+        else:
+            result = engine.recognize(image, options.words)
+        words = result.words if options.words else None
         yield PageRead(
-            number, "ocr", status, result.text, result.confidence, *image.size, result.words, image
+            number, "ocr", status, result.text, result.confidence, *image.size, words, image, tables
         )
     finally:
         image.close()

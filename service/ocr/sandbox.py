@@ -79,6 +79,7 @@ class OcrPage:
     width: int
     height: int
     words: list[Word] | None
+    tables: list[dict[str, Any]] | None  # the worker's table messages (worker.table_message)
     seconds: float
 
 
@@ -89,6 +90,7 @@ class OcrWorker:
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._engines: dict[str, str] = {}  # code -> tessdata dir, reloaded into a new process
+        self._tables = False  # table detection imported, and imported again into a new process
         self._lock = threading.Lock()  # one message exchange (and one job) at a time
         self._waiting = 0
         self._waiting_lock = threading.Lock()
@@ -121,6 +123,9 @@ class OcrWorker:
             raise ModelUnavailable(f"the OCR worker process did not start: {error}") from error
         for code, tessdata in self._engines.items():
             self._load_in_process(code, tessdata)
+        if self._tables:
+            self._send({"op": "load_tables"})
+            self._receive(_STARTUP_TIMEOUT_S)
 
     def _stop(self) -> None:
         process, conn = self._process, self._conn
@@ -201,6 +206,30 @@ class OcrWorker:
             except WorkerDied:
                 self._stop()
 
+    def load_tables(self) -> None:
+        """Import table detection into the worker (numpy; service/ocr/tables.py)."""
+        with self._lock:
+            self._ensure_started()
+            try:
+                self._send({"op": "load_tables"})
+                self._receive(_STARTUP_TIMEOUT_S)
+            except WorkerDied as error:
+                self._stop()
+                raise ModelUnavailable(f"the OCR worker died loading table detection: {error}") from error
+            self._tables = True
+
+    def unload_tables(self) -> None:
+        """A module cannot be unimported: the worker is replaced by one without it (its engines
+        reload in the background), so that the memory really comes back."""
+        with self._lock:
+            if not self._tables:
+                return
+            self._tables = False
+            if self._process is None:
+                return
+            self._stop()
+        threading.Thread(target=self._restart, name="ocr-worker-restart", daemon=True).start()
+
     # -- jobs ---------------------------------------------------------------------------------
 
     def run(self, job: OcrJob, code: str, settings: OcrSettings) -> tuple[int, list[OcrPage]]:
@@ -272,6 +301,7 @@ class OcrWorker:
     def close(self) -> None:
         with self._lock:
             self._engines.clear()
+            self._tables = False
             self._stop()
 
 

@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.error_handlers import ErrorDetail
 from service.ocr.config import OcrLang
@@ -42,12 +42,44 @@ class OcrOptions(BaseModel):
         description="Also return each page's words with their box `[x0, y0, x1, y1]` in page pixels "
         "(top-left origin; a PDF page's pixels at its OCR scale, rendered or not) and their confidence.",
     )
+    tables: bool = Field(
+        default=False,
+        description="Also detect each page's tables: ruled ones from their lines, unruled ones from "
+        "aligned columns of words; each comes back as rows of cells with their text and box. A page "
+        "without a table gets an empty list. A text-layer page's tables come from its text layer; an "
+        "OCRed page is then read as sparse text (each group of words apart, which reads cells more "
+        "exactly), so its `text` lists those groups in Tesseract's order.",
+    )
+    columns: int | None = Field(
+        default=None,
+        ge=2,
+        le=50,
+        description="With `tables=true`: how many columns the unruled tables have, when known. It "
+        "splits them at their widest gaps (narrow gaps included); ruled tables follow their lines.",
+        examples=[4],
+    )
+    table_csv: bool = Field(
+        default=False,
+        description="With `tables=true`: also give each table as CSV text (RFC 4180) in its `csv`.",
+    )
 
     @field_validator("pages", mode="before")
     @classmethod
     def _blank_is_all(cls, value: object) -> object:
         """HTML forms send an empty string for a field left blank."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _table_options_need_tables(self) -> "OcrOptions":
+        for name in ("columns", "table_csv"):
+            if getattr(self, name) not in (None, False) and not self.tables:
+                raise ValueError(f"{name} applies to tables: send tables=true with it")
+        return self
 
 
 class PageSentiment(BaseModel):
@@ -63,6 +95,23 @@ class WordBox(BaseModel):
     confidence: float = Field(
         ge=0, le=1, description="Tesseract's word confidence; 1 for a text layer's words."
     )
+
+
+class TableCell(BaseModel):
+    text: str = Field(description="The cell's words in reading order; empty for an empty cell.")
+    box: tuple[int, int, int, int] = Field(
+        description="`[x0, y0, x1, y1]` in page pixels: between a ruled table's lines, or an "
+        "unruled table's column and row."
+    )
+
+
+class TableResult(BaseModel):
+    box: tuple[int, int, int, int] = Field(description="`[x0, y0, x1, y1]` of the whole table, in pixels.")
+    ruled: bool = Field(description="True when found from its ruling lines, false from aligned columns.")
+    rows: list[list[TableCell]] = Field(
+        description="Top to bottom, each row's cells left to right; every row has as many cells."
+    )
+    csv: str | None = Field(default=None, description="With `table_csv=true`: the table's text as CSV.")
 
 
 class PageResult(BaseModel):
@@ -86,6 +135,9 @@ class PageResult(BaseModel):
     height: int = Field(description="The page's height in pixels.")
     seconds: float = Field(description="Time spent reading this page.")
     words: list[WordBox] | None = Field(default=None, description="With `words=true`: the page's words.")
+    tables: list[TableResult] | None = Field(
+        default=None, description="With `tables=true`: the page's tables, top to bottom; [] when it has none."
+    )
     sentiment: PageSentiment | None = Field(
         default=None, description="With `analyze=true`, the sentiment of a readable page's text."
     )
@@ -106,6 +158,36 @@ PAGE_EXAMPLE = {
         {"text": "cliente:", "box": [272, 188, 368, 210], "confidence": 1.0},
     ],
     "sentiment": {"label": "POS", "probas": {"NEG": 0.01, "NEU": 0.12, "POS": 0.87}},
+}
+TABLE_PAGE_EXAMPLE = {
+    "page": 2,
+    "source": "ocr",
+    "text_layer": "absent",
+    "text": "Fecha Cliente Importe\n05/10/2025 García López 8.779,57",
+    "confidence": 0.91,
+    "unreadable": False,
+    "width": 1275,
+    "height": 1650,
+    "seconds": 1.35,
+    "tables": [
+        {
+            "box": [90, 210, 745, 302],
+            "ruled": True,
+            "rows": [
+                [
+                    {"text": "Fecha", "box": [90, 210, 257, 256]},
+                    {"text": "Cliente", "box": [257, 210, 470, 256]},
+                    {"text": "Importe", "box": [470, 210, 745, 256]},
+                ],
+                [
+                    {"text": "05/10/2025", "box": [90, 256, 257, 302]},
+                    {"text": "García López", "box": [257, 256, 470, 302]},
+                    {"text": "8.779,57", "box": [470, 256, 745, 302]},
+                ],
+            ],
+            "csv": 'Fecha,Cliente,Importe\r\n05/10/2025,García López,"8.779,57"\r\n',
+        }
+    ],
 }
 BLANK_PAGE_EXAMPLE = {
     "page": 3,
@@ -128,7 +210,7 @@ class OcrResponse(BaseModel):
                     "format": "pdf",
                     "lang": "es",
                     "page_count": 3,
-                    "pages": [PAGE_EXAMPLE, BLANK_PAGE_EXAMPLE],
+                    "pages": [PAGE_EXAMPLE, TABLE_PAGE_EXAMPLE, BLANK_PAGE_EXAMPLE],
                     "seconds": 2.31,
                 }
             ]

@@ -8,6 +8,7 @@ The engine is released before sentiment runs, so the registry may unload it to f
 """
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,6 +25,8 @@ from service.ocr.schemas import (
     OcrResponse,
     PageResult,
     PageSentiment,
+    TableCell,
+    TableResult,
     WordBox,
 )
 from service.ocr.tessdata import resolve_tessdata
@@ -37,6 +40,11 @@ ENGINE_BASE_MB = 25.0
 # RSS of the worker process itself (Python, Pillow, pdfium, libtesseract: 30.3 MB measured after its
 # imports, 2026-11-30), paid with its first engine.
 WORKER_BASE_MB = 32.0
+# Unreclaimable memory table detection adds to the worker: numpy and service/ocr/tables.py
+# imported, measured 6.0 MB anonymous (of 12.3 MB RSS; the rest is numpy's mapped libraries) in a
+# fresh process, 1.8 MB in a worker that has read pages (MEMORY.md, "Issue 14 - tables"). Its work
+# per page (a few page-sized masks, 4-8 MB) runs inside OCR_WORK_MB.
+TABLES_MB = 6.0
 
 
 class EngineHandle:
@@ -82,6 +90,30 @@ def engine_item(code: str, settings: OcrSettings) -> Loadable:
     return Loadable(key=f"ocr:{code}", load=load, estimate_mb=estimate_mb, describe=describe)
 
 
+class TablesHandle:
+    """Table detection imported in the OCR worker; closing it gives that memory back."""
+
+    def __init__(self, worker: OcrWorker) -> None:
+        self.worker = worker
+
+    def close(self) -> None:
+        self.worker.unload_tables()
+
+
+def tables_item() -> Loadable:
+    """Table detection in the OCR worker as a registry item: loaded with the first table request."""
+
+    def load() -> TablesHandle:
+        worker = get_worker()
+        worker.load_tables()
+        return TablesHandle(worker)
+
+    def describe() -> dict[str, Any]:
+        return {"kind": "ocr", "engine": "tables", "worker_pid": get_worker().pid}
+
+    return Loadable(key="ocr:tables", load=load, estimate_mb=lambda: TABLES_MB, describe=describe)
+
+
 @dataclass(frozen=True)
 class Upload:
     """A file part of a request: its bytes and what the client said about it."""
@@ -101,7 +133,14 @@ def _job(upload: Upload, options: OcrOptions, batch: bool) -> OcrJob:
         if not batch and pages.strip() != "1":
             raise BadInput("pages selects pages of a PDF; an image has a single page")
         pages = None  # in a batch, `pages` selects each PDF's pages; an image is read whole
-    read = ReadOptions(pages, force_ocr=options.ocr == "force", words=options.words)
+    read = ReadOptions(
+        pages,
+        force_ocr=options.ocr == "force",
+        words=options.words,
+        tables=options.tables,
+        columns=options.columns,
+        table_csv=options.table_csv,
+    )
     return OcrJob(upload.data, kind, read)
 
 
@@ -130,6 +169,7 @@ def _read_all(
     pages_left = settings.max_pages
     with (
         registry.use(item) as engine,
+        registry.use(tables_item()) if options.tables else nullcontext(),
         registry.reserve(
             settings.work_mb, "reading these files" if batch else "reading this upload", on=item.key
         ),
@@ -183,7 +223,13 @@ def _result(page: OcrPage) -> PageResult:
         height=page.height,
         seconds=round(page.seconds, 3),
         words=words,
+        tables=None if page.tables is None else [_table(table) for table in page.tables],
     )
+
+
+def _table(table: dict[str, Any]) -> TableResult:
+    rows = [[TableCell(text=text, box=tuple(box)) for text, *box in row] for row in table["rows"]]
+    return TableResult(box=tuple(table["box"]), ruled=table["ruled"], rows=rows, csv=table["csv"])
 
 
 def _add_sentiment(pages: list[PageResult], lang: str) -> None:

@@ -18,7 +18,7 @@ import resource
 import sys
 from dataclasses import astuple
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service import runtime
 from service.exceptions import ServiceError, TooLarge
@@ -26,6 +26,9 @@ from service.ocr.engine import TesseractEngine
 from service.ocr.errors import Undecodable
 from service.ocr.jobs import JobLimits, ReadOptions
 from service.ocr.reading import PageRead, read_pages
+
+if TYPE_CHECKING:
+    from service.ocr.tables import Table
 
 MB = 1024 * 1024
 # What the worker accepts from the server in one message: an upload, with its multipart slack.
@@ -96,6 +99,13 @@ class Worker:
         runtime.trim_heap()
         self.send({"ok": True, "rss_mb": rss_mb()})
 
+    def op_load_tables(self, request: dict[str, Any]) -> None:
+        """Table detection as the registry item `ocr:tables`: its import (numpy) is what it costs."""
+        import service.ocr.tables  # noqa: F401
+
+        runtime.trim_heap()
+        self.send({"ok": True, "rss_mb": rss_mb()})
+
     def op_ocr(self, request: dict[str, Any]) -> None:
         data = self.conn.recv_bytes(MAX_MESSAGE_BYTES)
         limits = JobLimits(**request["limits"])
@@ -113,7 +123,7 @@ class Worker:
                 on_page_started=lambda number: self.send({"page_started": number}),
             )
             for page in pages:
-                self.send({"page": page_message(page)})
+                self.send({"page": page_message(page, options.table_csv)})
             message: dict[str, Any] = {"done": True}
         except ServiceError as error:
             message = _error(error)
@@ -131,9 +141,11 @@ class Worker:
         self.send(message)
 
 
-def page_message(page: PageRead) -> dict[str, Any]:
-    """A page as the server receives it; words as compact [text, left, top, right, bottom, confidence]."""
+def page_message(page: PageRead, table_csv: bool = False) -> dict[str, Any]:
+    """A page as the server receives it; words as compact [text, left, top, right, bottom, confidence],
+    tables' cells as [text, left, top, right, bottom]."""
     words = None if page.words is None else [astuple(word) for word in page.words]
+    tables = None if page.tables is None else [table_message(table, table_csv) for table in page.tables]
     return {
         "page": page.number,
         "source": page.source,
@@ -143,6 +155,17 @@ def page_message(page: PageRead) -> dict[str, Any]:
         "width": page.width,
         "height": page.height,
         "words": words,
+        "tables": tables,
+    }
+
+
+def table_message(table: "Table", csv: bool) -> dict[str, Any]:
+    """A table for the server, with its CSV made here (the server never imports the table module)."""
+    return {
+        "box": [table.left, table.top, table.right, table.bottom],
+        "ruled": table.ruled,
+        "rows": [[astuple(cell) for cell in row] for row in table.rows],
+        "csv": table.csv() if csv else None,
     }
 
 
