@@ -43,6 +43,8 @@ class Recipe:
     weight_only: bool = False  # the other constant-weight MatMuls: MatMulNBits...
     weight_bits: int = 8  # ...of this many bits
     embeddings: str = "per-tensor"  # or "blockwise"
+    block_size: int = BLOCK_SIZE  # MatMulNBits: weights per scale along K
+    accuracy_level: int = ACCURACY_LEVEL  # MatMulNBits: 4 int8 activations, 0 or 1 fp32
 
 
 RECIPES: dict[str, Recipe] = {
@@ -90,15 +92,14 @@ DEFAULT_RECIPE = "weight-only"
 
 def describe(name: str) -> dict[str, Any]:
     """The recipe as the manifest records it."""
-    details = {"block_size": BLOCK_SIZE, "accuracy_level": ACCURACY_LEVEL}
-    return {"recipe": name, **asdict(RECIPES[name]), **details}
+    return {"recipe": name, **asdict(RECIPES[name])}
 
 
 def quantize(fp32: Path, out: Path, recipe: Recipe) -> Path:
     """Write the INT8 graph of `fp32` to `out` (optimum's intermediate files stay in a temp dir)."""
     model = _dynamic(fp32, recipe) if recipe.dynamic or recipe.embeddings == "per-tensor" else onnx.load(fp32)
     if recipe.weight_only:
-        model = _weight_only(model, recipe.weight_bits)
+        model = _weight_only(model, recipe)
     if recipe.embeddings == "blockwise":
         quantize_embeddings(model)
     # Weights beside the graph: measured at RoBERTuito scale, load peak 191 -> 115 MB and
@@ -132,16 +133,16 @@ def _dynamic(fp32: Path, recipe: Recipe) -> onnx.ModelProto:
         return onnx.load(next(Path(tmp).glob("*_quantized.onnx")))
 
 
-def _weight_only(model: onnx.ModelProto, bits: int) -> onnx.ModelProto:
+def _weight_only(model: onnx.ModelProto, recipe: Recipe) -> onnx.ModelProto:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     # The module configures the root logger at INFO on import and logs every node.
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     quantizer = MatMulNBitsQuantizer(
         model,
-        bits=bits,
-        block_size=BLOCK_SIZE,
-        accuracy_level=ACCURACY_LEVEL,
+        bits=recipe.weight_bits,
+        block_size=recipe.block_size,
+        accuracy_level=recipe.accuracy_level,
         op_types_to_quantize=("MatMul",),
     )
     quantizer.process()
