@@ -28,7 +28,8 @@ DIR loaded by an /analyze request, then /ocr of a 20-page PDF (10 text-layer and
 a ruled table on a text-layer page and an unruled one on a scanned page) and of a 12 MP JPEG photo
 of a page with a ruled table, each without and with `tables=true`. Printed per request: the
 highest sum of the server's and its OCR worker's RSS (sampled every 20 ms), each one's VmHWM, the
-seconds, and the tables found.
+seconds, and the tables found. `--plain` serves the plain model (weights in anonymous memory)
+instead of its prepacked variant (weights in a mapped file, counted in RSS while touched).
 """
 
 import argparse
@@ -357,7 +358,7 @@ def peak_documents() -> dict[str, tuple[bytes, str, list[list[list[str]]]]]:
     }
 
 
-def peaks(model: Path) -> None:
+def peaks(model: Path, prepacked: bool = True) -> None:
     documents = peak_documents()
     workdir = Path(tempfile.mkdtemp(prefix="tables-peaks-"))
     env = {
@@ -366,6 +367,7 @@ def peaks(model: Path) -> None:
         "MODEL_SENTIMENT_ES": str(model),
         "PREPACKED_DIR": str(workdir / "prepacked"),  # never write into the model's own dir
         "ONNX_DIR": str(workdir),
+        "PREPACKED": str(prepacked).lower(),
     }
     with running_server(workdir, name="tables-peaks", **env) as server:
         body = json.dumps({"text": "qué buen día"}).encode()
@@ -424,9 +426,12 @@ def main() -> None:
     comparing.add_argument("--run", choices=list(METHODS), help=argparse.SUPPRESS)
     peaking = commands.add_parser("peaks", help="peaks of issue 14's table documents on a real server")
     peaking.add_argument("--model", type=Path, required=True, help="the exported sentiment:es model dir")
+    peaking.add_argument(
+        "--plain", action="store_true", help="serve the plain model, not its prepacked variant"
+    )
     args = parser.parse_args()
     if args.command == "peaks":
-        peaks(args.model)
+        peaks(args.model, prepacked=not args.plain)
     elif args.run:
         if args.img2table:
             sys.path.append(str(args.img2table))  # after the venv: its numpy and pypdfium2 win
