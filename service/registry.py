@@ -192,8 +192,13 @@ class Registry:
         entry = self._entries.get(on) if on is not None else None
 
         def admit() -> None:
-            first = entry is not None and entry.running == 0
-            self._make_room(what, need_mb + (entry.file_mb if first else 0.0))
+            allowance = entry.file_mb if entry is not None and entry.running == 0 else 0.0
+            # Short of room for these weights, by less than other models' running calls will give
+            # back when they end (within a call): wait for them rather than unload idle models
+            # (each a reload, and its weights re-read, when its turn comes) to run both at once.
+            short_mb = self.used_mb() + need_mb + allowance - self.budget.usable_mb
+            wait_for_running = allowance > 0 and 0 < short_mb <= self.running_file_mb
+            self._make_room(what, need_mb + allowance, evict=not wait_for_running)
             with self._lock:
                 self._reserved_mb += need_mb
                 if entry is not None:
@@ -289,18 +294,19 @@ class Registry:
         running work, and the file pages that work reads."""
         return self._used() + self._reserved_mb + self.running_file_mb
 
-    def _make_room(self, what: str, cost_mb: float, **details: Any) -> None:
-        """Evict LRU idle items until `cost_mb` fits under the budget, or refuse."""
+    def _make_room(self, what: str, cost_mb: float, evict: bool = True, **details: Any) -> None:
+        """Evict LRU idle items (none if not `evict`) until `cost_mb` fits under the budget, or refuse."""
         while True:
             needed = self.used_mb() + cost_mb - self.budget.usable_mb
             if needed <= 0:
                 return
             with self._lock:
-                idle = [e for e in self._entries.values() if e.in_use == 0]
+                idle = [e for e in self._entries.values() if e.in_use == 0 and evict]
             if not idle:
+                why = "nothing idle can be unloaded" if evict else "other models' calls hold their weights"
                 raise OverBudget(
                     f"{what} needs ~{cost_mb:.0f} MB but only {max(cost_mb - needed, 0):.0f} MB of the "
-                    f"{self.budget.limit_mb:.0f} MB budget is free and nothing idle can be unloaded",
+                    f"{self.budget.limit_mb:.0f} MB budget is free and {why}",
                     needed_mb=round(cost_mb, 1),
                     headroom_mb=round(max(cost_mb - needed, 0), 1),
                     short_by_mb=round(needed, 1),
