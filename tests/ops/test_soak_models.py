@@ -57,6 +57,16 @@ def models_dir() -> Path:
     return base
 
 
+def drop_page_cache(models: Path) -> None:
+    """Evict the models' (and their variants') cached pages: pages cached by an earlier run stay
+    charged to another cgroup, so the new one would map them without paying for them (RSS above the
+    limit). A fresh instance starts with none."""
+    os.sync()
+    for path in (p for p in models.rglob("*") if p.is_file() and not p.is_symlink()):
+        with path.open("rb") as handle:
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def worker_figures(pid: int) -> dict[str, float]:
     status = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -114,6 +124,7 @@ def soak(
     for task, lang in PAIRS:
         env[f"MODEL_{task.upper()}_{lang.upper()}"] = str(models / f"{task}-{lang}")
     page = encode(text_page(SPANISH * 2, size=(1275, 500)))
+    drop_page_cache(models)
     with memory_cgroup(LIMIT_MB) as cgroup:
         # start.sh's step: the variants are made before the server starts, in the same cgroup.
         make = [sys.executable, "-m", "service.sentiment.backends.prepacked"]
