@@ -193,11 +193,11 @@ class Registry:
 
         def admit() -> None:
             allowance = entry.file_mb if entry is not None and entry.running == 0 else 0.0
-            # Short of room for these weights, by less than other models' running calls will give
-            # back when they end (within a call): wait for them rather than unload idle models
-            # (each a reload, and its weights re-read, when its turn comes) to run both at once.
+            # Short by less than running calls give back when they end (their weights' allowance,
+            # within a call): wait for them rather than unload idle models (each a reload, and its
+            # weights re-read, when its turn comes) to run this work beside them.
             short_mb = self.used_mb() + need_mb + allowance - self.budget.usable_mb
-            wait_for_running = allowance > 0 and 0 < short_mb <= self.running_file_mb
+            wait_for_running = 0 < short_mb <= self.running_file_mb
             self._make_room(what, need_mb + allowance, evict=not wait_for_running)
             with self._lock:
                 self._reserved_mb += need_mb

@@ -310,6 +310,23 @@ def test_work_waits_for_another_models_call_rather_than_unloading_idle_models():
     assert registry.counters["evictions"] == 0 and registry.is_loaded("c")
 
 
+def test_an_ocr_page_waits_for_a_models_call_rather_than_unloading_idle_models():
+    memory = FakeMemory(250)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=5)
+    a, b = mapped("a", memory, 8, 140), mapped("b", memory, 8, 140)
+    for model in (a, b):
+        with registry.use(model):
+            pass
+    with registry.use(a):
+        running = registry.reserve(10, "a batch", on="a")  # 266 + 10 + 140 = 416
+        running.__enter__()
+        threading.Timer(0.2, lambda: running.__exit__(None, None, None)).start()
+        started = time.monotonic()
+        with registry.reserve(96, "reading a page"):  # 416 + 96 > 480: short 32, a gives back 140
+            assert 0.15 < time.monotonic() - started < 4
+    assert registry.counters["evictions"] == 0 and registry.is_loaded("b")
+
+
 def test_idle_models_are_unloaded_when_running_calls_would_not_give_enough_back():
     memory = FakeMemory(200)
     registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=5)
