@@ -9,7 +9,9 @@ rather than letting the kernel's OOM killer end the process.
 What is counted is memory that cannot be reclaimed (service/budget.py: anonymous memory, the
 process's and its cgroup's), plus, for each item while work runs on it, an allowance for the
 file-backed pages that work reads (a prepacked model's mapped weights, measured at its load):
-idle items' file pages are left to the kernel to drop and re-read. An item's cost is the
+idle items' file pages are left to the kernel to drop and re-read. Work short of room by less
+than the running calls' allowances waits for those calls to end instead of unloading idle items
+(which would be reloaded, their weights re-read, at their next request). An item's cost is the
 unreclaimable memory it added when it loaded, remembered for reloads; before its first load its
 `estimate_mb()` (from file sizes) stands in. The rule and its measurements: MEMORY.md, issue 11.
 """
