@@ -63,6 +63,7 @@ class _Entry:
     in_use: int = 0
     file_mb: float = 0.0
     running: int = 0  # admitted work (reservations) running on it now
+    reserved_mb: float = 0.0  # the working memory that work reserved
 
 
 class Registry:
@@ -195,16 +196,17 @@ class Registry:
 
         def admit() -> None:
             allowance = entry.file_mb if entry is not None and entry.running == 0 else 0.0
-            # Short by less than running calls give back when they end (their weights' allowance,
-            # within a call): wait for them rather than unload idle models (each a reload, and its
-            # weights re-read, when its turn comes) to run this work beside them.
+            # Short by less than running calls give back when they end (within a call, or an OCR
+            # page): wait for them rather than unload idle models (each a reload, and its weights
+            # re-read, when its turn comes) to run this work beside them.
             short_mb = self.used_mb() + need_mb + allowance - self.budget.usable_mb
-            wait_for_running = 0 < short_mb <= self.running_file_mb
+            wait_for_running = 0 < short_mb <= self._running_calls_mb()
             self._make_room(what, need_mb + allowance, evict=not wait_for_running)
             with self._lock:
                 self._reserved_mb += need_mb
                 if entry is not None:
                     entry.running += 1
+                    entry.reserved_mb += need_mb
 
         self._when_room(admit, what, on, self.admission_wait_s if wait else 0.0)
         try:
@@ -214,6 +216,7 @@ class Registry:
                 self._reserved_mb -= need_mb
                 if entry is not None:
                     entry.running -= 1
+                    entry.reserved_mb -= need_mb
                 self._released.notify_all()
 
     def _when_room(self, attempt: Callable[[], T], what: str, on: str | None, wait_s: float) -> T:
@@ -258,6 +261,12 @@ class Registry:
             with self._lock:
                 self._queue.remove(turn)
                 self._released.notify_all()  # the next in line may go
+
+    def _running_calls_mb(self) -> float:
+        """What the calls running on items give back when they end: their working memory and
+        their items' file allowances."""
+        with self._lock:
+            return sum(e.reserved_mb + e.file_mb for e in self._entries.values() if e.running)
 
     def _coming_back_mb(self, on: str | None) -> float:
         """Memory that running work and items in use by others will give back (lock held)."""

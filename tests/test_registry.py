@@ -327,6 +327,24 @@ def test_an_ocr_page_waits_for_a_models_call_rather_than_unloading_idle_models()
     assert registry.counters["evictions"] == 0 and registry.is_loaded("b")
 
 
+def test_a_model_call_waits_for_an_ocr_page_rather_than_unloading_idle_models():
+    """An OCR page's reservation comes back when the page is read: no reason to unload models."""
+    memory = FakeMemory(250)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=5)
+    a, ocr, idle = mapped("a", memory, 8, 140), item("ocr", memory, 10), mapped("idle", memory, 8, 140)
+    for model in (a, ocr, idle):
+        with registry.use(model):
+            pass
+    with registry.use(ocr):
+        page = registry.reserve(96, "reading a page", on="ocr")  # 276 + 96 = 372
+        page.__enter__()
+        threading.Timer(0.2, lambda: page.__exit__(None, None, None)).start()
+        started = time.monotonic()
+        with registry.use(a), registry.reserve(10, "a batch", on="a"):  # 372 + 150 > 480: short 42
+            assert 0.15 < time.monotonic() - started < 4
+    assert registry.counters["evictions"] == 0 and registry.is_loaded("idle")
+
+
 def test_idle_models_are_unloaded_when_running_calls_would_not_give_enough_back():
     memory = FakeMemory(200)
     registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=5)
