@@ -9,7 +9,9 @@ rather than letting the kernel's OOM killer end the process.
 What is counted is memory that cannot be reclaimed (service/budget.py: anonymous memory, the
 process's and its cgroup's), plus, for each item while work runs on it, an allowance for the
 file-backed pages that work reads (a prepacked model's mapped weights, measured at its load):
-idle items' file pages are left to the kernel to drop and re-read. An item's cost is the
+idle items' file pages are left to the kernel to drop and re-read. Work short of room by less
+than the running calls' allowances waits for those calls to end instead of unloading idle items
+(which would be reloaded, their weights re-read, at their next request). An item's cost is the
 unreclaimable memory it added when it loaded, remembered for reloads; before its first load its
 `estimate_mb()` (from file sizes) stands in. The rule and its measurements: MEMORY.md, issue 11.
 """
@@ -61,6 +63,7 @@ class _Entry:
     in_use: int = 0
     file_mb: float = 0.0
     running: int = 0  # admitted work (reservations) running on it now
+    reserved_mb: float = 0.0  # the working memory that work reserved
 
 
 class Registry:
@@ -192,12 +195,18 @@ class Registry:
         entry = self._entries.get(on) if on is not None else None
 
         def admit() -> None:
-            first = entry is not None and entry.running == 0
-            self._make_room(what, need_mb + (entry.file_mb if first else 0.0))
+            allowance = entry.file_mb if entry is not None and entry.running == 0 else 0.0
+            # Short by less than running calls give back when they end (within a call, or an OCR
+            # page): wait for them rather than unload idle models (each a reload, and its weights
+            # re-read, when its turn comes) to run this work beside them.
+            short_mb = self.used_mb() + need_mb + allowance - self.budget.usable_mb
+            wait_for_running = 0 < short_mb <= self._running_calls_mb()
+            self._make_room(what, need_mb + allowance, evict=not wait_for_running)
             with self._lock:
                 self._reserved_mb += need_mb
                 if entry is not None:
                     entry.running += 1
+                    entry.reserved_mb += need_mb
 
         self._when_room(admit, what, on, self.admission_wait_s if wait else 0.0)
         try:
@@ -207,6 +216,7 @@ class Registry:
                 self._reserved_mb -= need_mb
                 if entry is not None:
                     entry.running -= 1
+                    entry.reserved_mb -= need_mb
                 self._released.notify_all()
 
     def _when_room(self, attempt: Callable[[], T], what: str, on: str | None, wait_s: float) -> T:
@@ -252,6 +262,12 @@ class Registry:
                 self._queue.remove(turn)
                 self._released.notify_all()  # the next in line may go
 
+    def _running_calls_mb(self) -> float:
+        """What the calls running on items give back when they end: their working memory and
+        their items' file allowances."""
+        with self._lock:
+            return sum(e.reserved_mb + e.file_mb for e in self._entries.values() if e.running)
+
     def _coming_back_mb(self, on: str | None) -> float:
         """Memory that running work and items in use by others will give back (lock held)."""
         others = [e for e in self._entries.values() if e.key != on]
@@ -289,18 +305,19 @@ class Registry:
         running work, and the file pages that work reads."""
         return self._used() + self._reserved_mb + self.running_file_mb
 
-    def _make_room(self, what: str, cost_mb: float, **details: Any) -> None:
-        """Evict LRU idle items until `cost_mb` fits under the budget, or refuse."""
+    def _make_room(self, what: str, cost_mb: float, evict: bool = True, **details: Any) -> None:
+        """Evict LRU idle items (none if not `evict`) until `cost_mb` fits under the budget, or refuse."""
         while True:
             needed = self.used_mb() + cost_mb - self.budget.usable_mb
             if needed <= 0:
                 return
             with self._lock:
-                idle = [e for e in self._entries.values() if e.in_use == 0]
+                idle = [e for e in self._entries.values() if e.in_use == 0 and evict]
             if not idle:
+                why = "nothing idle can be unloaded" if evict else "other models' calls hold their weights"
                 raise OverBudget(
                     f"{what} needs ~{cost_mb:.0f} MB but only {max(cost_mb - needed, 0):.0f} MB of the "
-                    f"{self.budget.limit_mb:.0f} MB budget is free and nothing idle can be unloaded",
+                    f"{self.budget.limit_mb:.0f} MB budget is free and {why}",
                     needed_mb=round(cost_mb, 1),
                     headroom_mb=round(max(cost_mb - needed, 0), 1),
                     short_by_mb=round(needed, 1),

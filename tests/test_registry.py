@@ -290,6 +290,75 @@ def test_running_work_counts_its_items_file_pages_once():
     assert registry.used_mb() == 108 and registry.running_file_mb == 0
 
 
+def test_work_waits_for_another_models_call_rather_than_unloading_idle_models():
+    """Every request to the next model (the eight-model soak): unloading idle models to run two
+    calls at once made each of them a reload, and its weights re-read, when its turn came."""
+    memory = FakeMemory(200)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=5)
+    a, b, c = (mapped(key, memory, anon, 100) for key, anon in (("a", 8), ("b", 8), ("c", 40)))
+    for model in (a, b, c):
+        with registry.use(model):
+            pass
+    with registry.use(a):  # held by its request, as the route does, while its call runs
+        running = registry.reserve(20, "a batch", on="a")  # 256 + 20 + 100 = 376
+        running.__enter__()
+        threading.Timer(0.2, lambda: running.__exit__(None, None, None)).start()
+        started = time.monotonic()
+        with registry.use(b), registry.reserve(20, "a batch", on="b"):  # short 16; a gives back 100
+            assert 0.15 < time.monotonic() - started < 4
+            assert registry.running_file_mb == 100
+    assert registry.counters["evictions"] == 0 and registry.is_loaded("c")
+
+
+def test_an_ocr_page_waits_for_a_models_call_rather_than_unloading_idle_models():
+    memory = FakeMemory(250)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=5)
+    a, b = mapped("a", memory, 8, 140), mapped("b", memory, 8, 140)
+    for model in (a, b):
+        with registry.use(model):
+            pass
+    with registry.use(a):
+        running = registry.reserve(10, "a batch", on="a")  # 266 + 10 + 140 = 416
+        running.__enter__()
+        threading.Timer(0.2, lambda: running.__exit__(None, None, None)).start()
+        started = time.monotonic()
+        with registry.reserve(96, "reading a page"):  # 416 + 96 > 480: short 32, a gives back 140
+            assert 0.15 < time.monotonic() - started < 4
+    assert registry.counters["evictions"] == 0 and registry.is_loaded("b")
+
+
+def test_a_model_call_waits_for_an_ocr_page_rather_than_unloading_idle_models():
+    """An OCR page's reservation comes back when the page is read: no reason to unload models."""
+    memory = FakeMemory(250)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=5)
+    a, ocr, idle = mapped("a", memory, 8, 140), item("ocr", memory, 10), mapped("idle", memory, 8, 140)
+    for model in (a, ocr, idle):
+        with registry.use(model):
+            pass
+    with registry.use(ocr):
+        page = registry.reserve(96, "reading a page", on="ocr")  # 276 + 96 = 372
+        page.__enter__()
+        threading.Timer(0.2, lambda: page.__exit__(None, None, None)).start()
+        started = time.monotonic()
+        with registry.use(a), registry.reserve(10, "a batch", on="a"):  # 372 + 150 > 480: short 42
+            assert 0.15 < time.monotonic() - started < 4
+    assert registry.counters["evictions"] == 0 and registry.is_loaded("idle")
+
+
+def test_idle_models_are_unloaded_when_running_calls_would_not_give_enough_back():
+    memory = FakeMemory(200)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=5)
+    a, b, c = mapped("a", memory, 8, 10), mapped("b", memory, 8, 100), item("c", memory, 150)
+    for model in (a, b, c):
+        with registry.use(model):
+            pass
+    with registry.use(a), registry.reserve(20, "a batch", on="a"):  # 366 + 20 + 10 = 396
+        started = time.monotonic()
+        with registry.use(b), registry.reserve(20, "a batch", on="b"):  # short 36; a gives back 10
+            assert time.monotonic() - started < 1
+    assert not registry.is_loaded("c") and registry.counters["evictions"] == 1
+
+
 def test_work_is_refused_when_its_file_pages_would_not_fit():
     """The allowance is what keeps a call's weights resident: without room for them it would
     re-read them from disk page by page (measured: MEMORY.md, issue 11)."""

@@ -31,7 +31,7 @@ import psutil
 import pytest
 
 from bench.server import Server, launch
-from service.config import LANGS, TASKS
+from service.config import TEXT_TASKS
 from tests.ocr.samples import ENGLISH, SPANISH, encode, text_page
 from tests.ops.test_soak import LIMIT_MB, Tally, memory_cgroup, send_retrying, upload_request
 from tests.support import ROOT, tessdata_missing
@@ -42,7 +42,8 @@ MB = 1024 * 1024
 CLIENTS = 8
 OCR_EVERY = 9
 SAMPLE_EVERY_S = 2.0
-PAIRS = [(task, lang) for task in TASKS for lang in LANGS]
+# Issue 11's eight: the four text tasks in Spanish and English (not every task and language served).
+PAIRS = [(task, lang) for task in TEXT_TASKS for lang in ("es", "en")]
 
 
 def models_dir() -> Path:
@@ -54,6 +55,16 @@ def models_dir() -> Path:
             f"needs all eight exported models in SOAK_MODELS_DIR={base}; missing: {', '.join(missing)}"
         )
     return base
+
+
+def drop_page_cache(models: Path) -> None:
+    """Evict the models' (and their variants') cached pages: pages cached by an earlier run stay
+    charged to another cgroup, so the new one would map them without paying for them (RSS above the
+    limit). A fresh instance starts with none."""
+    os.sync()
+    for path in (p for p in models.rglob("*") if p.is_file() and not p.is_symlink()):
+        with path.open("rb") as handle:
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def worker_figures(pid: int) -> dict[str, float]:
@@ -113,6 +124,7 @@ def soak(
     for task, lang in PAIRS:
         env[f"MODEL_{task.upper()}_{lang.upper()}"] = str(models / f"{task}-{lang}")
     page = encode(text_page(SPANISH * 2, size=(1275, 500)))
+    drop_page_cache(models)
     with memory_cgroup(LIMIT_MB) as cgroup:
         # start.sh's step: the variants are made before the server starts, in the same cgroup.
         make = [sys.executable, "-m", "service.sentiment.backends.prepacked"]
