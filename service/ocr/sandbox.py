@@ -55,9 +55,10 @@ _MEMORY_DEATHS = {signal.SIGABRT, signal.SIGKILL}
 class WorkerDied(Exception):
     """The worker process ended or stopped answering; it is replaced on the next job."""
 
-    def __init__(self, message: str, timed_out: bool = False) -> None:
+    def __init__(self, message: str, timed_out: bool = False, reply_too_large: bool = False) -> None:
         super().__init__(message)
         self.timed_out = timed_out
+        self.reply_too_large = reply_too_large
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,14 @@ class OcrWorker:
                 raise WorkerDied(f"no answer in {timeout_s:g} s", timed_out=True)
             reply: dict[str, Any] = json.loads(self._conn.recv_bytes(MAX_REPLY_BYTES))
         except (EOFError, OSError) as error:
+            # A reply past MAX_REPLY_BYTES leaves the worker alive, still writing it: stop it rather
+            # than wait on it. Any other failure here means it is gone.
+            alive = self._process.poll() is None
+            if alive:
+                self._process.kill()
             self._process.wait()
-            raise WorkerDied(f"exit status {self._process.returncode}") from error
+            too_large = alive and isinstance(error, OSError)
+            raise WorkerDied(f"exit status {self._process.returncode}", reply_too_large=too_large) from error
         return reply
 
     def _load_in_process(self, code: str, tessdata: str) -> None:
@@ -326,6 +333,13 @@ def _service_error(error: dict[str, Any]) -> ServiceError:
 
 def _death_error(status: int | None, page: int, settings: OcrSettings, cause: WorkerDied) -> ServiceError:
     where = f" while reading page {page}" if page else ""
+    if cause.reply_too_large:
+        return TooLarge(
+            f"the result of this upload{where} is larger than the {MAX_REPLY_BYTES:,} bytes the OCR worker "
+            "may send for one page; the worker was stopped: ask without words or tables, or send smaller "
+            "pages",
+            limit_bytes=MAX_REPLY_BYTES,
+        )
     if cause.timed_out:
         return BadInput(
             f"reading this upload took longer than OCR_PAGE_TIMEOUT_S={settings.page_timeout_s:g} s{where}; "

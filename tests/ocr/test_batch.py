@@ -1,5 +1,6 @@
 """`POST /ocr/batch`: several files in one request, results in order, a bad file its own error."""
 
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -7,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from bench.documents import LayeredPage, encode, layered_pdf, page_lines, text_page
 from bench.hostile_files import inflating_pdf
+from service.ocr import sandbox
 from service.ocr.sandbox import get_worker
 from service.registry import get_registry
 from tests.ocr.conftest import needs_tessdata
@@ -159,3 +161,30 @@ def test_openapi_documents_the_batch_and_the_new_fields(ocr_client: MakeClient) 
     assert options["ocr"]["enum"] == ["auto", "force"] and options["ocr"]["examples"] == ["auto"]
     assert options["words"]["type"] == "boolean"
     assert set(schemas["PageResult"]["properties"]) >= {"source", "text_layer", "width", "height", "words"}
+
+
+def test_a_result_past_the_reply_limit_is_413_and_the_worker_is_replaced(
+    ocr_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page whose result (its words with boxes) passes MAX_REPLY_BYTES: the server must not wait
+    for a worker that is still writing it. That upload gets 413, the next is read as usual."""
+    monkeypatch.setattr(sandbox, "MAX_REPLY_BYTES", 4096)
+    client = ocr_client()
+    replies: list = []
+    thread = threading.Thread(
+        target=lambda: replies.append(
+            client.post(
+                "/ocr",
+                files={"file": ("dense.pdf", layered_pdf([LayeredPage(page_lines(30))]))},
+                data={"words": "true"},
+            )
+        ),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(60)
+    assert replies, "the server hung waiting for the worker"
+    assert_error(replies[0], 413, "too_large")
+    assert "4,096" in replies[0].json()["error"]["message"]
+    after = client.post("/ocr", files={"file": ("a.png", IMAGE)}, data={"lang": "en"})
+    assert after.status_code == 200 and cer(ENGLISH[0], after.json()["pages"][0]["text"]) < 0.02
