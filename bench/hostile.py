@@ -27,6 +27,7 @@ NAMES = [
     "image_in_form_pdf",
     "looping_page_tree_pdf",
     "self_drawing_form_pdf",
+    "dense_text_layer_pdf",
 ]
 
 

@@ -99,6 +99,23 @@ def inflating_pdf(inflated_mb: int = 300) -> bytes:
     )
 
 
+def dense_text_layer_pdf(million_chars: int = 2) -> bytes:
+    """One page whose text layer holds `million_chars` million characters (one-letter words in
+    0.3-pt Helvetica) from a content stream that deflates to a few KB: pdfium's text page and the
+    words (with their boxes, on request) grow with the characters, not with the upload."""
+    line = b"(" + b"a " * 500 + b") Tj 0 0.35 Td\n"  # 1,000 characters, 500 words, the next line above
+    content = zlib.compress(b"BT /F1 0.3 Tf 10 10 Td\n" + line * (million_chars * 1000) + b"ET", 9)
+    return pdf_from_objects(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+            b"/Resources << /Font << /F1 << /Type /Font /Subtype /Type1 /BaseFont /Helvetica >> >> >> >>",
+            _stream(b"/Filter /FlateDecode", content),
+        ]
+    )
+
+
 def image_in_form_pdf(side: int = SIDE) -> bytes:
     """An image of side x side RGB pixels (~120 MB decoded) drawn through a form XObject, where a
     count of the page's own image objects does not see it; its data deflates from a few KB."""
