@@ -161,10 +161,9 @@ def _read_all(
     reservation of OCR_WORK_MB and one turn at the worker serve all of them (one job runs at a
     time); they share OCR_MAX_PAGES: each job may read what the files before it left."""
     checked = _checked(uploads, options, batch)
-    results: list[OcrFile | ServiceError] = [job for job in checked if isinstance(job, ServiceError)]
-    if len(results) == len(checked):
-        return results  # nothing to decode: no engine, no reservation
-    results = []
+    if all(isinstance(job, ServiceError) for job in checked):
+        return [job for job in checked if isinstance(job, ServiceError)]  # no engine, no reservation
+    results: list[OcrFile | ServiceError] = []
     item, registry = engine_item(TESSERACT_LANGS[lang], settings), get_registry()
     pages_left = settings.max_pages
     with (
