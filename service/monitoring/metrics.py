@@ -25,6 +25,10 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 UNMATCHED_ROUTE = "<unmatched>"
+# The methods HTTP defines (RFC 9110, plus PATCH): any other method a client makes up is counted as
+# OTHER, so no label value comes from the client and the number of series stays fixed.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+OTHER_METHOD = "OTHER"
 
 # registry=None: these are collected by `scrape_registry()`, never by prometheus-client's global one.
 REQUESTS = Counter(
@@ -49,7 +53,14 @@ PROCESS = ProcessCollector(registry=None)
 _queue_depth: Callable[[], int] | None = None
 
 
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    """Count a request; `route` is a template or UNMATCHED_ROUTE (never the raw path), `status` is
+    the server's own, and `method` is bounded here: every label value has a fixed set."""
+    method = method_label(method)
     REQUESTS.labels(method, route, str(status)).inc()
     LATENCY.labels(method, route).observe(seconds)
 

@@ -1,7 +1,8 @@
 """Per-route request counts and latency, as pure ASGI so streamed responses pass through unbuffered.
 
 Requests are labelled by the route template that matched (`/analyze`, not the raw path), so a
-client probing random URLs cannot grow the number of series; unmatched paths share one label.
+client probing random URLs cannot grow the number of series; unmatched paths share one label,
+and so do methods HTTP does not define (`metrics.method_label`).
 """
 
 import time
