@@ -1,4 +1,5 @@
-"""Peak memory of hostile uploads: `python -m bench.hostile [--concurrency 4] [--root DIR]`.
+"""Peak memory of hostile uploads: `python -m bench.hostile [--concurrency 4] [--root DIR]`,
+and what client-made request labels cost: `python -m bench.hostile --labels 10000 [--root DIR]`.
 
 Each upload of `bench/hostile_files.py` goes to a fresh server (512 MB budget, OCR only), alone or
 N at once, and the line printed says the answers, the server's VmHWM and the OCR worker's (sampled
@@ -15,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from bench import hostile_files
-from bench.server import ROOT, multipart, running_server
+from bench.server import ROOT, multipart, pipeline, running_server
 
 NAMES = [
     "palette_png",
@@ -68,12 +69,42 @@ def measure(name: str, data: bytes, concurrency: int, root: Path | None) -> str:
     )
 
 
+def made_up_requests(count: int, offset: int = 0) -> list[bytes]:
+    """Bodiless requests whose every method, path and query string is new: made-up methods on
+    made-up paths, GET on made-up paths, made-up methods on a real route (405)."""
+    heads = []
+    for i in range(offset, offset + count):
+        method = ("GET", f"X{i:05d}M", f"Y{i:05d}M")[i % 3]
+        path = "/health" if i % 3 == 2 else f"/n{i}/{i * 7}"
+        heads.append(f"{method} {path}?q={i}&r=x{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    return heads
+
+
+def labels(count: int, root: Path | None) -> str:
+    """/metrics' size and the server's anonymous memory before and after `count` made-up requests."""
+    workdir = Path(tempfile.mkdtemp(prefix="labels-"))
+    with running_server(workdir, root=root or ROOT, NUM_THREADS="1", ONNX_DIR=str(workdir)) as server:
+        before = len(server.request("GET", "/metrics").body), server.anon_mb()
+        pipeline(server, made_up_requests(count))
+        after = len(server.request("GET", "/metrics").body), server.anon_mb()
+        peak = server.peak_mb()
+    return (
+        f"{root or ROOT}: {count:,} made-up requests: "
+        f"/metrics {before[0] / 1024:.1f} -> {after[0] / 1024:.1f} KB, "
+        f"anonymous {before[1]:.1f} -> {after[1]:.1f} MB, peak RSS {peak:.1f} MB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, default=1, help="copies of each upload sent at once")
     parser.add_argument("--root", type=Path, help="serve this checkout's code (default: this one)")
     parser.add_argument("--only", nargs="*", choices=NAMES, default=NAMES)
+    parser.add_argument("--labels", type=int, metavar="N", help="instead: N made-up methods, paths, queries")
     args = parser.parse_args()
+    if args.labels:
+        print(labels(args.labels, args.root))
+        return
     for name in args.only:
         print(measure(name, getattr(hostile_files, name)(), args.concurrency, args.root), flush=True)
 

@@ -12,6 +12,7 @@ memory cgroup or on some cores if asked), waits for /health, and stops it gracef
 
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -135,6 +136,10 @@ class Server:
     def rss_mb(self) -> float:
         return self._status_mb("VmRSS:")
 
+    def anon_mb(self) -> float:
+        """RssAnon: what the serving process cannot give back to the kernel without swap."""
+        return self._status_mb("RssAnon:")
+
     def peak_mb(self) -> float:
         """VmHWM: the highest RSS the serving process has had."""
         return self._status_mb("VmHWM:")
@@ -253,6 +258,28 @@ def running_server(
             raise
     finally:
         server.stop()
+
+
+# Answers on one connection follow each other with no line break between a body and the next status line.
+STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) ")
+
+
+def pipeline(server: Server, heads: list[bytes], at_once: int = 200) -> list[int]:
+    """Send bodiless requests `heads` on one kept-alive connection, `at_once` at a time, and return
+    their statuses: thousands of requests a second, as a client flooding one connection sends them."""
+    statuses: list[int] = []
+    with server.connect(60) as sock:
+        for start in range(0, len(heads), at_once):
+            batch = heads[start : start + at_once]
+            sock.sendall(b"".join(batch))
+            data = b""
+            while len(STATUS_LINE.findall(data)) < len(batch):
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    raise ConnectionError(f"the server closed the connection after {len(statuses)} answers")
+                data += chunk
+            statuses += [int(status) for status in STATUS_LINE.findall(data)]
+    return statuses
 
 
 def request_head(method: str, path: str, length: int | None, headers: dict[str, str] | None = None) -> bytes:
