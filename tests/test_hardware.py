@@ -188,6 +188,7 @@ def test_startup_logs_one_block_and_system_shows_it(make_client, caplog):
     assert client.get("/memory").json()["num_threads_setting"] == report["hardware"]["threads"]
 
 
+@pytest.mark.slow
 def test_threads_are_pinned_from_detection_before_numeric_imports():
     from tests.system.test_system import run_python
 

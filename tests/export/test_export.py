@@ -17,6 +17,8 @@ from service.evaluate import macro_f1, score
 from service.export.build import _publish, file_mode
 from service.sentiment.schemas import Prediction
 
+pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
+
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 MINILM = SHARED / "models" / "tweet-sentiment-minilm"
@@ -213,6 +215,7 @@ from pathlib import Path
 from service.budget import rss_mb
 from service.runtime import trim_heap
 from service.sentiment.backends.onnx_backend import OnnxModel
+
 model = OnnxModel(Path(sys.argv[1]), 1)
 model.predict_probas(["hola"])
 trim_heap()

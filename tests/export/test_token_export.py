@@ -9,6 +9,8 @@ import pytest
 from tests.sentiment.test_tokens import TEXTS
 from tests.support import ROOT
 
+pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

@@ -34,9 +34,13 @@ SCREENSHOTS = os.environ.get("DASHBOARD_SCREENSHOTS")
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="needs playwright (pip install -r requirements-dev.txt)"
 )
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).is_file(), reason=f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).is_file(),
+        reason=f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

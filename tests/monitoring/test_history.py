@@ -182,6 +182,7 @@ def test_an_unusable_history_dir_falls_back_to_memory(tmp_path):
         history.close()
 
 
+@pytest.mark.slow
 def test_the_registry_and_the_watchdog_say_what_they_did():
     seen: list[tuple[str, str]] = []
     unsubscribe = events.subscribe(lambda kind, detail, value, at: seen.append((kind, detail)))
@@ -276,6 +277,7 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> obje
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
+@pytest.mark.slow
 def test_the_history_survives_a_recycle_under_supervise_sh(tmp_path):
     """A real worker over its hard limit refuses work, then recycles; supervise.sh starts a fresh one,
     whose history still has the first worker's samples, its 503 and the recycle."""

@@ -208,6 +208,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_multiprocess_workers_are_summed(tmp_path):
     """With PROMETHEUS_MULTIPROC_DIR, each worker writes its own files and a scrape sums them all."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "MEMORY_BUDGET_MB": "512"}

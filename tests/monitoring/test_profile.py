@@ -10,8 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.profiling import load
 from tests.support import ROOT
+
+pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
+
 
 HAS_MEMRAY = importlib.util.find_spec("memray") is not None
 

@@ -101,6 +101,7 @@ def test_pages_selects_each_pdfs_pages_and_images_are_read_whole(ocr_client: Mak
     assert short["error"]["code"] == "invalid_input" and "past the last page" in short["error"]["message"]
 
 
+@pytest.mark.slow
 def test_a_file_that_kills_the_worker_is_its_own_error(ocr_client: MakeClient) -> None:
     """A PDF stream that inflates past OCR_WORK_MB (real worker, real cap): that file gets 413,
     the files after it are read by the worker that replaces it."""

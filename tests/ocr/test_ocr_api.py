@@ -256,6 +256,7 @@ def test_budget_refuses_a_request_that_cannot_fit(
     assert registry.counters["loads"] == 1
 
 
+@pytest.mark.slow
 def test_failing_recognition_stops_the_pdf_renderer(monkeypatch: pytest.MonkeyPatch) -> None:
     """In the worker: an engine failure mid-PDF is that job's error, and no renderer is left."""
     calls = []

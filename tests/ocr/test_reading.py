@@ -12,7 +12,7 @@ from tests.ocr.conftest import needs_tessdata
 from tests.ocr.samples import cer, needs_dejavu
 from tests.ocr.test_ocr_api import post, run_worker_job
 
-pytestmark = [needs_tessdata, needs_dejavu]
+pytestmark = [pytest.mark.slow, needs_tessdata, needs_dejavu]
 
 MakeClient = Callable[..., TestClient]
 SCALE = 150 / 72

@@ -16,6 +16,9 @@ from service.ocr.words import Word
 from tests.ocr.conftest import needs_tessdata
 from tests.ocr.samples import needs_dejavu
 
+pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
+
+
 COLUMNS = [
     ["fecha", "cliente", "ciudad", "unidades", "importe"],
     ["codigo", "producto", "unidades", "importe"],

@@ -17,7 +17,7 @@ from service.registry import get_registry
 from tests.ocr.conftest import needs_tessdata
 from tests.ocr.samples import needs_dejavu
 
-pytestmark = [needs_tessdata, needs_dejavu]
+pytestmark = [pytest.mark.slow, needs_tessdata, needs_dejavu]
 
 MakeClient = Callable[..., TestClient]
 ROOT = Path(__file__).resolve().parents[2]

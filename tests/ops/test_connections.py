@@ -24,6 +24,9 @@ import pytest
 from bench.server import ROOT, Server, free_port, serve_args, server_env
 from service.ops.connections import RepeatedErrorFilter
 
+pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
+
+
 HEADER_TIMEOUT_S = 2
 HALF_A_HEADER = b"POST /analyze HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl"
 

@@ -30,6 +30,7 @@ from tests.ocr.samples import (
 from tests.support import MINILM, needs_minilm, real_server, tessdata_missing
 
 pytestmark = [
+    pytest.mark.slow,
     needs_minilm,
     pytest.mark.skipif(tessdata_missing() is not None, reason=f"{tessdata_missing()}"),
 ]

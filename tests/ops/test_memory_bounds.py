@@ -23,7 +23,10 @@ from tests.ocr.samples import encode, text_page
 from tests.ops.test_soak import Cgroup, memory_cgroup
 from tests.support import real_server, tessdata_missing
 
-pytestmark = pytest.mark.skipif(tessdata_missing() is not None, reason=f"{tessdata_missing()}")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(tessdata_missing() is not None, reason=f"{tessdata_missing()}"),
+]
 
 LIMIT_MB = 512
 MB = 1024 * 1024

@@ -29,6 +29,9 @@ from service.registry import get_registry
 from service.runtime import trim_heap
 from tests.support import MINILM, configured, needs_minilm
 
+pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
+
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

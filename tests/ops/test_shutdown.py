@@ -16,6 +16,9 @@ from bench.server import Server, multipart, read_response, request_head
 from tests.ocr.samples import ENGLISH, encode, pdf_of, text_page
 from tests.support import ROOT, real_server, recycling_server, tessdata_missing
 
+pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
+
+
 needs_tessdata = pytest.mark.skipif(tessdata_missing() is not None, reason=f"{tessdata_missing()}")
 
 

@@ -16,6 +16,8 @@ from service.exceptions import BadInput
 from service.scale.files import RowReader, expand_inputs, format_of, glob_regex
 from service.sentiment.bulk import BulkOptions
 
+pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
+
 
 def test_format_of_looks_past_compression():
     assert format_of("s3://b/tweets.csv") == "csv"

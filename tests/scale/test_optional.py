@@ -2,8 +2,13 @@
 
 from pathlib import Path
 
+import pytest
+
 from tests.support import ROOT
 from tests.system.test_system import run_python
+
+pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
+
 
 SERVE_A_FEW_REQUESTS = """
 import json, sys

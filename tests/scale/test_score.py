@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from service.scale.score import ScoreOptions, score
 from tests.support import ROOT, app_client, needs_data, read_labelled
 
-pytestmark = needs_data
+pytestmark = [pytest.mark.slow, needs_data]
 TOLERANCE = 1e-5
 BAD_TEXTS = {
     "empty": "",

@@ -21,6 +21,9 @@ from ray.serve.schema import ServeDeploySchema
 from service.scale.serve import APP_NAME, ReplicaOptions, ServeOptions, app_builder, start
 from tests.support import ROOT, app_client, configured
 
+pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
+
+
 TOLERANCE = 1e-5
 MEMORY_MB = 1024
 JSON_BODIES = {

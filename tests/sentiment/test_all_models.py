@@ -14,6 +14,9 @@ from service.config import HUB_MODELS, LANGS, TASKS, Settings, model_env_var
 from service.sentiment.analyzer import Pair, create_analyzer
 from tests.support import app_client
 
+pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
+
+
 SERVED_HERE = [
     ("sentiment", "it"),
     ("hate_speech", "pt"),

@@ -7,7 +7,7 @@ import pytest
 from service.evaluate import macro_f1
 from tests.support import MINILM, app_client, needs_data, needs_minilm, read_labelled
 
-pytestmark = needs_minilm
+pytestmark = [pytest.mark.slow, needs_minilm]
 
 POSITIVE = {"es": "Me encanta este lugar, es maravilloso 😍", "en": "I love this so much, best day ever!"}
 NEGATIVE = {"es": "Odio esto, es horrible y asqueroso 😡", "en": "This is terrible, I hate it"}

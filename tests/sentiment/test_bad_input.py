@@ -109,6 +109,7 @@ def test_unloadable_model_is_503_naming_the_env_var(client):
     assert client.post("/analyze", json=GOOD).status_code == 200
 
 
+@pytest.mark.slow
 def test_unreachable_hub_is_503_naming_the_env_var(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fail at once, as an unreachable hub does after retries
     with app_client(BACKEND="torch", MEMORY_BUDGET_MB="4096") as client:

@@ -275,6 +275,7 @@ def tweets(count: int) -> list[str]:
     return usable[:count]
 
 
+@pytest.mark.slow
 def test_concurrent_requests_through_the_exported_onnx_model(make_client, onnx_minilm):
     client = make_client(
         BACKEND="onnx", MODEL_SENTIMENT_ES=str(onnx_minilm), MEMORY_BUDGET_MB="4096", BATCH_MAX_WAIT_MS="20"

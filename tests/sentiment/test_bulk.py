@@ -262,6 +262,7 @@ def _peak_bytes(rows: int, monkeypatch, tmp_path) -> int:
                 assert lines == rows
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_the_file(monkeypatch, tmp_path):
     _peak_bytes(300, monkeypatch, tmp_path)  # one-time allocations: imports, compiled patterns
     small = _peak_bytes(300, monkeypatch, tmp_path)
@@ -269,6 +270,7 @@ def test_memory_does_not_grow_with_the_file(monkeypatch, tmp_path):
     assert large < small * 1.2 + 64 * 1024, (small, large)
 
 
+@pytest.mark.slow
 def test_bulk_through_the_exported_onnx_model_matches_analyze(make_client, onnx_minilm):
     client = make_client(
         BACKEND="onnx", MODEL_SENTIMENT_ES=str(onnx_minilm), MEMORY_BUDGET_MB="4096", BATCH_MAX_SIZE="8"

@@ -23,7 +23,7 @@ from service.sentiment.backends.onnx_backend import OnnxModel
 from service.sentiment.preprocessing import preprocess_tweet
 from tests.support import needs_data, read_labelled
 
-pytestmark = needs_data
+pytestmark = [pytest.mark.slow, needs_data]
 
 TOLERANCE = 1e-6
 SETS = {"xlmt_spanish": "es", "xlmt_english": "en"}

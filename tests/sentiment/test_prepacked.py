@@ -13,6 +13,9 @@ from service.sentiment.backends import file_pages, prepacked
 from service.sentiment.backends.onnx_backend import OnnxModel, read_manifest
 from tests.support import configured
 
+pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
+
+
 TEXTS = ["me encanta este lugar", "odio los lunes, qué horror", "el tren llega tarde otra vez"]
 
 

@@ -11,6 +11,9 @@ from service.sentiment.analyzer import TokenAnalyzer, create_analyzer
 from service.sentiment.tokens import decode, word_tokenizer
 from tests.sentiment.test_preprocessing import tweets
 
+pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
+
+
 TEXTS = [
     "Lionel Messi juega en el Inter Miami con @usuario desde 2023",
     "El presidente Pedro Sánchez visitó Buenos Aires el lunes 😍 #Argentina",

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import MINILM, ROOT, needs_minilm
 
 
@@ -38,6 +40,7 @@ def test_ready_loads_the_default_model_and_memory_reports_it(make_client):
     assert report["counters"]["loads"] == 1
 
 
+@pytest.mark.slow
 @needs_minilm
 def test_load_cost_is_the_rss_the_load_added():
     """In a fresh process: in this one, heap freed by earlier tests would absorb the load."""
@@ -96,6 +99,7 @@ def run_python(code: str, **env: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_importing_the_package_pins_threads_before_numeric_libraries():
     code = """
 import json, os, sys
