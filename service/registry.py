@@ -94,6 +94,7 @@ class Registry:
         self.admission_wait_s = admission_wait_s
         self.min_work_mb = min_work_mb  # the working memory of the smallest request
         self._released = threading.Condition(self._lock)
+        self._releases = 0  # counts notifications, so a waiter sees one that came before it waited
         # Callers waiting for room, first come first served: without an order, a stream of small
         # batches would take every MB given back and starve a large OCR request (seen in the soak).
         self._queue: deque[object] = deque()
@@ -108,7 +109,7 @@ class Registry:
             with self._lock:
                 entry.in_use -= 1
                 entry.last_used = time.time()
-                self._released.notify_all()  # it may now be evicted to make room
+                self._notify_released()  # it may now be evicted to make room
 
     def _acquire(self, item: Loadable) -> _Entry:
         with self._lock:
@@ -217,7 +218,7 @@ class Registry:
                 if entry is not None:
                     entry.running -= 1
                     entry.reserved_mb -= need_mb
-                self._released.notify_all()
+                self._notify_released()
 
     def _when_room(self, attempt: Callable[[], T], what: str, on: str | None, wait_s: float) -> T:
         """Run `attempt` under the load lock, in arrival order; while it finds no room (OverBudget)
@@ -243,6 +244,7 @@ class Registry:
                                 waiting=len(self._queue) - 1,
                             )
                         self._released.wait(timeout=left)
+                    seen = self._releases
                 try:
                     with self._load_lock:
                         return attempt()
@@ -256,11 +258,17 @@ class Registry:
                         if left <= 0:
                             self._refused(what)
                             raise
-                        self._released.wait(timeout=left)
+                        if self._releases == seen:  # else memory came back while it tried: try again
+                            self._released.wait(timeout=left)
         finally:
             with self._lock:
                 self._queue.remove(turn)
-                self._released.notify_all()  # the next in line may go
+                self._notify_released()  # the next in line may go
+
+    def _notify_released(self) -> None:
+        """Wake whoever waits for memory (the caller holds the lock)."""
+        self._releases += 1
+        self._released.notify_all()
 
     def _running_calls_mb(self) -> float:
         """What the calls running on items give back when they end: their working memory and

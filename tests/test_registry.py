@@ -355,7 +355,7 @@ def test_idle_models_are_unloaded_when_running_calls_would_not_give_enough_back(
     with registry.use(a), registry.reserve(20, "a batch", on="a"):  # 366 + 20 + 10 = 396
         started = time.monotonic()
         with registry.use(b), registry.reserve(20, "a batch", on="b"):  # short 36; a gives back 10
-            assert time.monotonic() - started < 1
+            assert time.monotonic() - started < registry.admission_wait_s / 2  # unloaded c, did not wait
     assert not registry.is_loaded("c") and registry.counters["evictions"] == 1
 
 
