@@ -42,6 +42,8 @@ class Record:
 def _scan(piece: str, state: int) -> tuple[int, int, bool]:
     """csv's state machine over a piece of a line, from `state`: the state after it, how many
     field separators it holds, and whether it ends the record (a line end outside quotes)."""
+    if state == _START and piece.endswith(_NEWLINES) and '"' not in piece:  # most lines: C speed
+        return _START, piece.count(","), True
     at = separators = 0
     while True:
         if state == _QUOTED:
