@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import jsontext
 from service.exceptions import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,16 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class ErrorJSONResponse(JSONResponse):
+    """JSONResponse whose body is valid UTF-8 even when a detail echoes a lone surrogate (a JSON
+    key or value the client sent): starlette's raised UnicodeEncodeError, a 500 instead of the 4xx."""
+
+    def render(self, content: Any) -> bytes:
+        return jsontext.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
 def error_response(status_code: int, code: str, message: str, headers=None, **details: Any) -> JSONResponse:
-    return JSONResponse(
+    return ErrorJSONResponse(
         {"error": {"code": code, "message": message, **details}}, status_code, headers=headers
     )
 

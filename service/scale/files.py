@@ -21,6 +21,7 @@ from ray.data.block import BlockAccessor
 from ray.data.datasource import FileBasedDatasource
 from ray.data.datasource.file_datasink import BlockBasedFileDatasink
 
+from service import jsontext
 from service.exceptions import BadInput
 from service.sentiment.bulk import BulkOptions, Row, check_row, csv_rows, jsonl_rows
 
@@ -150,10 +151,12 @@ def expand_inputs(
 
 
 def _json_id(value: Any) -> str | None:
-    """A JSONL row's id as text: strings as they are, numbers and others as their JSON."""
-    if value is None or isinstance(value, str):
+    """A JSONL row's id as text: strings as they are, numbers and others as their JSON, and so is a
+    string holding a lone surrogate (Arrow's strings are UTF-8, which cannot hold one; its JSON
+    escapes it, as /analyze/file echoes it)."""
+    if value is None or (isinstance(value, str) and jsontext.encodable(value)):
         return value
-    return json.dumps(value, ensure_ascii=False)
+    return jsontext.dumps(value)
 
 
 def parquet_rows(

@@ -1,12 +1,15 @@
 """Bulk analysis: `POST /analyze/file` streams a CSV or JSONL upload of any size through the model
 and streams NDJSON back, one line per input row, at constant memory.
 
-One chunk of rows (BATCH_MAX_SIZE) is in memory at a time: rows are read from the spooled upload
-line by line, a line longer than MAX_LINE_CHARS is read past in pieces rather than whole, and each
-chunk's results are sent before the next chunk is read. A bad row (unparseable, empty text, too
-long, nothing left after preprocessing) gets an error line and the stream goes on. What is wrong
-with the whole file (no rows, no such column) is a 422 before anything is streamed, and a
-model that cannot load a 503.
+One chunk of rows (BATCH_MAX_SIZE) is in memory at a time: CSV records are read by
+`records.csv_records`, which holds none past MAX_RECORD_CHARS or MAX_FIELDS however many lines it
+spans, JSON lines are read line by line and one longer than MAX_RECORD_CHARS is read past in pieces
+rather than whole, and each chunk's results are sent before the next chunk is read. A bad row
+(unparseable, past a bound, empty text, too long, nothing left after preprocessing) gets an error
+line and the stream goes on; every line is valid UTF-8 JSON whatever the row echoes
+(`service.jsontext`). What is wrong with the whole file (no rows, no such column, a header past a
+bound) is a 422 before anything is streamed, whose body names at most a few columns, and a model
+that cannot load a 503.
 """
 
 import csv
@@ -22,11 +25,13 @@ from typing import Any, BinaryIO, Literal, TextIO
 
 from pydantic import BaseModel, Field
 
+from service import jsontext
 from service.config import TEXT_TASKS, get_settings
 from service.exceptions import BadInput, ServiceError
 from service.hardware import current
 from service.registry import Loadable, Registry, get_registry
 from service.sentiment.batching import infer
+from service.sentiment.records import csv_records, line_records, sample_names
 from service.sentiment.schemas import Lang, Prediction, TextTask, unreadable
 from service.sentiment.service import check_supported, model_item
 
@@ -34,10 +39,7 @@ logger = logging.getLogger(__name__)
 
 FileFormat = Literal["csv", "jsonl"]
 NDJSON = "application/x-ndjson"
-# The csv module's own field limit: no line longer than this is ever held whole.
-MAX_LINE_CHARS = 128 * 1024
 SNIFF_BYTES = 4096
-_NEWLINES = ("\n", "\r")
 
 
 class BulkOptions(BaseModel):
@@ -78,20 +80,6 @@ def detect_format(filename: str | None, head: bytes) -> FileFormat:
     return "jsonl" if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "csv"
 
 
-def capped_lines(stream: TextIO, limit: int, too_long: set[int]) -> Iterator[str]:
-    """The stream's lines; one over `limit` characters is read past in pieces and yielded as an
-    empty line, its (1-based) number added to `too_long`."""
-    number = 0
-    while line := stream.readline(limit + 1):
-        number += 1
-        if len(line) > limit and not line.endswith(_NEWLINES):
-            while (rest := stream.readline(limit)) and not rest.endswith(_NEWLINES):
-                pass
-            too_long.add(number)
-            line = "\n"
-        yield line
-
-
 def check_row(row: Row, max_chars: int) -> Row:
     if not row.text or not row.text.strip():
         row.error = _error("invalid_input", "the text is empty or only whitespace")
@@ -102,10 +90,6 @@ def check_row(row: Row, max_chars: int) -> Row:
             "invalid_input", f"the text has {len(row.text)} characters; at most MAX_TEXT_CHARS={max_chars}"
         )
     return row
-
-
-def _too_long(number: int) -> Row:
-    return Row(number, error=_error("invalid_input", f"the row is longer than {MAX_LINE_CHARS} characters"))
 
 
 def _no_constant(name: str) -> Any:
@@ -128,41 +112,49 @@ def parse_line(line: str) -> Any:
         raise ValueError("it is nested too deeply") from None
 
 
+def _refused(number: int, problem: str) -> Row:
+    return Row(number, error=_error("invalid_input", f"the row {problem}"))
+
+
+def _missing(field: str, name: str, where: str, kind: str, names: list[str]) -> BadInput:
+    """No such column or key: the error names at most a few of those there are."""
+    listed, left_out = sample_names(names)
+    more = f" and {left_out} more" if left_out else ""
+    return BadInput(
+        f"{field}: {where} has no {kind} {name!r}; its {kind}s: {listed}{more}",
+        **{f"{kind}s": listed, f"{kind}s_left_out": left_out},
+    )
+
+
 def _column(columns: list[str], name: str, field: str) -> int:
     if name not in columns:
-        raise BadInput(
-            f"{field}: the CSV header has no column {name!r}; its columns: {columns}", columns=columns
-        )
+        raise _missing(field, name, "the CSV header", "column", columns)
     return columns.index(name)
 
 
 def csv_rows(stream: TextIO, options: BulkOptions, max_chars: int) -> Iterator[Row]:
     """Rows of a CSV with a header; the header is checked before the first row is yielded."""
-    too_long: set[int] = set()
-    reader = csv.reader(capped_lines(stream, MAX_LINE_CHARS, too_long))
-    header = next(reader, None)
+    records = csv_records(stream)
+    header = next(records, None)
     if header is None:
         raise BadInput("the file is empty")
-    columns = [name.strip() for name in header]
+    if header.problem is not None:
+        raise BadInput(f"the CSV header {header.problem}")
+    try:
+        columns = [name.strip() for name in next(csv.reader(header.lines))]
+    except csv.Error as error:
+        raise BadInput(f"the CSV header is not valid CSV: {error}") from None
     text_at = _column(columns, options.text_column, "text_column")
     id_at = _column(columns, options.id_column, "id_column") if options.id_column else None
-    number = 0
-    while True:
+    for number, record in enumerate(records, 1):
+        if record.problem is not None:
+            yield _refused(number, record.problem)
+            continue
         try:
-            fields = next(reader)
-        except StopIteration:
-            return
+            fields = next(csv.reader(record.lines))
         except csv.Error as error:
-            number += 1
             yield Row(number, error=_error("invalid_input", f"the row is not valid CSV: {error}"))
             continue
-        if reader.line_num in too_long:
-            number += 1
-            yield _too_long(number)
-            continue
-        if not fields:  # a blank line is no row
-            continue
-        number += 1
         row = Row(number, fields[id_at] if id_at is not None and id_at < len(fields) else None)
         if text_at >= len(fields):
             row.error = _error("invalid_input", f"the row has no {options.text_column!r} field")
@@ -174,31 +166,26 @@ def csv_rows(stream: TextIO, options: BulkOptions, max_chars: int) -> Iterator[R
 
 def jsonl_rows(stream: TextIO, options: BulkOptions, max_chars: int) -> Iterator[Row]:
     """Rows of JSON Lines, one object per line; the first must have the text key."""
-    too_long: set[int] = set()
     number = 0
-    for line_number, line in enumerate(capped_lines(stream, MAX_LINE_CHARS, too_long), 1):
-        if line_number in too_long:
-            number += 1
-            yield _too_long(number)
-            continue
-        if not line.strip():
+    for record in line_records(stream):
+        if record.problem is None and not record.lines[0].strip():
             continue
         number += 1
+        if record.problem is not None:
+            yield _refused(number, record.problem)
+            continue
         try:
-            record = parse_line(line)
+            value = parse_line(record.lines[0])
         except ValueError as error:
             yield Row(number, error=_error("invalid_input", f"the line is not valid JSON: {error}"))
             continue
-        if not isinstance(record, dict):
+        if not isinstance(value, dict):
             yield Row(number, error=_error("invalid_input", "the line is not a JSON object"))
             continue
-        if number == 1 and options.text_column not in record:
-            raise BadInput(
-                f"text_column: the first row has no key {options.text_column!r}; its keys: {list(record)}",
-                keys=list(record),
-            )
-        row = Row(number, record.get(options.id_column) if options.id_column else None)
-        text = record.get(options.text_column)
+        if number == 1 and options.text_column not in value:
+            raise _missing("text_column", options.text_column, "the first row", "key", list(value))
+        row = Row(number, value.get(options.id_column) if options.id_column else None)
+        text = value.get(options.text_column)
         if not isinstance(text, str):
             row.error = _error("invalid_input", f"{options.text_column!r} is missing or not a string")
             yield row
@@ -249,7 +236,7 @@ def _line(row: Row, with_id: bool) -> str:
     else:
         body["error"] = row.error
     try:
-        line = json.dumps(body, ensure_ascii=False, allow_nan=False) + "\n"
+        line = jsontext.dumps(body, allow_nan=False) + "\n"  # valid UTF-8 whatever the id holds
     except RecursionError:  # an id nested just under the parser's limit, deeper than the encoder's
         failure = _error("invalid_input", "the row's id is nested too deeply to echo")
     except ValueError:  # a NaN probability from a broken model: the row's error, never a bare NaN

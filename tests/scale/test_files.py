@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from service.exceptions import BadInput
 from service.scale.files import RowReader, expand_inputs, format_of, glob_regex
 from service.sentiment.bulk import BulkOptions
+from service.sentiment.records import MAX_FIELDS, UNCLOSED_QUOTE
 
 pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
 
@@ -107,3 +108,40 @@ def test_whole_file_problems_are_raised_before_scoring(tmp_path):
     jsonl_path.write_text(json.dumps({"body": "hola"}) + "\n")
     with pytest.raises(BadInput, match="first row has no key 'text'"):
         RowReader("jsonl", BulkOptions(), 100).check(fs, str(jsonl_path))
+
+
+def test_lone_surrogate_ids_are_kept_escaped_as_arrow_strings(tmp_path):
+    """Arrow's strings are UTF-8: a JSONL id holding a lone surrogate (valid JSON) failed the whole
+    read task; it is kept as its escaped JSON, as other non-string ids are (issue 21)."""
+    path = tmp_path / "t.jsonl"
+    lines = [
+        '{"id": "\\udfff", "text": "uno"}',
+        '{"id": {"\\udc80": "ñ"}, "text": "dos"}',
+        '{"id": "ñ", "text": "tres"}',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    got = rows(RowReader("jsonl", BulkOptions(id_column="id"), 100), path)
+    assert [(r["id"], r["text"], r["error"]) for r in got] == [
+        ('"\\udfff"', "uno", None),
+        ('{"\\udc80": "\\u00f1"}', "dos", None),
+        ("ñ", "tres", None),
+    ]
+    assert json.loads(got[0]["id"]) == "\udfff"
+
+
+def test_csv_records_are_bounded_as_the_upload_route_bounds_them(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("id,text\n1,uno\n" + '2,"x\n",' * (MAX_FIELDS + 1) + '\n3,tres\n4,"abierta\n5,cinco\n')
+    got = rows(RowReader("csv", BulkOptions(id_column="id"), 100), path)
+    assert [(r["row"], r["id"], r["text"]) for r in got] == [
+        (1, "1", "uno"),
+        (2, None, None),
+        (3, "3", "tres"),
+        (4, None, None),
+    ]
+    assert got[1]["error"]["message"] == f"the row has more than {MAX_FIELDS} fields"
+    assert got[3]["error"]["message"] == f"the row {UNCLOSED_QUOTE}"
+    header = tmp_path / "h.csv"
+    header.write_text('"columns\n",' * (MAX_FIELDS + 1) + "\n1,hola\n")
+    with pytest.raises(BadInput, match=f"the CSV header has more than {MAX_FIELDS} fields"):
+        RowReader("csv", BulkOptions(), 100).check(pafs.LocalFileSystem(), str(header))

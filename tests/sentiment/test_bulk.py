@@ -14,14 +14,13 @@ from service.exceptions import BadInput
 from service.sentiment import service
 from service.sentiment.analyzer import Analyzer
 from service.sentiment.bulk import (
-    MAX_LINE_CHARS,
     BulkOptions,
     analyze_file,
-    capped_lines,
     csv_rows,
     detect_format,
     jsonl_rows,
 )
+from service.sentiment.records import MAX_RECORD_CHARS, line_records
 from tests.sentiment.fakes import LABELS, FakeModel, fake_probas
 from tests.sentiment.test_batching import tweets
 from tests.support import configured
@@ -50,11 +49,11 @@ def test_detect_format():
     assert detect_format("upload", b"id,text\n") == "csv"
 
 
-def test_capped_lines_skip_a_long_line_without_holding_it():
-    too_long: set[int] = set()
-    stream = io.StringIO("short\n" + "x" * 25 + "\nok\n" + "y" * 30)
-    assert list(capped_lines(stream, 10, too_long)) == ["short\n", "\n", "ok\n", "\n"]
-    assert too_long == {2, 4}
+def test_line_records_skip_a_long_line_without_holding_it():
+    stream = io.StringIO("short\n" + "x" * 25 + "\nok\n\n" + "y" * 30)
+    records = [(record.lines, record.problem) for record in line_records(stream, 10)]
+    too_long = "is longer than 10 characters"
+    assert records == [(["short\n"], None), ([], too_long), (["ok\n"], None), ([], too_long)]
 
 
 def test_csv_rows():
@@ -66,7 +65,7 @@ def test_csv_rows():
         "3,,c\n"
         "4\n"
         f"5,{'x' * 51},d\n"
-        f"6,{'y' * (MAX_LINE_CHARS + 10)},e\n"
+        f"6,{'y' * (MAX_RECORD_CHARS + 10)},e\n"
         "7,fin,f\n"
     )
     rows = list(csv_rows(io.StringIO(content), BulkOptions(id_column="id"), max_chars=50))
@@ -84,7 +83,7 @@ def test_csv_rows():
     assert "empty" in errors[3]
     assert "no 'text' field" in errors[4]
     assert "MAX_TEXT_CHARS=50" in errors[5]
-    assert f"longer than {MAX_LINE_CHARS}" in errors[6]
+    assert f"longer than {MAX_RECORD_CHARS}" in errors[6]
 
 
 @pytest.mark.parametrize(
