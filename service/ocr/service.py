@@ -124,7 +124,7 @@ def tables_item() -> Loadable:
 HEAD_BYTES = 1024
 
 
-def _job(part: UploadFile, options: OcrOptions, batch: bool) -> OcrJob:
+def _job(part: UploadFile, options: OcrOptions) -> OcrJob:
     """Cheap checks before the request waits or reads anything: the kind, from the magic bytes
     at the start of the spooled part. The job's bytes are filled in when its turn comes."""
     head = part.file.read(HEAD_BYTES)
@@ -132,13 +132,8 @@ def _job(part: UploadFile, options: OcrOptions, batch: bool) -> OcrJob:
     if not head:
         raise BadInput("the uploaded file is empty")
     kind = check_kind(head, part.content_type)
-    pages = options.pages
-    if kind != "pdf" and pages is not None:
-        if not batch and pages.strip() != "1":
-            raise BadInput("pages selects pages of a PDF; an image has a single page")
-        pages = None  # in a batch, `pages` selects each PDF's pages; an image is read whole
     read = ReadOptions(
-        pages,
+        options.pages,
         force_ocr=options.ocr == "force",
         words=options.words,
         tables=options.tables,
@@ -148,11 +143,11 @@ def _job(part: UploadFile, options: OcrOptions, batch: bool) -> OcrJob:
     return OcrJob(b"", kind, read)
 
 
-def _checked(parts: list[UploadFile], options: OcrOptions, batch: bool) -> list[OcrJob | ServiceError]:
+def _checked(parts: list[UploadFile], options: OcrOptions) -> list[OcrJob | ServiceError]:
     checked: list[OcrJob | ServiceError] = []
     for part in parts:
         try:
-            checked.append(_job(part, options, batch))
+            checked.append(_job(part, options))
         except ServiceError as error:
             checked.append(error)
     return checked
@@ -164,7 +159,7 @@ def _read_all(
     """Each upload read in turn in the OCR worker, or its own error. One turn at the worker, one
     engine use and one reservation serve all of them (one job runs at a time); they share
     OCR_MAX_UPLOAD_MB and OCR_MAX_PAGES: each job may read the pages the files before it left."""
-    checked = _checked(parts, options, batch)
+    checked = _checked(parts, options)
     if all(isinstance(job, ServiceError) for job in checked):
         return [job for job in checked if isinstance(job, ServiceError)]  # no turn, no engine, no reservation
     item, registry = engine_item(TESSERACT_LANGS[lang], settings), get_registry()
