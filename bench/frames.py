@@ -23,7 +23,7 @@ from PIL import Image
 from bench.documents import encode, letter_page
 from bench.hostile_files import many_page_tiff
 from bench.server import multipart, running_server
-from service.ocr.images import _tiff_directories
+from service.ocr.images import tiff_directories
 
 
 def _cpu_s(work: Callable[[], object]) -> tuple[object, float]:
@@ -61,10 +61,10 @@ def counting() -> None:
             line += f" Pillow n_frames {counted} in {seconds:.3f} s,"
             last, seconds = _cpu_s(lambda data=data, pages=pages: _pillow_last(data, pages))
             line += f" seek to page {last} {seconds:.3f} s,"
-        walked, seconds = _cpu_s(lambda data=data: _tiff_directories(data))
+        walked, seconds = _cpu_s(lambda data=data: tiff_directories(data))
         print(f"{line} walk {walked} in {seconds:.3f} s", flush=True)
     data = empty_directories()
-    walked, seconds = _cpu_s(lambda: _tiff_directories(data))
+    walked, seconds = _cpu_s(lambda: tiff_directories(data))
     print(f"20 MB of empty directories: walk {walked:,} in {seconds:.2f} s", flush=True)
 
 

@@ -96,13 +96,13 @@ def frame_count(data: bytes, image: ImageFile.ImageFile) -> int:
     seen: 0.28 s for 3,000 pages, 6.4 s for 30,000); WebP and APNG from their headers. A JPEG is
     one page (module docstring)."""
     if image.format == "TIFF":
-        return _tiff_directories(data)
+        return tiff_directories(data)
     if image.format in ("WEBP", "PNG"):
         return getattr(image, "n_frames", 1)
     return 1
 
 
-def _tiff_directories(data: bytes) -> int:
+def tiff_directories(data: bytes) -> int:
     """Directories (pages) on a classic TIFF's chain, linear in their number: a directory whose
     entries run past the end of the file ends the chain, and so does one seen before (as Pillow
     does), found with one bit per byte of the file."""

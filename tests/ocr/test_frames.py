@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bench.hostile_files import many_page_tiff
-from service.ocr.images import _tiff_directories, frame_count
+from service.ocr.images import frame_count, tiff_directories
 from tests.ocr.conftest import needs_tessdata
 from tests.ocr.samples import ENGLISH, cer, encode, text_page, tiff_of
 from tests.ocr.test_ocr_api import assert_error, post
@@ -77,10 +77,10 @@ def test_a_3000_page_tiff_is_counted_not_cut(ocr_client: MakeClient) -> None:
 def test_counting_a_tiffs_pages_is_linear_and_ends_on_a_loop() -> None:
     tiff = many_page_tiff(30_000)  # 3 MB: Pillow's n_frames takes 6 s on it (quadratic)
     started = time.process_time()
-    assert _tiff_directories(tiff) == 30_000
+    assert tiff_directories(tiff) == 30_000
     assert time.process_time() - started < 0.5
-    assert _tiff_directories(many_page_tiff(5, looping=True)) == 5
-    assert _tiff_directories(many_page_tiff(5)[:-50]) == 4  # the last directory is cut off
+    assert tiff_directories(many_page_tiff(5, looping=True)) == 5
+    assert tiff_directories(many_page_tiff(5)[:-50]) == 4  # the last directory is cut off
 
 
 def test_a_jpeg_is_one_page_whatever_its_mpo_images() -> None:
