@@ -3,6 +3,7 @@ WebP or PNG. `pages` selects them, OCR_MAX_PAGES bounds them; none is cut to its
 
 import io
 import time
+import zlib
 from collections.abc import Callable
 
 import pytest
@@ -99,3 +100,30 @@ def test_a_frame_over_the_pixel_limit_is_refused_before_it_decodes(ocr_client: M
     error = assert_error(post(client, tiff), 413, "too_large")
     assert error["width"] == 5000 and "OCR_MAX_PIXELS" in error["message"]
     assert list(texts(post(client, tiff, pages="1", lang="en"))) == [1]
+
+
+def lying_apng(claimed: int) -> bytes:
+    """A two-frame APNG whose animation control chunk claims `claimed` frames."""
+    data = tiff_of(PAGES[:2], "PNG")
+    at = data.index(b"acTL")
+    body = claimed.to_bytes(4, "big") + data[at + 8 : at + 12]
+    chunk = b"acTL" + body
+    return data[:at] + chunk + zlib.crc32(chunk).to_bytes(4, "big") + data[at + 16 :]
+
+
+def test_an_apng_that_claims_more_frames_than_it_has(ocr_client: MakeClient) -> None:
+    client = ocr_client()
+    error = assert_error(post(client, lying_apng(2**31 - 1)), 413, "too_large")
+    assert error["page_count"] == 2**31 - 1 and "the PNG has" in error["message"]
+    assert list(texts(post(client, lying_apng(5), pages="1-2", lang="en"))) == [1, 2]
+    error = assert_error(post(client, lying_apng(5), pages="3"), 422, "undecodable_file")
+    assert "page 3 of the PNG" in error["message"]
+
+
+def test_a_many_frame_webp_is_counted_from_its_header(ocr_client: MakeClient) -> None:
+    frames = [Image.new("L", (64, 64), shade) for shade in range(0, 250, 1)] * 4  # 1,000 frames
+    webp = tiff_of(frames, "WEBP", lossless=True)
+    started = time.monotonic()
+    error = assert_error(post(ocr_client(), webp), 413, "too_large")
+    assert error["page_count"] == 1000 and "the WebP has 1000 pages" in error["message"]
+    assert time.monotonic() - started < 10
