@@ -5,6 +5,7 @@ more letter pages are sent at once, while one client sends ordinary /analyze req
 the other and /memory is read every 50 ms. Printed: the uploads' answers (how many admitted, how
 fast the refusals came and with which Retry-After), /analyze's answers and latencies, the most
 /memory reported reserved, and the server's RSS (and the OCR worker's) at their highest.
+`--large-mb 15` floods with 15 MB uploads instead: what waiting uploads hold in server memory.
 `--root` serves another checkout's code, so one run measures the code before a change and after it.
 tests/ops/test_ocr_queue.py runs the same flood in a real 512 MB memory cgroup.
 """
@@ -17,6 +18,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from PIL import Image
 
 from bench.documents import encode, letter_page
 from bench.server import ROOT, Server, multipart, running_server
@@ -31,6 +34,8 @@ class Flood:
     max_reserved_mb: float = 0.0
     max_used_mb: float = 0.0
     max_rss_mb: float = 0.0  # the server's and the OCR worker's RSS together, as /memory says
+    max_anon_mb: float = 0.0  # the server process's anonymous memory: where held upload bytes show
+    anon_before_mb: float = 0.0  # the same before the flood, the model loaded
 
     def admitted(self) -> int:
         return sum(status == 200 for status, _, _ in self.uploads)
@@ -45,27 +50,35 @@ class Flood:
             f"uploads {dict(statuses)}; refusals within {max(refusals, default=0):.2f} s, "
             f"Retry-After {retry}; /analyze {dict(analyze)}, median {latencies[len(latencies) // 2]:.2f} s, "
             f"max {latencies[-1]:.2f} s; /memory: reserved at most {self.max_reserved_mb:.0f} MB, "
-            f"used {self.max_used_mb:.0f} MB, server + worker RSS {self.max_rss_mb:.0f} MB"
+            f"used {self.max_used_mb:.0f} MB, server anonymous {self.anon_before_mb:.0f} -> "
+            f"{self.max_anon_mb:.0f} MB, "
+            f"server + worker RSS {self.max_rss_mb:.0f} MB"
         )
 
 
-def ocr_bodies() -> tuple[tuple[bytes, str], tuple[bytes, str]]:
-    """(the slow first upload: a 3-page TIFF of letters, a one-page letter PNG) as multipart bodies."""
+def ocr_bodies(large_mb: float = 0) -> tuple[tuple[bytes, str], tuple[bytes, str]]:
+    """(the slow first upload: a 3-page TIFF of letters, the flood's upload: a letter page as PNG,
+    or with `large_mb` a blank uncompressed TIFF of that many MB) as multipart bodies."""
     pages = [letter_page(seed=seed) for seed in range(3)]
     slow = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:], compression="tiff_lzw")
-    return (
-        multipart({"lang": "es"}, "letters.tiff", slow, "image/tiff"),
-        multipart({"lang": "es"}, "letter.png", encode(pages[0]), "image/png"),
+    if large_mb:
+        side = int((large_mb * 2**20) ** 0.5)
+        flood_part = ("blank.tiff", encode(Image.new("L", (side, side), 255), "TIFF"), "image/tiff")
+    else:
+        flood_part = ("letter.png", encode(pages[0]), "image/png")
+    return multipart({"lang": "es"}, "letters.tiff", slow, "image/tiff"), multipart(
+        {"lang": "es"}, *flood_part
     )
 
 
-def flood(server: Server, uploads: int = 30, timeout_s: float = 600) -> Flood:
+def flood(server: Server, uploads: int = 30, large_mb: float = 0, timeout_s: float = 600) -> Flood:
     """The flood against a running server with a sentiment model for `lang=es`."""
-    (slow, slow_type), (page, page_type) = ocr_bodies()
+    (slow, slow_type), (page, page_type) = ocr_bodies(large_mb)
     result = Flood()
     done = threading.Event()
     json_type = {"Content-Type": "application/json"}
     assert server.request("POST", "/analyze", ANALYZE_BODY, json_type).status == 200  # the model loaded
+    result.anon_before_mb = server.request("GET", "/memory").json()["anon_mb"]
 
     def upload(body: bytes, content_type: str) -> None:
         started = time.monotonic()
@@ -78,6 +91,7 @@ def flood(server: Server, uploads: int = 30, timeout_s: float = 600) -> Flood:
             result.max_reserved_mb = max(result.max_reserved_mb, report["reserved_mb"])
             result.max_used_mb = max(result.max_used_mb, report["used_mb"])
             result.max_rss_mb = max(result.max_rss_mb, report["rss_mb"] + report["worker_rss_mb"])
+            result.max_anon_mb = max(result.max_anon_mb, report["anon_mb"])
             time.sleep(0.05)
 
     def analyze() -> None:
@@ -110,6 +124,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="an exported sentiment model dir (es)")
     parser.add_argument("--root", type=Path, help="serve this checkout's code (default: this one)")
     parser.add_argument("--uploads", type=int, default=30)
+    parser.add_argument("--large-mb", type=float, default=0, help="flood with blank TIFFs of this size")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="ocr-flood-"))
     with running_server(
@@ -120,7 +135,7 @@ def main() -> None:
         BACKEND="onnx",
         MODEL_SENTIMENT_ES=str(args.model.resolve()),
     ) as server:
-        print(flood(server, args.uploads).summary(), flush=True)
+        print(flood(server, args.uploads, args.large_mb).summary(), flush=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ LIMIT_MB = 512
 QUEUE_MAX = 4
 WORK_MB = 96
 UPLOADS = 30
+LARGE_MB = 15
 
 
 @dataclass
@@ -95,6 +96,22 @@ def test_thirty_waiting_uploads_hold_only_their_places(served: Served) -> None:
     # One job at a time reserves: OCR_WORK_MB and the worker's copy of its file (a few MB).
     assert 0 < result.max_reserved_mb <= WORK_MB + 20, result.summary()
     assert result.analyze and {status for status, _ in result.analyze} == {200}
+    assert max(seconds for _, seconds in result.analyze) < 5, result.summary()
+    served.assert_unharmed()
+
+
+def test_waiting_large_uploads_stay_out_of_memory(served: Served) -> None:
+    """12 uploads of 15 MB: before, every one was read into the server's memory while it waited
+    (12 admitted, 288 MB reserved, server anonymous memory 332 MB: `python -m bench.ocr_flood
+    --large-mb 15 --uploads 12 --root <main>`, MEMORY.md). Now only the running one's are."""
+    result = flood(served.server, 12, large_mb=LARGE_MB)
+    print(result.summary(), f"cgroup peak {served.cgroup.peak_mb():.0f} MB")
+    assert result.admitted() <= 1 + QUEUE_MAX, result.summary()
+    assert {status for status, _, _ in result.uploads} <= {200, 503}
+    # What QUEUE_MAX waiting uploads would hold in memory, were their bytes read before their turn.
+    assert result.max_anon_mb - result.anon_before_mb < QUEUE_MAX * LARGE_MB, result.summary()
+    assert 0 < result.max_reserved_mb <= WORK_MB + LARGE_MB + 20, result.summary()
+    assert {status for status, _ in result.analyze} == {200}
     assert max(seconds for _, seconds in result.analyze) < 5, result.summary()
     served.assert_unharmed()
 
