@@ -166,3 +166,25 @@ def _page_drawing_form(form: bytes, *more: bytes) -> bytes:
             *more,
         ]
     )
+
+
+def many_page_tiff(pages: int = 3000, side: int = 64, looping: bool = False) -> bytes:
+    """A TIFF of `pages` blank `side` x `side` pages (~100 bytes each: every page's IFD points at
+    the same strip). `looping`: the last IFD points back at the first, a chain without an end."""
+    strip = bytes([255]) * side * side
+    out = bytearray(b"II*\x00") + (8 + len(strip)).to_bytes(4, "little") + strip
+    # (tag, type SHORT=3/LONG=4, value): width, height, 8 bits, no compression, min-is-black=0
+    # inverted (1: white is 255), strip offset, rows per strip, strip bytes.
+    tags = [(256, 4, side), (257, 4, side), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8)]
+    tags += [(278, 4, side), (279, 4, len(strip))]
+    first = len(out)
+    for page in range(pages):
+        here = len(out)
+        following = here + 2 + 12 * len(tags) + 4
+        last = page == pages - 1
+        out += len(tags).to_bytes(2, "little")
+        for tag, kind, value in tags:
+            out += tag.to_bytes(2, "little") + kind.to_bytes(2, "little") + (1).to_bytes(4, "little")
+            out += value.to_bytes(2 if kind == 3 else 4, "little").ljust(4, b"\0")
+        out += (0 if last and not looping else first if last else following).to_bytes(4, "little")
+    return bytes(out)

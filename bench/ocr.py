@@ -15,11 +15,13 @@ much of the text comes back at each: where OCR_MIN_DPI comes from.
 
 import argparse
 import difflib
+import io
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from fastapi import UploadFile
 from PIL import Image
 
 from bench.documents import LayeredPage, encode, layered_pdf, letter_page, page_lines, pdf_of, photo_12mp
@@ -28,7 +30,7 @@ from service.ocr.config import TESSERACT_LANGS, get_ocr_settings
 from service.ocr.engine import TesseractEngine
 from service.ocr.sandbox import get_worker
 from service.ocr.schemas import OcrOptions
-from service.ocr.service import Upload, ocr_batch, ocr_upload
+from service.ocr.service import ocr_batch, ocr_upload
 from service.ocr.tessdata import resolve_tessdata
 from service.registry import get_registry
 
@@ -53,12 +55,17 @@ def _peak_mb() -> float:
     return total
 
 
+def _part(data: bytes, filename: str | None = None) -> UploadFile:
+    """A file part as the route receives it, without a declared content type."""
+    return UploadFile(io.BytesIO(data), filename=filename)
+
+
 def _measure(name: str, make: Callable[[], bytes], lang: str) -> None:
     data = make()
     before = rss_mb()
     _reset_peak()
     started = time.perf_counter()
-    result = ocr_upload(Upload(data, None), OcrOptions(lang=lang), started)
+    result = ocr_upload(_part(data), OcrOptions(lang=lang), started)
     seconds = time.perf_counter() - started
     chars = sum(len(page.text) for page in result.pages)
     print(
@@ -89,7 +96,7 @@ def _compare(name: str, uploads: list[bytes], options: OcrOptions) -> None:
     before = rss_mb()
     _reset_peak()
     cpu, worker_cpu, started = time.process_time(), _worker_cpu_s(), time.perf_counter()
-    files = [Upload(data, None, f"file-{index}") for index, data in enumerate(uploads)]
+    files = [_part(data, f"file-{index}") for index, data in enumerate(uploads)]
     if len(files) == 1:
         pages = ocr_upload(files[0], options, started).pages
     else:

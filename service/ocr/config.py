@@ -47,7 +47,8 @@ class OcrSettings(BaseSettings):
     work_mb: float = Field(default=96, ge=32)
     # A job whose worker says nothing for this long (one page rendered and read) is stopped.
     page_timeout_s: float = Field(default=60, gt=0)
-    # OCR requests that may wait for the worker while one runs; more get 503 at once.
+    # OCR requests that may wait for the worker while one runs (holding no reservation while they
+    # wait); more get 503 at once.
     queue_max: int = Field(default=4, ge=0)
     default_lang: OcrLang = "es"
     # A directory holding <lang>.traineddata; Tesseract's own TESSDATA_PREFIX is honoured too.

@@ -5,9 +5,15 @@ allocated; JPEGs are set to decode at a reduced scale in grayscale (libjpeg's DC
 so a 12 MP photo decodes into 3 MB rather than 48. `prepare_image` then decodes,
 converts to 8-bit grayscale (what Tesseract binarises anyway, at a quarter of RGB's memory),
 downscales to OCR_MAX_SIDE and applies the EXIF orientation.
+
+An image may hold several frames, and each is a page: a multi-page TIFF, an animated WebP or PNG
+(APNG; each frame as the animation shows it). `frame_count` counts them without decoding any, and
+`seek_frame` checks each page's header as the first one's before it decodes. A JPEG is one page:
+the other images of an MPO file are, by its format, previews or other views of the same picture.
 """
 
 import io
+import struct
 
 from PIL import Image, ImageChops, ImageFile
 
@@ -58,6 +64,12 @@ def open_image(data: bytes, kind: Kind, limits: JobLimits) -> ImageFile.ImageFil
         ) from error
     except (OSError, SyntaxError, ValueError) as error:
         raise Undecodable(f"the {KIND_NAMES[kind]} image cannot be read: {error}") from error
+    _check_frame(image, kind, limits)
+    return image
+
+
+def _check_frame(image: ImageFile.ImageFile, kind: Kind, limits: JobLimits) -> None:
+    """The current frame's pixel limits from its header; JPEG's reduced-scale decoding set."""
     width, height = image.size
     if width * height > limits.max_pixels:
         raise TooLarge(
@@ -76,7 +88,46 @@ def open_image(data: bytes, kind: Kind, limits: JobLimits) -> ImageFile.ImageFil
     if kind == "jpeg":
         image.info["coefficient_bytes"] = jpeg_coefficient_bytes(image)  # before draft() shrinks size
         image.draft("L", fit_within(image.size, limits.max_side))
-    return image
+
+
+def frame_count(data: bytes, image: ImageFile.ImageFile) -> int:
+    """The image's frames, without decoding them: a TIFF's chain of directories walked here
+    (Pillow's `n_frames` parses every directory's tags and checks each against a list of those
+    seen: 0.28 s for 3,000 pages, 6.4 s for 30,000); WebP and APNG from their headers. A JPEG is
+    one page (module docstring)."""
+    if image.format == "TIFF":
+        return tiff_directories(data)
+    if image.format in ("WEBP", "PNG"):
+        return getattr(image, "n_frames", 1)
+    return 1
+
+
+def tiff_directories(data: bytes) -> int:
+    """Directories (pages) on a classic TIFF's chain, linear in their number: a directory whose
+    entries run past the end of the file ends the chain, and so does one seen before (as Pillow
+    does), found with one bit per byte of the file."""
+    order = "<" if data[:2] == b"II" else ">"
+    seen = bytearray(len(data) // 8 + 1)
+    count, offset = 0, struct.unpack_from(order + "I", data, 4)[0]
+    while offset > 0 and offset + 2 <= len(data) and not seen[offset >> 3] & (1 << (offset & 7)):
+        seen[offset >> 3] |= 1 << (offset & 7)
+        following = offset + 2 + 12 * struct.unpack_from(order + "H", data, offset)[0]
+        if following + 4 > len(data):
+            break
+        count += 1
+        offset = struct.unpack_from(order + "I", data, following)[0]
+    return count
+
+
+def seek_frame(image: ImageFile.ImageFile, number: int, kind: Kind, limits: JobLimits) -> None:
+    """Make page `number` (1-based) the current frame and check it as `open_image` checked the first."""
+    if image.tell() == number - 1:
+        return
+    try:
+        image.seek(number - 1)
+    except (EOFError, OSError, SyntaxError, ValueError) as error:
+        raise Undecodable(f"page {number} of the {KIND_NAMES[kind]} image cannot be read: {error}") from error
+    _check_frame(image, kind, limits)
 
 
 def decoded_bytes(image: Image.Image) -> int:

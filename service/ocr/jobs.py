@@ -9,7 +9,7 @@ from typing import Literal
 Kind = Literal["pdf", "png", "jpeg", "tiff", "webp"]
 KIND_NAMES: dict[Kind, str] = {"pdf": "a PDF", "png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "webp": "WebP"}
 
-# PDF page selections: "1-3,5".
+# Page selections: "1-3,5".
 PAGES_PATTERN = r"^\s*\d{1,6}(\s*-\s*\d{1,6})?(\s*,\s*\d{1,6}(\s*-\s*\d{1,6})?)*\s*$"
 
 
@@ -32,7 +32,7 @@ class JobLimits:
 class ReadOptions:
     """How to read one upload's pages: the request's form fields, and what is left of its pages."""
 
-    pages: str | None = None  # a PDF's page selection, "1-3,5"
+    pages: str | None = None  # a page selection, "1-3,5" (a PDF's pages, an image's frames)
     force_ocr: bool = False  # OCR every PDF page, text layer or not
     words: bool = False  # each page's words with their boxes
     pages_left: int | None = (

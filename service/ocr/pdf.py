@@ -60,21 +60,22 @@ class _Done:
 
 
 def parse_pages(
-    spec: str | None, page_count: int, max_pages: int, pages_left: int | None = None
+    spec: str | None, page_count: int, max_pages: int, pages_left: int | None = None, what: str = "PDF"
 ) -> list[int]:
     """The sorted page numbers that `spec` ("1-3,5") selects; all pages when it is None.
 
-    `pages_left` is what the request may still read when earlier files took some of OCR_MAX_PAGES."""
+    `pages_left` is what the request may still read when earlier files took some of OCR_MAX_PAGES;
+    `what` names the document in errors (a PDF, or an image whose frames are its pages)."""
     left = max_pages if pages_left is None else pages_left
     limit = f"OCR_MAX_PAGES={max_pages} per request" + (
         "" if left == max_pages else f", all files together; {left} left for this one"
     )
     if page_count == 0:
-        raise Undecodable("the PDF has no pages")
+        raise Undecodable(f"the {what} has no pages")
     if spec is None:
         if page_count > left:
             raise TooLarge(
-                f"the PDF has {page_count} pages; at most {limit}: "
+                f"the {what} has {page_count} pages; at most {limit}: "
                 f"select some with `pages`, e.g. pages=1-{max(left, 1)}",
                 page_count=page_count,
                 max_pages=max_pages,
@@ -89,7 +90,10 @@ def parse_pages(
         if not 1 <= start <= end:
             raise BadInput(f"pages: {part.strip()} is not a page or a rising range of pages counted from 1")
         if end > page_count:
-            raise BadInput(f"pages: {part.strip()} goes past the last page; the PDF has {page_count}")
+            raise BadInput(
+                f"pages: {part.strip()} goes past the last page; the {what} has {page_count}",
+                page_count=page_count,
+            )
         if end - start + 1 > left or len(selected | set(range(start, end + 1))) > left:
             raise TooLarge(f"pages: {spec} selects more than {limit}", max_pages=max_pages)
         selected.update(range(start, end + 1))

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Literal
 from PIL import Image
 
 from service.ocr.engine import TesseractEngine
-from service.ocr.images import check_work, open_image, prepare_image
-from service.ocr.jobs import JobLimits, Kind, ReadOptions
-from service.ocr.pdf import LoadedPage, PdfPages
+from service.ocr.images import check_work, frame_count, open_image, prepare_image, seek_frame
+from service.ocr.jobs import KIND_NAMES, JobLimits, Kind, ReadOptions
+from service.ocr.pdf import LoadedPage, PdfPages, parse_pages
 from service.ocr.words import Word
 
 if TYPE_CHECKING:  # imported when tables are asked for: numpy stays out of a worker that never is
@@ -58,13 +58,23 @@ def read_pages(
         yield from _pdf_pages(engine, data, options, limits, on_outline, on_page_started)
         return
     image = open_image(data, kind, limits)
-    check_work(image, limits)
-    on_outline(1)
-    prepared = prepare_image(image, limits)
-    if prepared is not image:
-        image.close()  # free the full-size decode before recognition
-    on_page_started(1)
-    yield from _recognized(engine, 1, None, prepared, options)
+    try:
+        count = frame_count(data, image)
+        what = KIND_NAMES[kind]
+        numbers = parse_pages(options.pages, count, limits.max_pages, options.pages_left, what=what)
+        on_outline(count)
+        for number in numbers:
+            on_page_started(number)
+            seek_frame(image, number, kind, limits)
+            check_work(image, limits)
+            prepared = prepare_image(image, limits)
+            if number == numbers[-1] and prepared is not image:
+                image.close()  # free the full-size decode before the last page's recognition
+            elif number != numbers[-1] and prepared is image:
+                prepared = image.copy()  # recognition closes its image; the next page needs this one
+            yield from _recognized(engine, number, None, prepared, options)
+    finally:
+        image.close()
 
 
 def _pdf_pages(

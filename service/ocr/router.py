@@ -9,8 +9,8 @@ from service.error_handlers import error_examples
 from service.exceptions import BadInput, TooLarge
 from service.ocr.config import get_ocr_settings
 from service.ocr.schemas import OcrBatchResponse, OcrOptions, OcrResponse
-from service.ocr.service import Upload, ocr_batch, ocr_upload
-from service.ocr.uploads import UploadLimitRoute, read_upload, read_uploads
+from service.ocr.service import ocr_batch, ocr_upload
+from service.ocr.uploads import UploadLimitRoute
 
 router = APIRouter(tags=["ocr"], route_class=UploadLimitRoute)
 
@@ -36,9 +36,7 @@ def ocr(
     file: Annotated[UploadFile, File(description="The image or PDF; its kind is read from its content.")],
     options: Annotated[OcrOptions, Form()],
 ) -> OcrResponse:
-    started = time.perf_counter()
-    data = read_upload(file, get_ocr_settings().max_upload_mb)
-    return ocr_upload(Upload(data, file.content_type, file.filename), options, started)
+    return ocr_upload(file, options, time.perf_counter())
 
 
 @router.post(
@@ -62,8 +60,4 @@ def ocr_files(
             files=len(file),
             max_files=settings.max_files,
         )
-    uploads = [
-        Upload(data, part.content_type, part.filename)
-        for part, data in zip(file, read_uploads(file, settings.max_upload_mb), strict=True)
-    ]
-    return ocr_batch(uploads, options, started)
+    return ocr_batch(file, options, started)

@@ -10,10 +10,12 @@ or 422 when the worker died on a malformed file; the server keeps serving and th
 starts a new worker.
 
 One worker serves every language: each Tesseract engine is a registry item loaded into it, and
-the worker exits when the last one is unloaded. Jobs run one at a time, in arrival order;
-OCR_QUEUE_MAX more requests may wait, past that a request is refused at once with 503. A request
-with several files (`POST /ocr/batch`) holds its turn for all of them and runs one job per file:
-each job is capped and can fail alone, and the worker it killed is replaced for the next file.
+the worker exits when the last one is unloaded. Requests take turns at the worker, one at a time;
+OCR_QUEUE_MAX more may wait, past that a request is refused at once with 503. A request that waits
+holds nothing but its place: its engine, its reservation and its bytes in memory come with its turn
+(`service/ocr/service.py`). A request with several files (`POST /ocr/batch`) holds its turn for all
+of them and runs one job per file: each job is capped and can fail alone, and the worker it killed
+is replaced for the next file.
 """
 
 import dataclasses
@@ -92,8 +94,9 @@ class OcrWorker:
         self._conn: Connection | None = None
         self._engines: dict[str, str] = {}  # code -> tessdata dir, reloaded into a new process
         self._tables = False  # table detection imported, and imported again into a new process
-        self._lock = threading.Lock()  # one message exchange (and one job) at a time
-        self._waiting = 0
+        self._lock = threading.Lock()  # one message exchange (a job, a load) at a time
+        self._turn_lock = threading.Lock()  # one request's turn (its jobs) at a time
+        self._waiting = 0  # requests in `turn`: the one whose turn it is, and those waiting
         self._waiting_lock = threading.Lock()
 
     # -- process ------------------------------------------------------------------------------
@@ -242,6 +245,10 @@ class OcrWorker:
     def run(self, job: OcrJob, code: str, settings: OcrSettings) -> tuple[int, list[OcrPage]]:
         """Recognise one upload in the worker, within `turn`: (page count, pages read), or the job's
         own error. A worker that died on the previous job is replaced first."""
+        with self._lock:
+            return self._run(job, code, settings)
+
+    def _run(self, job: OcrJob, code: str, settings: OcrSettings) -> tuple[int, list[OcrPage]]:
         self._ensure_started()
         message = {
             "op": "ocr",
@@ -263,7 +270,8 @@ class OcrWorker:
     @contextmanager
     def turn(self, settings: OcrSettings) -> Iterator[None]:
         """The worker to this request alone, for one job or for each file of a request in turn;
-        refused at once (503) when OCR_QUEUE_MAX requests already wait for it."""
+        refused at once (503) when OCR_QUEUE_MAX requests already wait for it. Loading an engine
+        into the worker is not a turn: it is done within one."""
         with self._waiting_lock:
             if self._waiting > settings.queue_max:
                 raise Overloaded(
@@ -273,11 +281,16 @@ class OcrWorker:
                 )
             self._waiting += 1
         try:
-            with self._lock:
+            with self._turn_lock:
                 yield
         finally:
             with self._waiting_lock:
                 self._waiting -= 1
+
+    @property
+    def waiting(self) -> int:
+        """Requests in line for the worker, the one whose turn it is included."""
+        return self._waiting
 
     def _collect(self, settings: OcrSettings, progress: "_Progress") -> tuple[int, list[OcrPage]]:
         page_count, pages = 0, []

@@ -16,10 +16,10 @@ class OcrOptions(BaseModel):
         default=None,
         pattern=PAGES_PATTERN,
         max_length=200,
-        description="PDF pages to read, counted from 1, e.g. `1-3,5`. Default: every page, "
-        "refused when the PDF has more than OCR_MAX_PAGES. Images have one page (of a multi-page "
-        "TIFF or an animated WebP, the first is read). On `/ocr/batch`, each PDF's pages (a PDF it "
-        "does not fit gets its own error); images are read whole.",
+        description="Pages to read, counted from 1, e.g. `1-3,5`: a PDF's pages, or the pages of a "
+        "multi-page TIFF or the frames of an animated WebP or PNG (any other image, a JPEG included, "
+        "has one page). Default: every page, refused when the file has more than OCR_MAX_PAGES. On "
+        "`/ocr/batch`, each file's pages (a file it does not fit gets its own error).",
         examples=["1-3,5"],
     )
     lang: OcrLang | None = Field(

@@ -1,16 +1,22 @@
 """OCR of uploads: check each, then decode and recognise it in the OCR worker, then analyse.
 
-The order matters for the budget: cheap checks first (kind, page selection), then the engine
-through the registry (which may evict idle models to fit it), then a reservation of exactly
-OCR_WORK_MB, the most the worker process may add while it decodes and reads this upload
-(`service/ocr/sandbox.py`). No untrusted byte is decoded in the server process itself.
-The engine is released before sentiment runs, so the registry may unload it to fit a model.
+The order matters for the budget: cheap checks first (the kind, from each part's first bytes),
+then a place in line for the OCR worker (503 past OCR_QUEUE_MAX waiting), and only when the
+request's turn comes does it cost memory: its bytes are read from the parts the form parser spooled,
+the engine is loaded through the registry (which may evict idle models to fit it), and exactly
+OCR_WORK_MB, the most the worker process may add while it decodes and reads an upload
+(`service/ocr/sandbox.py`), plus the worker's copy of the largest file, is reserved. A request that
+waits holds no reservation, so it never starves `/analyze` of memory. No untrusted byte is decoded
+in the server process itself. The engine is released before sentiment runs, so the registry may
+unload it to fit a model.
 """
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
+
+from fastapi import UploadFile
 
 from service.error_handlers import ErrorDetail
 from service.exceptions import BadInput, ServiceError, TooLarge
@@ -30,7 +36,7 @@ from service.ocr.schemas import (
     WordBox,
 )
 from service.ocr.tessdata import resolve_tessdata
-from service.ocr.uploads import check_kind
+from service.ocr.uploads import check_kind, read_uploads
 from service.registry import Loadable, get_registry
 
 MB = 1024 * 1024
@@ -114,93 +120,101 @@ def tables_item() -> Loadable:
     return Loadable(key="ocr:tables", load=load, estimate_mb=lambda: TABLES_MB, describe=describe)
 
 
-@dataclass(frozen=True)
-class Upload:
-    """A file part of a request: its bytes and what the client said about it."""
-
-    data: bytes
-    declared_type: str | None
-    filename: str | None = None
+# What the kind is read from: a PDF's header may be anywhere in its first KiB.
+HEAD_BYTES = 1024
 
 
-def _job(upload: Upload, options: OcrOptions, batch: bool) -> OcrJob:
-    """Cheap checks before any decoding: the kind from magic bytes, and the page selection."""
-    if not upload.data:
+def _job(part: UploadFile, options: OcrOptions) -> OcrJob:
+    """Cheap checks before the request waits or reads anything: the kind, from the magic bytes
+    at the start of the spooled part. The job's bytes are filled in when its turn comes."""
+    head = part.file.read(HEAD_BYTES)
+    part.file.seek(0)
+    if not head:
         raise BadInput("the uploaded file is empty")
-    kind = check_kind(upload.data, upload.declared_type)
-    pages = options.pages
-    if kind != "pdf" and pages is not None:
-        if not batch and pages.strip() != "1":
-            raise BadInput("pages selects pages of a PDF; an image has a single page")
-        pages = None  # in a batch, `pages` selects each PDF's pages; an image is read whole
+    kind = check_kind(head, part.content_type)
     read = ReadOptions(
-        pages,
+        options.pages,
         force_ocr=options.ocr == "force",
         words=options.words,
         tables=options.tables,
         columns=options.columns,
         table_csv=options.table_csv,
     )
-    return OcrJob(upload.data, kind, read)
+    return OcrJob(b"", kind, read)
 
 
-def _checked(uploads: list[Upload], options: OcrOptions, batch: bool) -> list[OcrJob | ServiceError]:
+def _checked(parts: list[UploadFile], options: OcrOptions) -> list[OcrJob | ServiceError]:
     checked: list[OcrJob | ServiceError] = []
-    for upload in uploads:
+    for part in parts:
         try:
-            checked.append(_job(upload, options, batch))
+            checked.append(_job(part, options))
         except ServiceError as error:
             checked.append(error)
     return checked
 
 
 def _read_all(
-    uploads: list[Upload], options: OcrOptions, lang: str, settings: OcrSettings, batch: bool
+    parts: list[UploadFile], options: OcrOptions, lang: str, settings: OcrSettings, batch: bool
 ) -> list[OcrFile | ServiceError]:
-    """Each upload read in turn in the OCR worker, or its own error. One engine use, one
-    reservation of OCR_WORK_MB and one turn at the worker serve all of them (one job runs at a
-    time); they share OCR_MAX_PAGES: each job may read what the files before it left."""
-    checked = _checked(uploads, options, batch)
+    """Each upload read in turn in the OCR worker, or its own error. One turn at the worker, one
+    engine use and one reservation serve all of them (one job runs at a time); they share
+    OCR_MAX_UPLOAD_MB and OCR_MAX_PAGES: each job may read the pages the files before it left."""
+    checked = _checked(parts, options)
     if all(isinstance(job, ServiceError) for job in checked):
-        return [job for job in checked if isinstance(job, ServiceError)]  # no engine, no reservation
-    results: list[OcrFile | ServiceError] = []
+        return [job for job in checked if isinstance(job, ServiceError)]  # no turn, no engine, no reservation
     item, registry = engine_item(TESSERACT_LANGS[lang], settings), get_registry()
+    with get_worker().turn(settings):
+        # Until now the bytes stayed where the form parser spooled them; only the request whose
+        # turn it is holds its files in memory (at most OCR_MAX_UPLOAD_MB, all files together).
+        readable = [part for part, job in zip(parts, checked, strict=True) if isinstance(job, OcrJob)]
+        data = iter(read_uploads(readable, settings.max_upload_mb))
+        jobs = [job if isinstance(job, ServiceError) else replace(job, data=next(data)) for job in checked]
+        # The worker receives each file before it caps its work at OCR_WORK_MB: its copy counts too.
+        largest_mb = max(len(job.data) for job in jobs if isinstance(job, OcrJob)) / MB
+        with (
+            registry.use(item) as engine,
+            registry.use(tables_item()) if options.tables else nullcontext(),
+            registry.reserve(
+                settings.work_mb + largest_mb,
+                "reading these files" if batch else "reading this upload",
+                on=item.key,
+            ),
+        ):
+            return _run_jobs(engine, parts, jobs, settings)
+
+
+def _run_jobs(
+    engine: EngineHandle, parts: list[UploadFile], jobs: list[OcrJob | ServiceError], settings: OcrSettings
+) -> list[OcrFile | ServiceError]:
+    results: list[OcrFile | ServiceError] = []
     pages_left = settings.max_pages
-    with (
-        registry.use(item) as engine,
-        registry.use(tables_item()) if options.tables else nullcontext(),
-        registry.reserve(
-            settings.work_mb, "reading these files" if batch else "reading this upload", on=item.key
-        ),
-        engine.worker.turn(settings),
-    ):
-        for upload, job in zip(uploads, checked, strict=True):
-            if isinstance(job, ServiceError):
-                results.append(job)
-                continue
-            started = time.perf_counter()
-            try:
-                if pages_left < 1:
-                    raise TooLarge(
-                        f"the files before this one took all OCR_MAX_PAGES={settings.max_pages} pages "
-                        "of this request; send this file in another request",
-                        max_pages=settings.max_pages,
-                    )
-                counted = replace(job, options=replace(job.options, pages_left=pages_left))
-                page_count, pages = engine.worker.run(counted, engine.code, settings)
-            except ServiceError as error:
-                results.append(error)
-                continue
-            pages_left -= len(pages)
-            results.append(
-                OcrFile(
-                    filename=upload.filename,
-                    format=job.kind,
-                    page_count=page_count,
-                    pages=[_result(page) for page in pages],
-                    seconds=round(time.perf_counter() - started, 3),
+    for part, job in zip(parts, jobs, strict=True):
+        if isinstance(job, ServiceError):
+            results.append(job)
+            continue
+        started = time.perf_counter()
+        try:
+            if pages_left < 1:
+                raise TooLarge(
+                    f"the files before this one took all OCR_MAX_PAGES={settings.max_pages} pages "
+                    "of this request; send this file in another request",
+                    max_pages=settings.max_pages,
                 )
+            counted = replace(job, options=replace(job.options, pages_left=pages_left))
+            page_count, pages = engine.worker.run(counted, engine.code, settings)
+        except ServiceError as error:
+            results.append(error)
+            continue
+        pages_left -= len(pages)
+        results.append(
+            OcrFile(
+                filename=part.filename,
+                format=job.kind,
+                page_count=page_count,
+                pages=[_result(page) for page in pages],
+                seconds=round(time.perf_counter() - started, 3),
             )
+        )
     return results
 
 
@@ -243,11 +257,11 @@ def _add_sentiment(pages: list[PageResult], lang: str) -> None:
         page.sentiment = PageSentiment.model_validate(prediction.model_dump())
 
 
-def ocr_upload(upload: Upload, options: OcrOptions, started: float) -> OcrResponse:
-    """OCR an upload's bytes; `started` is when the request began, for the total time."""
+def ocr_upload(part: UploadFile, options: OcrOptions, started: float) -> OcrResponse:
+    """OCR an uploaded file; `started` is when the request began, for the total time."""
     settings = get_ocr_settings()
     lang = options.lang or settings.default_lang
-    (read,) = _read_all([upload], options, lang, settings, batch=False)
+    (read,) = _read_all([part], options, lang, settings, batch=False)
     if isinstance(read, ServiceError):
         raise read
     if options.analyze:
@@ -258,16 +272,16 @@ def ocr_upload(upload: Upload, options: OcrOptions, started: float) -> OcrRespon
     )
 
 
-def ocr_batch(uploads: list[Upload], options: OcrOptions, started: float) -> OcrBatchResponse:
-    """OCR several uploads in order; a file that fails is its own error entry, the others go on."""
+def ocr_batch(parts: list[UploadFile], options: OcrOptions, started: float) -> OcrBatchResponse:
+    """OCR several uploaded files in order; a file that fails is its own error entry, the others go on."""
     settings = get_ocr_settings()
     lang = options.lang or settings.default_lang
-    results = _read_all(uploads, options, lang, settings, batch=True)
+    results = _read_all(parts, options, lang, settings, batch=True)
     if options.analyze:
         _add_sentiment([page for read in results if isinstance(read, OcrFile) for page in read.pages], lang)
     files = [
-        read if isinstance(read, OcrFile) else _file_error(upload.filename, read)
-        for upload, read in zip(uploads, results, strict=True)
+        read if isinstance(read, OcrFile) else _file_error(part.filename, read)
+        for part, read in zip(parts, results, strict=True)
     ]
     return OcrBatchResponse(lang=lang, files=files, seconds=round(time.perf_counter() - started, 3))
 

@@ -1,6 +1,9 @@
 """Test documents with known text, made on the fly: images, PDFs and broken files."""
 
+import io
+
 import pytest
+from PIL import Image
 
 # The generators shared with the benchmarks, re-exported for the tests that import them from here.
 from bench.documents import DEJAVU as DEJAVU
@@ -77,3 +80,10 @@ def blank_pdf(width_pt: float, height_pt: float, pages: int = 1) -> bytes:
     ]
     objects += [b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %g %g] >>" % (width_pt, height_pt)] * pages
     return pdf_from_objects(objects)
+
+
+def tiff_of(pages: list[Image.Image], fmt: str = "TIFF", **options: object) -> bytes:
+    """A multi-frame image of these pages: a multi-page TIFF, or an animated WEBP or PNG."""
+    buffer = io.BytesIO()
+    pages[0].save(buffer, fmt, save_all=True, append_images=pages[1:], **options)
+    return buffer.getvalue()

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from bench.documents import LayeredPage, encode, layered_pdf, page_lines, text_page
 from bench.hostile_files import inflating_pdf
@@ -12,7 +13,7 @@ from service.ocr import sandbox
 from service.ocr.sandbox import get_worker
 from service.registry import get_registry
 from tests.ocr.conftest import needs_tessdata
-from tests.ocr.samples import ENGLISH, blank_pdf, cer, encrypted_pdf, pdf_of
+from tests.ocr.samples import ENGLISH, blank_pdf, cer, encrypted_pdf, pdf_of, tiff_of
 from tests.ocr.test_ocr_api import assert_error
 
 pytestmark = needs_tessdata
@@ -89,16 +90,19 @@ def test_files_share_the_page_limit(ocr_client: MakeClient) -> None:
     assert results[3]["error"]["code"] == "too_large" and "OCR_MAX_PAGES=3" in results[3]["error"]["message"]
 
 
-def test_pages_selects_each_pdfs_pages_and_images_are_read_whole(ocr_client: MakeClient) -> None:
+def test_pages_selects_each_files_pages_a_file_it_does_not_fit_gets_its_error(ocr_client: MakeClient) -> None:
     files = [
         ("three.pdf", blank_pdf(612, 792, pages=3)),
+        ("three.tiff", tiff_of([Image.new("L", (200, 100), 255)] * 3)),
         ("one.png", IMAGE),
         ("one.pdf", blank_pdf(612, 792)),
     ]
-    first, image, short = batch(ocr_client(), files, pages="2-3", lang="en").json()["files"]
-    assert [page["page"] for page in first["pages"]] == [2, 3]
-    assert [page["page"] for page in image["pages"]] == [1]
-    assert short["error"]["code"] == "invalid_input" and "past the last page" in short["error"]["message"]
+    document, tiff, image, short = batch(ocr_client(), files, pages="2-3", lang="en").json()["files"]
+    assert [page["page"] for page in document["pages"]] == [2, 3]
+    assert (tiff["page_count"], [page["page"] for page in tiff["pages"]]) == (3, [2, 3])
+    for error, what in ((image["error"], "PNG has 1"), (short["error"], "PDF has 1")):
+        assert error["code"] == "invalid_input" and "past the last page" in error["message"], error
+        assert what in error["message"]
 
 
 @pytest.mark.slow
