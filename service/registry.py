@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -105,10 +105,66 @@ class Registry:
         try:
             yield entry.value
         finally:
-            with self._lock:
+            self._release([entry])
+
+    @contextmanager
+    def use_all(self, items: Sequence[Loadable], min_work_mb: float = 0.0) -> Iterator[list[Any]]:
+        """Yield every item loaded at once (one request needing several models): all or none.
+
+        The request waits in line until the budget holds them all beside `min_work_mb` of work, or
+        is refused (503 + Retry-After); it never holds one while it waits for another, so requests
+        needing overlapping sets cannot deadlock, and it unloads nothing for a set that cannot fit.
+        """
+        entries = self._acquire_all(list(items), min_work_mb)
+        try:
+            yield [entry.value for entry in entries]
+        finally:
+            self._release(entries)
+
+    def _acquire_all(self, items: list[Loadable], min_work_mb: float) -> list[_Entry]:
+        with self._lock:
+            present = [self._entries.get(item.key) for item in items]
+            if all(entry is not None for entry in present):
+                for entry in present:
+                    entry.in_use += 1
+                return present
+        keys = ", ".join(item.key for item in items)
+        return self._when_room(
+            lambda: self._load_all(items, min_work_mb), f"loading {keys}", None, self.admission_wait_s
+        )
+
+    def _load_all(self, items: list[Loadable], min_work_mb: float) -> list[_Entry]:
+        """Under the load lock: refuse (OverBudget) before unloading anything when the set cannot
+        fit with every idle item outside it unloaded; else load what is missing."""
+        wanted = {item.key for item in items}
+        with self._lock:
+            missing = [item for item in items if item.key not in self._entries]
+            idle = [e for e in self._entries.values() if e.in_use == 0 and e.key not in wanted]
+            evictable = sum(e.cost_mb for e in idle)
+        need = sum(self._measured_cost.get(item.key) or item.estimate_mb() for item in missing) + min_work_mb
+        short = self.used_mb() - evictable + need - self.budget.usable_mb
+        if short > 0:
+            raise OverBudget(
+                f"loading {', '.join(sorted(wanted))} together needs ~{need:.0f} MB beside what is "
+                f"loaded, {short:.0f} MB more than the {self.budget.limit_mb:.0f} MB budget holds",
+                needed_mb=round(need, 1),
+                short_by_mb=round(short, 1),
+            )
+        held: list[_Entry] = []
+        try:
+            for item in items:
+                held.append(self._load(item))
+        except BaseException:
+            self._release(held)
+            raise
+        return held
+
+    def _release(self, entries: Sequence[_Entry]) -> None:
+        with self._lock:
+            for entry in entries:
                 entry.in_use -= 1
                 entry.last_used = time.time()
-                self._released.notify_all()  # it may now be evicted to make room
+            self._released.notify_all()  # they may now be evicted to make room
 
     def _acquire(self, item: Loadable) -> _Entry:
         with self._lock:

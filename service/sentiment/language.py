@@ -12,7 +12,7 @@ than guessed when it has too few letters to tell, when another language is clear
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.registry import Loadable
@@ -39,6 +39,7 @@ class Detection:
     confidence: float
     error: str | None = None
     other: str | None = None  # the non-candidate language found, for `unknown_language`
+    scores: dict[str, float] = field(default_factory=dict)  # each candidate's share
 
     def message(self) -> str:
         if self.error == "too_short":
@@ -70,17 +71,14 @@ class Detector:
             return Detection(None, 0.0, "too_short")
         probs = self.probabilities(text)
         top = next(iter(probs))
-        best = max(candidates, key=probs.__getitem__)
-        total = sum(probs[lang] for lang in candidates)
-        confidence = round(probs[best] / total, 4) if total > 0 else 0.0
+        total = sum(probs[lang] for lang in candidates) or 1.0
+        scores = {lang: round(probs[lang] / total, 4) for lang in candidates}
+        best = max(candidates, key=scores.__getitem__)
         if top not in candidates and probs[top] >= OTHER_LANGUAGE_MIN:
-            return Detection(None, confidence, "unknown_language", other=top)
-        if confidence < MIN_CONFIDENCE:
-            return Detection(None, confidence, "unknown_language")
-        return Detection(best, confidence)
-
-    def detect_many(self, texts: list[str], candidates: tuple[str, ...]) -> list[Detection]:
-        return [self.detect(text, candidates) for text in texts]
+            return Detection(None, scores[best], "unknown_language", other=top, scores=scores)
+        if scores[best] < MIN_CONFIDENCE:
+            return Detection(None, scores[best], "unknown_language", scores=scores)
+        return Detection(best, scores[best], scores=scores)
 
 
 def detector_item() -> Loadable:
