@@ -70,6 +70,7 @@ class Scorer:
     """One Ray Data actor: the model is loaded once, when the actor starts, and kept."""
 
     def __init__(self, task: str, lang: str) -> None:
+        self.task, self.lang = task, lang
         self.item = model_item(task, lang)
         self.registry = get_registry()
         with self.registry.use(self.item) as analyzer:  # a model that cannot load fails the actor now
@@ -84,7 +85,7 @@ class Scorer:
             Row(number, text=text, error=error)
             for number, text, error in zip(columns["row"], columns["text"], columns["error"], strict=True)
         ]
-        analyze_chunk(rows, self.item, self.registry, self.max_size)
+        analyze_chunk(rows, self.task, self.lang, False, self.registry, self.max_size)
         scored = batch.drop_columns(["text", "error"])
         predictions = [row.prediction for row in rows]
         scored = scored.append_column(
