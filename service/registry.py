@@ -305,13 +305,20 @@ class Registry:
                 except OverBudget as refused:
                     with self._lock:
                         left = deadline - time.monotonic()
-                        coming_back = self._coming_back_mb(on)
-                        if refused.details.get("short_by_mb", 0.0) > coming_back:
+                        short = refused.details.get("short_by_mb", 0.0)
+                        if short > self._coming_back_mb(on):
                             self._refused(what)
                             raise self._hopeless(what, refused) from None
                         if left <= 0:
                             self._refused(what)
                             raise
+                        if short > self._calls_give_back_mb(on):
+                            # It waits for items that requests hold, and their calls may be behind
+                            # it in line: it lets them go first rather than block them (a deadlock
+                            # until the wait ran out, seen with several models per request).
+                            self._queue.remove(turn)
+                            self._queue.append(turn)
+                            self._released.notify_all()
                         self._released.wait(timeout=left)
         finally:
             with self._lock:
@@ -324,11 +331,14 @@ class Registry:
         with self._lock:
             return sum(e.reserved_mb + e.file_mb for e in self._entries.values() if e.running)
 
+    def _calls_give_back_mb(self, on: str | None) -> float:
+        """Memory that running calls give back when they end, with no one in line (lock held)."""
+        return self._reserved_mb + sum(e.file_mb for e in self._entries.values() if e.key != on and e.running)
+
     def _coming_back_mb(self, on: str | None) -> float:
         """Memory that running work and items in use by others will give back (lock held)."""
-        others = [e for e in self._entries.values() if e.key != on]
-        held_by_others = sum(e.cost_mb for e in others if e.in_use)
-        return self._reserved_mb + held_by_others + sum(e.file_mb for e in others if e.running)
+        held_by_others = sum(e.cost_mb for e in self._entries.values() if e.key != on and e.in_use)
+        return self._calls_give_back_mb(on) + held_by_others
 
     def _hopeless(self, what: str, refused: OverBudget) -> OverBudget:
         """The refusal when nothing in flight or idle could make room: say why, and what to change."""
