@@ -141,7 +141,13 @@ class Registry:
             missing = [item for item in items if item.key not in self._entries]
             idle = [e for e in self._entries.values() if e.in_use == 0 and e.key not in wanted]
             evictable = sum(e.cost_mb for e in idle)
-        need = sum(self._measured_cost.get(item.key) or item.estimate_mb() for item in missing) + min_work_mb
+        # What each loaded before costs, and the peak of loading the largest never loaded: loads
+        # run one at a time, and a first load's estimate is its peak, not what it keeps.
+        known = sum(self._measured_cost[item.key] for item in missing if item.key in self._measured_cost)
+        first = max(
+            (item.estimate_mb() for item in missing if item.key not in self._measured_cost), default=0.0
+        )
+        need = known + first + min_work_mb
         short = self.used_mb() - evictable + need - self.budget.usable_mb
         if short > 0:
             raise OverBudget(

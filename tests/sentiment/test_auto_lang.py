@@ -1,6 +1,8 @@
 """`lang: "auto"`: each text read by the model of its own language, on /analyze and /analyze/file;
 texts whose language cannot be told; several models in one request under a small budget."""
 
+import json
+import shutil
 import threading
 from collections.abc import Callable
 
@@ -182,7 +184,6 @@ def test_a_fixed_lang_answer_is_unchanged(per_lang):
 
 
 def test_file_rows_each_go_to_their_own_model_and_unknown_rows_get_an_error_line(per_lang):
-    import json
 
     client, models = per_lang()
     rows = [("a", EN), ("b", SHORT), ("c", PT), ("d", FR), ("e", ES)]
@@ -299,7 +300,7 @@ def test_real_models_answer_a_mixed_batch_as_their_fixed_lang_requests_do(onnx_m
                 alone = client.post("/analyze", json={"text": text, "lang": result["lang"]}).json()
                 assert result["probas"] == pytest.approx(alone["probas"], abs=1e-5)
             assert [r["lang"] for r in auto] == ["en", "es", "pt", "it"]
-            loaded = {m["key"] for m in client.get("/memory").json()["models"]}
+            loaded = {m["key"] for m in client.get("/memory").json()["loaded"]}
             assert {
                 "sentiment:es",
                 "sentiment:en",
@@ -307,3 +308,47 @@ def test_real_models_answer_a_mixed_batch_as_their_fixed_lang_requests_do(onnx_m
                 "sentiment:pt",
                 "language:detector",
             } <= loaded
+
+
+@needs_minilm
+@pytest.mark.slow
+def test_four_language_models_serve_mixed_batches_in_a_512_mb_cgroup(onnx_minilm_int8, tmp_path):
+    """The real server in a real 512 MB cgroup, one exported model per language (each its own
+    files, so its own prepacked variant and mapping): concurrent mixed batches are all answered
+    whole, nothing is OOM-killed, and the cgroup's peak stays under the limit."""
+    from tests.ops.test_soak import memory_cgroup
+    from tests.support import real_server
+
+    env = {}
+    for lang in ("es", "en", "it", "pt"):
+        shutil.copytree(onnx_minilm_int8, tmp_path / lang, ignore=shutil.ignore_patterns("prepacked"))
+        env[f"MODEL_SENTIMENT_{lang.upper()}"] = str(tmp_path / lang)
+    batches = [[ES, EN, IT, PT], [PT, IT], [EN, ES2, SHORT], [IT, EN2, PT, ES]] * 5
+    with (
+        memory_cgroup(512) as cgroup,
+        real_server(tmp_path, cgroup=cgroup.path, BACKEND="onnx", **env) as server,
+    ):
+        answers: list[tuple[int, dict]] = []
+
+        def send(texts: list[str]) -> None:
+            body = json.dumps({"texts": texts, "lang": "auto"}).encode()
+            response = server.request(
+                "POST", "/analyze", body, {"Content-Type": "application/json"}, timeout=180
+            )
+            answers.append((response.status, response.json()))
+
+        threads = [threading.Thread(target=send, args=(texts,)) for texts in batches]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(240)
+        assert [status for status, _ in answers] == [200] * len(batches), answers
+        for _, body in answers:
+            assert all(("label" in r) != ("error" in r) for r in body["results"])
+        assert cgroup.oom_kills() == 0
+        peak = cgroup.peak_mb()
+        assert peak is None or peak <= 512
+        memory = json.loads(server.request("GET", "/memory").body)
+        loaded = {model["key"] for model in memory["loaded"]}
+        assert {"sentiment:es", "sentiment:en", "sentiment:it", "sentiment:pt", "language:detector"} <= loaded
+        print(f"cgroup peak {peak} MB; /memory: {json.dumps(memory)[:1500]}")
