@@ -243,7 +243,7 @@ def budgeted(fake_app, monkeypatch) -> Callable[[float], tuple[TestClient, list[
 
             return Loadable(key=f"{task}:{lang}", load=load, estimate_mb=lambda: 100.0)
 
-        registry = Registry(Budget(budget_mb, "test", 0), used=lambda: used["mb"], admission_wait_s=5)
+        registry = Registry(Budget(budget_mb, "test", 0), used=lambda: used["mb"], admission_wait_s=30)
         monkeypatch.setattr(service, "model_item", model_item)
         monkeypatch.setattr(service, "get_registry", lambda: registry)
         monkeypatch.setattr(startup, "get_registry", lambda: registry)  # micro-batching's too
