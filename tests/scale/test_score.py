@@ -194,6 +194,7 @@ def test_cli_refuses_bad_inputs_before_starting_ray(tmp_path, onnx_minilm):
         assert message in result.stderr
 
 
+@pytest.mark.slow
 def test_auto_reads_each_row_with_its_own_language_s_model(ray_cluster, onnx_minilm, tmp_path):
     """--lang auto: each row to its language's model (here the same export under four names), with
     the language and its confidence in two more columns; undetected rows keep their error."""
@@ -232,6 +233,7 @@ def test_auto_reads_each_row_with_its_own_language_s_model(ray_cluster, onnx_min
             assert row["lang_confidence"] == pytest.approx(expected["lang_confidence"])
 
 
+@pytest.mark.slow
 def test_cli_auto_refuses_one_model_dir_and_fallback_without_auto(tmp_path, onnx_minilm):
     (tmp_path / "t.csv").write_text("id,text\n1,hola que tal\n")
     base = [sys.executable, "-m", "service.scale", "score", "--output", str(tmp_path / "out")]
