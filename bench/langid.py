@@ -170,6 +170,14 @@ def refused(detect: Detect, texts: list[tuple[str, str]]) -> float | None:
     return round(sum(detect(clean(text)) not in LANGS for _lang, text in texts) / len(texts), 4)
 
 
+def misread(detect: Detect, texts: list[tuple[str, str]]) -> float | None:
+    """The share of texts answered with a wrong one of the four: a silent error, unlike a refusal."""
+    if not texts:
+        return None
+    answers = [(lang, detect(clean(text))) for lang, text in texts]
+    return round(sum(found in LANGS and found != lang for lang, found in answers) / len(texts), 4)
+
+
 def cpu_ms(detect: Detect, texts: list[str], rounds: int) -> float:
     best = float("inf")
     for _ in range(rounds):
@@ -214,7 +222,8 @@ def measure(name: str, sets: dict[str, list[tuple[str, str]]], rounds: int) -> d
     )
     row: dict[str, object] = {"candidate": name}
     for label, texts in sets.items():
-        row[label] = (refused if label.startswith("refused") else accuracy)(detect, texts)
+        kind = label.split(":")[0]
+        row[label] = {"refused": refused, "misread": misread}.get(kind, accuracy)(detect, texts)
     row["cpu_ms_per_text"] = cpu_ms(detect, [text for _lang, text in sets["es/en"]], rounds)
     row.update({f"load_{key}": value for key, value in memory.items()})
     row["install_mb"] = install_mb(distributions)
@@ -235,6 +244,7 @@ def main() -> None:
     tweets, own = shared_tweets(), own_texts()
     sets = {
         "es/en": tweets,
+        "misread: es/en": tweets,
         f"es/en <{SHORT_CHARS}": [(lang, text) for lang, text in tweets if len(text) < SHORT_CHARS],
         "it (own)": [row for row in own if row[0] == "it"],
         "pt (own)": [row for row in own if row[0] == "pt"],
@@ -245,7 +255,8 @@ def main() -> None:
         django = django_texts(args.django_wheel)
         for lang in ("it", "pt", "es"):
             sets[f"{lang} (django)"] = [row for row in django if row[0] == lang]
-        sets["refused: other (django)"] = [row for row in django if row[0] in OTHER_LANGUAGES]
+        for lang in OTHER_LANGUAGES:
+            sets[f"refused: {lang} (django)"] = [row for row in django if row[0] == lang]
     print("texts: " + ", ".join(f"{label} {len(texts)}" for label, texts in sets.items()), flush=True)
     rows = []
     for name, (_make, distributions) in CANDIDATES.items():
