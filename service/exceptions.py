@@ -23,6 +23,16 @@ class BadInput(ServiceError):
     code = "invalid_input"
 
 
+class LanguageUndetected(ServiceError):
+    """`lang: "auto"` could not tell a text's language: `too_short` or `unknown_language`."""
+
+    status_code = 422
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.code = code
+
+
 class UnsupportedTaskOrLang(ServiceError):
     status_code = 422
     code = "unsupported"

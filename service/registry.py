@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -106,10 +106,72 @@ class Registry:
         try:
             yield entry.value
         finally:
-            with self._lock:
+            self._release([entry])
+
+    @contextmanager
+    def use_all(self, items: Sequence[Loadable], min_work_mb: float = 0.0) -> Iterator[list[Any]]:
+        """Yield every item loaded at once (one request needing several models): all or none.
+
+        The request waits in line until the budget holds them all beside `min_work_mb` of work, or
+        is refused (503 + Retry-After); it never holds one while it waits for another, so requests
+        needing overlapping sets cannot deadlock, and it unloads nothing for a set that cannot fit.
+        """
+        entries = self._acquire_all(list(items), min_work_mb)
+        try:
+            yield [entry.value for entry in entries]
+        finally:
+            self._release(entries)
+
+    def _acquire_all(self, items: list[Loadable], min_work_mb: float) -> list[_Entry]:
+        with self._lock:
+            present = [self._entries.get(item.key) for item in items]
+            if all(entry is not None for entry in present):
+                for entry in present:
+                    entry.in_use += 1
+                return present
+        keys = ", ".join(item.key for item in items)
+        return self._when_room(
+            lambda: self._load_all(items, min_work_mb), f"loading {keys}", None, self.admission_wait_s
+        )
+
+    def _load_all(self, items: list[Loadable], min_work_mb: float) -> list[_Entry]:
+        """Under the load lock: refuse (OverBudget) before unloading anything when the set cannot
+        fit with every idle item outside it unloaded; else load what is missing."""
+        wanted = {item.key for item in items}
+        with self._lock:
+            missing = [item for item in items if item.key not in self._entries]
+            idle = [e for e in self._entries.values() if e.in_use == 0 and e.key not in wanted]
+            evictable = sum(e.cost_mb for e in idle)
+        # What each loaded before costs, and the peak of loading the largest never loaded: loads
+        # run one at a time, and a first load's estimate is its peak, not what it keeps.
+        known = sum(self._measured_cost[item.key] for item in missing if item.key in self._measured_cost)
+        first = max(
+            (item.estimate_mb() for item in missing if item.key not in self._measured_cost), default=0.0
+        )
+        need = known + first + min_work_mb
+        short = self.used_mb() - evictable + need - self.budget.usable_mb
+        if short > 0:
+            raise OverBudget(
+                f"loading {', '.join(sorted(wanted))} together needs ~{need:.0f} MB beside what is "
+                f"loaded, {short:.0f} MB more than the {self.budget.limit_mb:.0f} MB budget holds",
+                needed_mb=round(need, 1),
+                short_by_mb=round(short, 1),
+            )
+        held: list[_Entry] = []
+        try:
+            for item in items:
+                held.append(self._load(item))
+        except BaseException:
+            self._release(held)
+            raise
+        return held
+
+    def _release(self, entries: Sequence[_Entry]) -> None:
+        with self._lock:
+            for entry in entries:
                 entry.in_use -= 1
                 entry.last_used = time.time()
-                self._notify_released()  # it may now be evicted to make room
+            self._notify_released()  # they may now be evicted to make room
 
     def _acquire(self, item: Loadable) -> _Entry:
         with self._lock:
@@ -250,16 +312,24 @@ class Registry:
                         return attempt()
                 except OverBudget as refused:
                     with self._lock:
+                        if self._releases != seen:  # memory came back while it tried: try again now
+                            continue
                         left = deadline - time.monotonic()
-                        coming_back = self._coming_back_mb(on)
-                        if refused.details.get("short_by_mb", 0.0) > coming_back:
+                        short = refused.details.get("short_by_mb", 0.0)
+                        if short > self._coming_back_mb(on):
                             self._refused(what)
                             raise self._hopeless(what, refused) from None
                         if left <= 0:
                             self._refused(what)
                             raise
-                        if self._releases == seen:  # else memory came back while it tried: try again
-                            self._released.wait(timeout=left)
+                        if short > self._calls_give_back_mb(on):
+                            # It waits for items that requests hold, and their calls may be behind
+                            # it in line: it lets them go first rather than block them (a deadlock
+                            # until the wait ran out, seen with several models per request).
+                            self._queue.remove(turn)
+                            self._queue.append(turn)
+                            self._notify_released()
+                        self._released.wait(timeout=left)
         finally:
             with self._lock:
                 self._queue.remove(turn)
@@ -276,11 +346,14 @@ class Registry:
         with self._lock:
             return sum(e.reserved_mb + e.file_mb for e in self._entries.values() if e.running)
 
+    def _calls_give_back_mb(self, on: str | None) -> float:
+        """Memory that running calls give back when they end, with no one in line (lock held)."""
+        return self._reserved_mb + sum(e.file_mb for e in self._entries.values() if e.key != on and e.running)
+
     def _coming_back_mb(self, on: str | None) -> float:
         """Memory that running work and items in use by others will give back (lock held)."""
-        others = [e for e in self._entries.values() if e.key != on]
-        held_by_others = sum(e.cost_mb for e in others if e.in_use)
-        return self._reserved_mb + held_by_others + sum(e.file_mb for e in others if e.running)
+        held_by_others = sum(e.cost_mb for e in self._entries.values() if e.key != on and e.in_use)
+        return self._calls_give_back_mb(on) + held_by_others
 
     def _hopeless(self, what: str, refused: OverBudget) -> OverBudget:
         """The refusal when nothing in flight or idle could make room: say why, and what to change."""

@@ -425,3 +425,100 @@ def test_a_load_that_leaves_no_room_for_a_request_says_so(caplog: pytest.LogCapt
         pass
     (record,) = caplog.records
     assert "bigger loaded" in record.message and "MEMORY_BUDGET_MB" in record.message
+
+
+# use_all: one request that needs several models (lang "auto"), all or none.
+
+
+def test_use_all_loads_every_item_and_evicts_only_idle_items_outside_the_set():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(400, "test", 20), used=memory, admission_wait_s=0)  # 280 MB above the base
+    a, b, c = (item(k, memory, 100) for k in "abc")
+    with registry.use(c):
+        pass
+    with registry.use(a):
+        pass
+    with registry.use_all([a, b]) as values:  # a kept (in the set), c the idle one to unload
+        assert [v.mb for v in values] == [100, 100]
+        assert {e["key"]: e["in_use"] for e in registry.snapshot()} == {"a": 1, "b": 1}
+    assert {e["key"]: e["in_use"] for e in registry.snapshot()} == {"a": 0, "b": 0}
+
+
+def test_use_all_refuses_a_set_the_budget_cannot_hold_without_unloading_anything():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(300, "test", 20), used=memory, admission_wait_s=10)  # one model of 100 fits
+    a, b, c = (item(k, memory, 100) for k in "abc")
+    for model in (a, b, c):  # each loaded once: their costs are measured, not estimated
+        with registry.use(model):
+            pass
+    started = time.monotonic()
+    with pytest.raises(OverBudget) as refused, registry.use_all([a, b]):
+        pass
+    # Nothing running could give the room back: refused at once, not after ADMISSION_WAIT_S.
+    assert time.monotonic() - started < 5
+    assert refused.value.headers == {"Retry-After": "30"}  # retrying soon will not help
+    assert refused.value.details["short_by_mb"] > 0
+    assert [e["key"] for e in registry.snapshot()] == ["c"]  # c was not unloaded for nothing
+    assert memory.used == 200 and registry.counters["evictions"] == 2  # the two loads above only
+
+
+def test_use_all_loads_models_never_loaded_one_at_a_time_under_their_load_peak():
+    """A first load's estimate is its peak (a prepacked model's is ~2x its file; it keeps far less):
+    four never-loaded models whose estimates add up past the budget still load, one after another."""
+    memory = FakeMemory(100)
+    registry = Registry(Budget(500, "test", 0), used=memory, admission_wait_s=0)
+    models = [Loadable(key=k, load=lambda: Weights(memory, 20), estimate_mb=lambda: 200) for k in "abcd"]
+    with registry.use_all(models) as values:
+        assert len(values) == 4
+    assert memory.used == 180 and registry.counters["evictions"] == 0
+
+
+def test_use_all_waits_for_a_model_another_request_holds_then_gets_the_whole_set():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(320, "test", 0), used=memory, admission_wait_s=5)  # room for two
+    a, b, c = (item(k, memory, 100) for k in "abc")
+    holding, release = threading.Event(), threading.Event()
+
+    def other_request() -> None:
+        with registry.use_all([b, c]):
+            holding.set()
+            release.wait(5)
+
+    other = threading.Thread(target=other_request)
+    other.start()
+    assert holding.wait(5)
+    threading.Timer(0.3, release.set).start()
+    started = time.monotonic()
+    with registry.use_all([a, c]) as values:  # a fits only once b is idle and can be unloaded
+        assert len(values) == 2
+        waited = time.monotonic() - started
+    other.join()
+    assert 0.2 < waited < 4
+    assert sorted(e["key"] for e in registry.snapshot()) == ["a", "c"]
+
+
+def test_use_all_requests_with_overlapping_sets_never_deadlock():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(320, "test", 0), used=memory, admission_wait_s=10)  # two models at a time
+    models = {k: item(k, memory, 100) for k in "abc"}
+    sets = ["ab", "bc", "ca", "ba", "cb", "ac"] * 3
+    start = threading.Barrier(len(sets))
+    outcomes: list[str] = []
+
+    def request(keys: str) -> None:
+        start.wait()
+        try:
+            with registry.use_all([models[k] for k in keys]):
+                time.sleep(0.01)
+            outcomes.append("ok")
+        except OverBudget as error:
+            outcomes.append(error.message)
+
+    threads = [threading.Thread(target=request, args=(keys,)) for keys in sets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert outcomes == ["ok"] * len(sets)
+    assert memory.used <= 300

@@ -75,7 +75,17 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--text-column", default="text")
     score.add_argument("--id-column", help="a column copied to each output row, to match rows")
     score.add_argument("--task", choices=TASKS, help="default: DEFAULT_TASK")
-    score.add_argument("--lang", choices=LANGS, help="default: DEFAULT_LANG")
+    score.add_argument(
+        "--lang",
+        choices=(*LANGS, "auto"),
+        help="default: DEFAULT_LANG; `auto`: each row read by the model of its own language (every "
+        "language of the task needs its model: MODEL_<TASK>_<LANG> or ONNX_DIR)",
+    )
+    score.add_argument(
+        "--fallback",
+        action="store_true",
+        help="with --lang auto: a row whose language cannot be told is read by DEFAULT_LANG's model",
+    )
     score.add_argument(
         "--model", help="an exported model dir on every node; default: MODEL_<TASK>_<LANG> or ONNX_DIR"
     )

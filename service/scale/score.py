@@ -34,9 +34,12 @@ from service.scale.files import (
     output_in_use,
 )
 from service.sentiment.bulk import BulkOptions, Row, analyze_chunk
-from service.sentiment.service import check_supported, model_item, onnx_dir_for
+from service.sentiment.language import detector_item
+from service.sentiment.schemas import AUTO
+from service.sentiment.service import check_supported, model_item, onnx_dir_for, task_langs
 
 RESERVED_COLUMNS = ("path", "row", "label", "probas", "error", "text")
+AUTO_COLUMNS = ("lang", "lang_confidence")  # added with --lang auto
 # Reading and writing hold no CPU of their own: they parse and write in microseconds per row what
 # the model takes milliseconds for, and a task waiting for a CPU that the actors hold would never run
 # on a cluster they fill (a 1-CPU one deadlocked so).
@@ -55,6 +58,7 @@ class ScoreOptions:
     id_column: str | None = None
     task: str | None = None
     lang: str | None = None
+    fallback: bool = False
     input_format: InputFormat | None = None
     output_format: OutputFormat = "parquet"
     model: str | None = None
@@ -67,13 +71,21 @@ class ScoreOptions:
 
 
 class Scorer:
-    """One Ray Data actor: the model is loaded once, when the actor starts, and kept."""
+    """One Ray Data actor: the model is loaded once, when the actor starts, and kept. With
+    `lang="auto"`, every language's model and the detector, and two more columns: `lang`, the
+    language each row was read in, and `lang_confidence`."""
 
-    def __init__(self, task: str, lang: str) -> None:
-        self.item = model_item(task, lang)
+    def __init__(self, task: str, lang: str, fallback: bool = False) -> None:
+        self.task, self.lang, self.fallback = task, lang, fallback
         self.registry = get_registry()
-        with self.registry.use(self.item) as analyzer:  # a model that cannot load fails the actor now
-            labels, self.multi_label = analyzer.model.labels, analyzer.model.multi_label
+        langs = task_langs(task) if lang == AUTO else (lang,)
+        # A model that cannot load fails the actor now.
+        with self.registry.use_all([model_item(task, name) for name in langs]) as analyzers:
+            labels = list(dict.fromkeys(label for analyzer in analyzers for label in analyzer.model.labels))
+            self.multi_label = any(analyzer.model.multi_label for analyzer in analyzers)
+        if lang == AUTO:
+            with self.registry.use(detector_item()):
+                pass
         self.probas_type = pa.struct([(label, pa.float64()) for label in labels])
         self.label_type = pa.list_(pa.string()) if self.multi_label else pa.string()
         self.max_size = current(get_settings()).batch_max_size
@@ -84,7 +96,7 @@ class Scorer:
             Row(number, text=text, error=error)
             for number, text, error in zip(columns["row"], columns["text"], columns["error"], strict=True)
         ]
-        analyze_chunk(rows, self.item, self.registry, self.max_size)
+        analyze_chunk(rows, self.task, self.lang, self.fallback, self.registry, self.max_size)
         scored = batch.drop_columns(["text", "error"])
         predictions = [row.prediction for row in rows]
         scored = scored.append_column(
@@ -93,6 +105,10 @@ class Scorer:
         scored = scored.append_column(
             "probas", pa.array([p.probas if p else None for p in predictions], self.probas_type)
         )
+        if self.lang == AUTO:
+            scored = scored.append_column("lang", pa.array([p.lang if p else None for p in predictions]))
+            confidence = [p.lang_confidence if p else None for p in predictions]
+            scored = scored.append_column("lang_confidence", pa.array(confidence, pa.float64()))
         return scored.append_column("error", pa.array([row.error for row in rows], ERROR_TYPE))
 
 
@@ -105,6 +121,22 @@ def model_dir(options: ScoreOptions, task: str, lang: str) -> str:
             f"--task {task} --lang {lang} --out {path}`, or pass --model DIR"
         )
     return str(path)
+
+
+def model_dirs(options: ScoreOptions, task: str, lang: str) -> dict[str, str]:
+    """MODEL_<TASK>_<LANG> -> exported dir, for every model the actors load: one, or with
+    `auto` each of the task's languages (--model names one dir, so it is refused with auto)."""
+    if lang != AUTO:
+        check_supported(task, lang)
+        return {model_env_var(task, lang): model_dir(options, task, lang)}
+    if options.model:
+        raise ValueError(
+            "--model names one model; with --lang auto each language's comes from MODEL_* or ONNX_DIR"
+        )
+    langs = task_langs(task)
+    if not langs:
+        check_supported(task, AUTO)  # raises, listing what is supported
+    return {model_env_var(task, name): model_dir(options, task, name) for name in langs}
 
 
 def actor_pool(options: ScoreOptions) -> tuple[int, int]:
@@ -123,12 +155,12 @@ def score(options: ScoreOptions, address: str | None = None, num_cpus: int | Non
     settings = get_settings()
     task = options.task or settings.default_task
     lang = options.lang or settings.default_lang
-    check_supported(task, lang)
-    if options.id_column in RESERVED_COLUMNS:
-        raise ValueError(
-            f"--id-column {options.id_column!r} clashes with an output column {RESERVED_COLUMNS}"
-        )
-    model = model_dir(options, task, lang)
+    if options.fallback and lang != AUTO:
+        raise ValueError("--fallback is only for --lang auto")
+    reserved = RESERVED_COLUMNS + (AUTO_COLUMNS if lang == AUTO else ())
+    if options.id_column in reserved:
+        raise ValueError(f"--id-column {options.id_column!r} clashes with an output column {reserved}")
+    models = model_dirs(options, task, lang)
     if not options.overwrite and output_in_use(options.output, options.filesystem):
         raise ValueError(f"--output {options.output} already holds files; pass --overwrite to replace them")
     paths, filesystem, input_format = expand_inputs(options.inputs, options.filesystem, options.input_format)
@@ -142,12 +174,12 @@ def score(options: ScoreOptions, address: str | None = None, num_cpus: int | Non
     started = time.perf_counter()
     dataset = ray.data.read_datasource(RowsDatasource(paths, filesystem, reader), **IO_TASKS).map_batches(
         Scorer,
-        fn_constructor_kwargs={"task": task, "lang": lang},
+        fn_constructor_kwargs={"task": task, "lang": lang, "fallback": options.fallback},
         batch_size=options.batch_size,
         batch_format="pyarrow",
         zero_copy_batch=True,
         concurrency=actor_pool(options),
-        **worker_options(options.cpus_per_actor, options.memory_mb, **{model_env_var(task, lang): model}),
+        **worker_options(options.cpus_per_actor, options.memory_mb, **models),
     )
     mode = SaveMode.OVERWRITE if options.overwrite else SaveMode.CREATE
     if options.output_format == "parquet":
@@ -172,7 +204,7 @@ def score(options: ScoreOptions, address: str | None = None, num_cpus: int | Non
         "format": input_format,
         "task": task,
         "lang": lang,
-        "model": model,
+        "model": models[model_env_var(task, lang)] if lang != AUTO else models,
         **written,
         "seconds": round(seconds, 2),
         "rows_per_s": round(written["rows"] / seconds, 1),

@@ -28,12 +28,14 @@ from pydantic import BaseModel, Field
 from service import jsontext
 from service.config import TEXT_TASKS, get_settings
 from service.exceptions import BadInput, ServiceError
-from service.hardware import current
-from service.registry import Loadable, Registry, get_registry
+from service.hardware import WORK_MB_FIXED, current
+from service.registry import Registry, get_registry
+from service.sentiment.analyzer import Analyzer
 from service.sentiment.batching import infer
+from service.sentiment.language import detector_item
 from service.sentiment.records import csv_records, line_records, sample_names
-from service.sentiment.schemas import Lang, Prediction, TextTask, unreadable
-from service.sentiment.service import check_supported, model_item
+from service.sentiment.schemas import AUTO, AutoPrediction, LangOrAuto, Prediction, TextTask, unreadable
+from service.sentiment.service import check_supported, detect, model_item, task_langs
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,16 @@ class BulkOptions(BaseModel):
         default=None, description="A column or key copied to each result line as `id`, to match rows."
     )
     task: TextTask | None = Field(default=None, description="Defaults to DEFAULT_TASK.")
-    lang: Lang | None = Field(default=None, description="Defaults to DEFAULT_LANG.")
+    lang: LangOrAuto | None = Field(
+        default=None,
+        description="Defaults to DEFAULT_LANG. `auto`: each row read by the model of its own language; "
+        "each result line then has `lang`, `lang_confidence` and `lang_source`.",
+    )
+    fallback: bool = Field(
+        default=False,
+        description="With `lang=auto`: a row whose language cannot be told is read by DEFAULT_LANG's model "
+        "instead of getting an error line.",
+    )
     format: FileFormat | None = Field(
         default=None, description="`csv` or `jsonl`; by default from the file name, else from the content."
     )
@@ -65,6 +76,7 @@ class Row:
     text: str | None = None
     error: dict[str, str] | None = None
     prediction: Prediction | None = None
+    detection: tuple[str, float, str] | None = None  # lang "auto": (lang used, its confidence, source)
 
 
 def _error(code: str, message: str) -> dict[str, str]:
@@ -194,27 +206,20 @@ def jsonl_rows(stream: TextIO, options: BulkOptions, max_chars: int) -> Iterator
         yield check_row(row, max_chars)
 
 
-def analyze_chunk(chunk: list[Row], analyzer_item: Loadable, registry: Registry, max_size: int) -> None:
-    """Fill in each row's prediction or error; a failure costs this chunk's rows, never the stream."""
+def analyze_chunk(
+    chunk: list[Row], task: str, lang: str, fallback: bool, registry: Registry, max_size: int
+) -> None:
+    """Fill in each row's prediction or error; a failure costs this chunk's rows, never the stream.
+    `lang="auto"`: each row to the model of its language, every model the chunk needs held at once."""
     todo = [row for row in chunk if row.error is None]
     if not todo:
         return
     try:
-        with registry.use(analyzer_item) as analyzer:
-            ready, texts = [], []
-            for row in todo:
-                try:
-                    texts.append(analyzer.preprocess([row.text])[0])
-                    ready.append(row)
-                except BadInput:
-                    row.error = _error(
-                        "invalid_input",
-                        "nothing is left of the text after pysentimiento's preprocessing "
-                        "(it drops characters such as ☹ ~ … ™)",
-                    )
-            if ready:
-                for row, prediction in zip(ready, infer(analyzer, texts, registry, max_size), strict=True):
-                    row.prediction = prediction
+        groups = _by_language(todo, task, fallback) if lang == AUTO else {lang: todo}
+        items = [model_item(task, name) for name in groups]
+        with registry.use_all(items, WORK_MB_FIXED) as analyzers:
+            for (name, rows), analyzer in zip(groups.items(), analyzers, strict=True):
+                _predict_rows(rows, analyzer, registry, max_size, name if lang == AUTO else None)
     except ServiceError as error:
         failure = _error(error.code, error.message)
     except Exception:
@@ -225,6 +230,48 @@ def analyze_chunk(chunk: list[Row], analyzer_item: Loadable, registry: Registry,
     for row in todo:
         if row.prediction is None and row.error is None:
             row.error = failure
+
+
+def _by_language(rows: list[Row], task: str, fallback: bool) -> dict[str, list[Row]]:
+    """Rows grouped by detected language (DEFAULT_LANG for the undetected ones with `fallback`);
+    the rest get the detection's error."""
+    default = get_settings().default_lang
+    groups: dict[str, list[Row]] = {}
+    for row, found in zip(rows, detect([row.text for row in rows], task_langs(task)), strict=True):
+        lang = found.lang or (default if fallback else None)
+        if lang is None:
+            row.error = {"code": found.error, "message": found.message()}
+            if found.other is not None:
+                row.error["detected"] = found.other
+            continue
+        row.detection = (lang, found.scores.get(lang, 0.0), "detected" if found.lang else "fallback")
+        groups.setdefault(lang, []).append(row)
+    return groups
+
+
+def _predict_rows(
+    rows: list[Row], analyzer: Analyzer, registry: Registry, max_size: int, lang: str | None
+) -> None:
+    ready, texts = [], []
+    for row in rows:
+        try:
+            texts.append(analyzer.preprocess([row.text])[0])
+            ready.append(row)
+        except BadInput:
+            row.error = _error(
+                "invalid_input",
+                "nothing is left of the text after pysentimiento's preprocessing "
+                "(it drops characters such as ☹ ~ … ™)",
+            )
+    if not ready:
+        return
+    for row, prediction in zip(ready, infer(analyzer, texts, registry, max_size), strict=True):
+        if lang is not None and row.detection is not None:
+            _, confidence, source = row.detection
+            prediction = AutoPrediction(
+                **prediction.model_dump(), lang=lang, lang_confidence=confidence, lang_source=source
+            )
+        row.prediction = prediction
 
 
 def _line(row: Row, with_id: bool) -> str:
@@ -247,23 +294,38 @@ def _line(row: Row, with_id: bool) -> str:
 
 
 def _results(
-    rows: Iterator[Row], item: Loadable, registry: Registry, max_size: int, with_id: bool
+    rows: Iterator[Row],
+    task: str,
+    lang: str,
+    fallback: bool,
+    registry: Registry,
+    max_size: int,
+    with_id: bool,
 ) -> Iterator[bytes]:
     while chunk := list(itertools.islice(rows, max_size)):
-        analyze_chunk(chunk, item, registry, max_size)
+        analyze_chunk(chunk, task, lang, fallback, registry, max_size)
         yield "".join(_line(row, with_id) for row in chunk).encode()
 
 
 def analyze_file(upload: BinaryIO, filename: str | None, options: BulkOptions) -> Iterator[bytes]:
     """Check the file and load the model now (errors are plain 422/503 answers), then return the
-    NDJSON stream of results."""
+    NDJSON stream of results. With `lang=auto` the detector is loaded now and each chunk loads
+    the models its rows need."""
     settings = get_settings()
     task = options.task or settings.default_task
     lang = options.lang or settings.default_lang
-    check_supported(task, lang, TEXT_TASKS)
-    item, registry = model_item(task, lang), get_registry()
-    with registry.use(item):
-        pass
+    if options.fallback and lang != AUTO:
+        raise BadInput("fallback: only for lang=auto")
+    registry = get_registry()
+    if lang == AUTO:
+        if options.fallback:
+            check_supported(task, settings.default_lang, TEXT_TASKS)
+        with registry.use(detector_item()):
+            pass
+    else:
+        check_supported(task, lang, TEXT_TASKS)
+        with registry.use(model_item(task, lang)):
+            pass
     file_format = options.format or detect_format(filename, upload.read(SNIFF_BYTES))
     upload.seek(0)
     stream = io.TextIOWrapper(upload, encoding="utf-8-sig", errors="replace", newline="")
@@ -273,4 +335,5 @@ def analyze_file(upload: BinaryIO, filename: str | None, options: BulkOptions) -
     if first is None:
         raise BadInput("the file has no rows to analyze")
     rows = itertools.chain([first], rows)
-    return _results(rows, item, registry, current(settings).batch_max_size, options.id_column is not None)
+    max_size = current(settings).batch_max_size
+    return _results(rows, task, lang, options.fallback, registry, max_size, options.id_column is not None)

@@ -9,12 +9,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 
+from service.config import TOKEN_TASKS
 from service.error_handlers import error_examples
+from service.exceptions import LanguageUndetected
 from service.sentiment.bulk import NDJSON, BulkOptions, analyze_file
 from service.sentiment.schemas import (
+    AUTO,
     AnalyzeBatchResult,
     AnalyzeRequest,
     AnalyzeResult,
+    AutoBatchResult,
+    AutoPrediction,
+    AutoResult,
+    AutoTokenBatchResult,
+    AutoTokenPrediction,
+    AutoTokenResult,
+    TextError,
     TokenBatchResult,
     TokenPrediction,
     TokenResult,
@@ -54,7 +64,16 @@ class ShapeCheckedRoute(APIRoute):
 router = APIRouter(tags=["sentiment"], route_class=ShapeCheckedRoute)
 
 
-Answer = AnalyzeResult | AnalyzeBatchResult | TokenResult | TokenBatchResult
+Answer = (
+    AnalyzeResult
+    | AnalyzeBatchResult
+    | TokenResult
+    | TokenBatchResult
+    | AutoResult
+    | AutoBatchResult
+    | AutoTokenResult
+    | AutoTokenBatchResult
+)
 
 
 @router.post(
@@ -66,17 +85,39 @@ Answer = AnalyzeResult | AnalyzeBatchResult | TokenResult | TokenBatchResult
     description="Every model of pysentimiento's `create_analyzer`: `sentiment`, `emotion`, `hate_speech` "
     "and `irony` in es, en, it and pt; `ner` and `pos` (a label per word, entities with offsets) in es "
     "and en; `targeted_sentiment` and `context_hate_speech` (es), which read each text with its "
-    "`context`. An unsupported task/lang pair gets 422 listing the supported ones.",
+    '`context`. An unsupported task/lang pair gets 422 listing the supported ones. `lang: "auto"`: '
+    "each text is read by the model of its own language (detected among the task's), and says which "
+    "and how sure; a text whose language cannot be told gets an `error` in its place in a batch "
+    "(a 422 for one `text`), or DEFAULT_LANG's model with `fallback: true`.",
 )
 def analyze_texts(request: AnalyzeRequest) -> Answer:
     task, lang = request.task, request.lang
-    predictions = analyze(request.all_texts(), task, lang, request.all_contexts())
+    predictions = analyze(request.all_texts(), task, lang, request.all_contexts(), request.fallback)
+    if lang == AUTO:
+        return _auto_answer(request, predictions)
     tokens = bool(predictions) and isinstance(predictions[0], TokenPrediction)
     if request.text is not None:
         single = TokenResult if tokens else AnalyzeResult
         return single(task=task, lang=lang, **predictions[0].model_dump())
     batch = TokenBatchResult if tokens else AnalyzeBatchResult
     return batch(task=task, lang=lang, results=predictions)
+
+
+def _auto_answer(
+    request: AnalyzeRequest, results: list[AutoPrediction | AutoTokenPrediction | TextError]
+) -> Answer:
+    """One text: its result with the language used, or its error as the request's 422. A batch:
+    every text's result or error, in order."""
+    if request.text is not None:
+        (result,) = results
+        if isinstance(result, TextError):
+            detected = {"detected": result.error.detected} if result.error.detected else {}
+            raise LanguageUndetected(result.error.code, result.error.message, **detected)
+        single = AutoTokenResult if isinstance(result, AutoTokenPrediction) else AutoResult
+        return single(task=request.task, **result.model_dump())
+    tokens = request.task in TOKEN_TASKS
+    batch = AutoTokenBatchResult if tokens else AutoBatchResult
+    return batch(task=request.task, lang=AUTO, results=results)
 
 
 @router.post(

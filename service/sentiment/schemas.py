@@ -36,6 +36,42 @@ class Prediction(BaseModel):
     probas: dict[str, float] = Field(description="Every label's probability.")
 
 
+AUTO = "auto"
+LangOrAuto = Lang | Literal["auto"]
+
+
+class Detected(BaseModel):
+    """With `lang: "auto"`: which language's model read the text, and why that one."""
+
+    lang: Lang = Field(description="The language whose model analyzed the text.")
+    lang_confidence: float = Field(
+        description="The detector's probability for that language among the task's languages (0-1); "
+        "low for a fallback."
+    )
+    lang_source: Literal["detected", "fallback"] = Field(
+        description="`detected`; `fallback`: the language could not be told and the request asked for "
+        "`fallback`, so DEFAULT_LANG's model read it."
+    )
+
+
+class AutoPrediction(Detected, Prediction):
+    """One text's result under `lang: "auto"`."""
+
+
+class TextErrorDetail(BaseModel):
+    code: Literal["too_short", "unknown_language"]
+    message: str
+    detected: str | None = Field(
+        default=None, description="The language it looks like when that language has no model (ISO 639-1)."
+    )
+
+
+class TextError(BaseModel):
+    """A text of an `auto` batch whose language could not be told; the others are answered."""
+
+    error: TextErrorDetail
+
+
 class Entity(BaseModel):
     """A named entity, as pysentimiento's NER analyzer groups BIO labels into one."""
 
@@ -59,6 +95,10 @@ class TokenPrediction(BaseModel):
     )
 
 
+class AutoTokenPrediction(Detected, TokenPrediction):
+    """One text's ner/pos result under `lang: "auto"`."""
+
+
 class AnalyzeRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -67,6 +107,7 @@ class AnalyzeRequest(BaseModel):
                 {"text": "¡Qué buen día hace hoy! 😍"},
                 {"texts": ["I love this!", "This is awful"], "task": "sentiment", "lang": "en"},
                 {"text": "Che bella giornata! @mario", "task": "sentiment", "lang": "it"},
+                {"texts": ["¡Qué buen día!", "What a great day!", "Che bella giornata!"], "lang": "auto"},
                 {"text": "Lionel Messi juega en Miami con @usuario", "task": "ner", "lang": "es"},
                 {"text": "I love this song", "task": "pos", "lang": "en"},
                 {
@@ -82,7 +123,16 @@ class AnalyzeRequest(BaseModel):
     text: str | None = Field(default=None, description="One text. Send either `text` or `texts`.")
     texts: list[str] | None = Field(default=None, description="A batch of texts, at most MAX_BATCH.")
     task: Task | None = Field(default=None, description="Defaults to DEFAULT_TASK.")
-    lang: Lang | None = Field(default=None, description="Defaults to DEFAULT_LANG.")
+    lang: LangOrAuto | None = Field(
+        default=None,
+        description='Defaults to DEFAULT_LANG. `"auto"`: each text is read by the model of its own '
+        "language, detected among the task's languages.",
+    )
+    fallback: bool = Field(
+        default=False,
+        description='With `lang: "auto"`: a text whose language cannot be told (too short, another '
+        "language) is read by DEFAULT_LANG's model instead of getting an error.",
+    )
     context: str | list[str] | None = Field(
         default=None,
         description="targeted_sentiment: the target; context_hate_speech: the context (e.g. the news "
@@ -129,6 +179,8 @@ class AnalyzeRequest(BaseModel):
                 )
         self.task = self.task or settings.default_task
         self.lang = self.lang or settings.default_lang
+        if self.fallback and self.lang != AUTO:
+            raise ValueError('`fallback` is only for `lang: "auto"`')
         self._check_context(len(texts))
         return self
 
@@ -246,3 +298,52 @@ class TokenBatchResult(BaseModel):
     task: Task
     lang: Lang
     results: list[TokenPrediction]
+
+
+class AutoResult(AutoPrediction):
+    """One text under `lang: "auto"`: `lang` is the language detected (or fallen back to)."""
+
+    task: Task
+
+
+class AutoBatchResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "sentiment",
+                    "lang": "auto",
+                    "results": [
+                        {
+                            "label": "POS",
+                            "probas": {"NEG": 0.01, "NEU": 0.02, "POS": 0.97},
+                            "lang": "it",
+                            "lang_confidence": 0.99,
+                            "lang_source": "detected",
+                        },
+                        {
+                            "error": {
+                                "code": "unknown_language",
+                                "message": "the text looks like 'fr', a language with no model for this task",
+                                "detected": "fr",
+                            }
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
+    task: Task
+    lang: Literal["auto"]
+    results: list[AutoPrediction | TextError] = Field(description="One per text, in input order.")
+
+
+class AutoTokenResult(AutoTokenPrediction):
+    task: Task
+
+
+class AutoTokenBatchResult(BaseModel):
+    task: Task
+    lang: Literal["auto"]
+    results: list[AutoTokenPrediction | TextError] = Field(description="One per text, in input order.")

@@ -8,13 +8,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.config import TOKEN_TASKS, Settings, get_settings, is_supported, model_env_var, supported_pairs
+from service.config import (
+    LANGS,
+    TOKEN_TASKS,
+    Settings,
+    get_settings,
+    is_supported,
+    model_env_var,
+    supported_pairs,
+)
 from service.exceptions import ModelUnavailable, UnsupportedTaskOrLang
-from service.hardware import current, num_threads
-from service.registry import Loadable, get_registry
+from service.hardware import WORK_MB_FIXED, current, num_threads
+from service.registry import Loadable, Registry, get_registry
 from service.sentiment import batching
 from service.sentiment.analyzer import Analyzer, Pair, TokenAnalyzer, create_analyzer, model_key
-from service.sentiment.schemas import Prediction, TokenPrediction
+from service.sentiment.language import Detection, detector_item
+from service.sentiment.schemas import (
+    AUTO,
+    AutoPrediction,
+    AutoTokenPrediction,
+    Prediction,
+    TextError,
+    TokenPrediction,
+)
 
 MB = 1024 * 1024
 # RSS a backend's imports add the first time a model loads (measured: torch + transformers +
@@ -156,18 +172,93 @@ def check_supported(task: str, lang: str, tasks: Sequence[str] | None = None) ->
 
 
 def analyze(
-    texts: Sequence[str], task: str, lang: str, contexts: Sequence[str] | None = None
-) -> list[Prediction] | list[TokenPrediction]:
+    texts: Sequence[str],
+    task: str,
+    lang: str,
+    contexts: Sequence[str] | None = None,
+    fallback: bool = False,
+) -> list[Prediction] | list[TokenPrediction] | list[AutoPrediction | AutoTokenPrediction | TextError]:
     """Analyze raw texts with the (task, lang) model, loading it on first use.
 
     Preprocessing runs in the caller's thread, inference in the model's micro-batches; the model
     is held meanwhile, so it cannot be unloaded while the request waits for its batch. Pair tasks
-    take one context (a target) per text.
+    take one context (a target) per text. `lang="auto"`: see `analyze_auto`.
     """
+    if lang == AUTO:
+        return analyze_auto(texts, task, contexts, fallback)
     check_supported(task, lang)
-    if contexts is not None:
-        texts = [Pair(text, context) for text, context in zip(texts, contexts, strict=True)]
     item, registry = model_item(task, lang), get_registry()
     with registry.use(item) as analyzer:
-        max_size = current(get_settings()).batch_max_size
-        return batching.analyze(item, analyzer, texts, registry, max_size)
+        return _predict(item, analyzer, texts, contexts, registry)
+
+
+def _predict(
+    item: Loadable,
+    analyzer: Analyzer | TokenAnalyzer,
+    texts: Sequence[str],
+    contexts: Sequence[str] | None,
+    registry: Registry,
+) -> list[Prediction] | list[TokenPrediction]:
+    if contexts is not None:
+        texts = [Pair(text, context) for text, context in zip(texts, contexts, strict=True)]
+    return batching.analyze(item, analyzer, texts, registry, current(get_settings()).batch_max_size)
+
+
+def task_langs(task: str) -> tuple[str, ...]:
+    """The languages that have a model for `task`: what `auto` detects among."""
+    return tuple(lang for lang in LANGS if is_supported(task, lang))
+
+
+def detect(texts: Sequence[str], candidates: tuple[str, ...]) -> list[Detection]:
+    """Each text's language among `candidates`, by the detector (a registry item)."""
+    with get_registry().use(detector_item()) as detector:
+        return [detector.detect(text, candidates) for text in texts]
+
+
+def analyze_auto(
+    texts: Sequence[str], task: str, contexts: Sequence[str] | None = None, fallback: bool = False
+) -> list[AutoPrediction | AutoTokenPrediction | TextError]:
+    """Each text read by the model of its own language, detected among the task's languages;
+    results in input order. A text whose language cannot be told gets a `TextError`, or with
+    `fallback` DEFAULT_LANG's model.
+
+    Every model the batch needs is held at once (`Registry.use_all`): the request waits until the
+    budget holds them all, or is refused with 503 + Retry-After, never answered in part. Each
+    language's texts then go through that model's micro-batching, one language after another.
+    """
+    candidates = task_langs(task)
+    if not candidates:
+        check_supported(task, AUTO)  # raises, listing what is supported
+    default = get_settings().default_lang
+    if fallback:
+        check_supported(task, default)
+    detections = detect(texts, candidates)
+    chosen = [found.lang or (default if fallback else None) for found in detections]
+    groups: dict[str, list[int]] = {}
+    for index, lang in enumerate(chosen):
+        if lang is not None:
+            groups.setdefault(lang, []).append(index)
+    results: list[AutoPrediction | AutoTokenPrediction | TextError] = [
+        TextError(error={"code": found.error, "message": found.message(), "detected": found.other})
+        if lang is None
+        else None
+        for found, lang in zip(detections, chosen, strict=True)
+    ]
+    if not groups:
+        return results
+    registry = get_registry()
+    items = [model_item(task, lang) for lang in groups]
+    with registry.use_all(items, WORK_MB_FIXED) as analyzers:
+        for (lang, indexes), item, analyzer in zip(groups.items(), items, analyzers, strict=True):
+            group_contexts = [contexts[i] for i in indexes] if contexts is not None else None
+            predictions = _predict(item, analyzer, [texts[i] for i in indexes], group_contexts, registry)
+            for index, prediction in zip(indexes, predictions, strict=True):
+                found = detections[index]
+                shape = AutoTokenPrediction if isinstance(prediction, TokenPrediction) else AutoPrediction
+                results[index] = shape(
+                    **prediction.model_dump(),
+                    lang=lang,
+                    lang_confidence=found.scores.get(lang, 0.0),
+                    lang_source="detected" if found.lang is not None else "fallback",
+                )
+    return results

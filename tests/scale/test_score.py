@@ -17,7 +17,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from service.scale.score import ScoreOptions, score
-from tests.support import ROOT, app_client, needs_data, read_labelled
+from tests.support import ROOT, app_client, configured, needs_data, read_labelled
 
 pytestmark = [pytest.mark.slow, needs_data]
 TOLERANCE = 1e-5
@@ -187,6 +187,61 @@ def test_cli_refuses_bad_inputs_before_starting_ray(tmp_path, onnx_minilm):
         "no column 'text'": ["--input", str(tmp_path / "t.csv"), "--model", str(onnx_minilm)],
         "matches no file": ["--input", f"{tmp_path}/*.parquet", "--model", str(onnx_minilm)],
         "no exported model": ["--input", str(tmp_path / "t.csv"), "--model", str(tmp_path)],
+    }
+    for message, args in cases.items():
+        result = subprocess.run(base + args, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert message in result.stderr
+
+
+@pytest.mark.slow
+def test_auto_reads_each_row_with_its_own_language_s_model(ray_cluster, onnx_minilm, tmp_path):
+    """--lang auto: each row to its language's model (here the same export under four names), with
+    the language and its confidence in two more columns; undetected rows keep their error."""
+    rows = [
+        ("es", "¡Qué buen día hace hoy, me encanta esta ciudad!"),
+        ("en", "What a lovely day, I really love this city"),
+        ("short", "lol 😂"),
+        ("it", "Che bella giornata oggi, adoro questa città"),
+        ("fr", "Je ne sais pas quoi faire ce soir avec mes amis"),
+        ("pt", "Que dia lindo hoje, eu adoro essa cidade"),
+    ]
+    source = write_csv(tmp_path / "mixed.csv", rows)
+    models = {f"MODEL_SENTIMENT_{lang}": str(onnx_minilm) for lang in ("ES", "EN", "IT", "PT")}
+    with configured(**models):
+        options = ScoreOptions(
+            inputs=[str(source)], output=str(tmp_path / "out"), id_column="id", lang="auto", actors=(1, 1)
+        )
+        summary = score(options)
+    assert summary["errors_by_code"] == {"too_short": 1, "unknown_language": 1}
+    scored = read_output(tmp_path / "out", "parquet")
+    assert [row["lang"] for row in scored] == ["es", "en", None, "it", None, "pt"]
+    assert [row["error"]["code"] if row["error"] else None for row in scored] == [
+        None,
+        None,
+        "too_short",
+        None,
+        "unknown_language",
+        None,
+    ]
+    with app_client(MEMORY_BUDGET_MB="8192", **models) as client:
+        texts = [text for _, text in rows]
+        served_auto = client.post("/analyze", json={"texts": texts, "lang": "auto"}).json()["results"]
+    for row, expected in zip(scored, served_auto, strict=True):
+        if row["lang"] is not None:
+            assert_same_prediction(row, expected, row["id"])
+            assert row["lang_confidence"] == pytest.approx(expected["lang_confidence"])
+
+
+@pytest.mark.slow
+def test_cli_auto_refuses_one_model_dir_and_fallback_without_auto(tmp_path, onnx_minilm):
+    (tmp_path / "t.csv").write_text("id,text\n1,hola que tal\n")
+    base = [sys.executable, "-m", "service.scale", "score", "--output", str(tmp_path / "out")]
+    base += ["--input", str(tmp_path / "t.csv")]
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}  # nothing listens there: Ray must not be reached
+    cases = {
+        "--model names one model": ["--lang", "auto", "--model", str(onnx_minilm)],
+        "--fallback is only for --lang auto": ["--fallback", "--model", str(onnx_minilm)],
     }
     for message, args in cases.items():
         result = subprocess.run(base + args, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
