@@ -5,6 +5,9 @@ gate texts of its language (gate_texts/<lang>.txt: 300 tweet-like texts per lang
 this project, shipped and read offline), by what its kind answers. A recipe whose figures miss one
 of its kind's THRESHOLDS is not served: the export tries the next recipe of the fallback chain
 (service/export/quantize.py, FALLBACK) and records every attempt in the manifest.
+
+Imports the runtime's packages only: `python -m service.export --gate-lines` runs without the
+export stack.
 """
 
 from collections.abc import Sequence
@@ -14,7 +17,6 @@ from typing import Any
 
 from service.config import PAIR_TASKS, TOKEN_TASKS
 from service.evaluate import BATCH, compare_texts, compare_tokens, load_analyzer
-from service.export.manifest import SINGLE_LABEL
 from service.sentiment.analyzer import Pair
 
 TEXTS_DIR = Path(__file__).with_name("gate_texts")
@@ -33,6 +35,9 @@ class Threshold:
     def __str__(self) -> str:
         return f"{self.figure} {'>=' if self.at_least else '<='} {self.bound:g}"
 
+    def missed(self, figures: dict[str, Any]) -> str:
+        return f"{self.figure} {figures[self.figure]:.4g} {'<' if self.at_least else '>'} {self.bound:g}"
+
 
 # Per kind, every bound the quantized model must keep against its fp32 export. At least as strict
 # as the gate before it (97 % label agreement on tweet-sentiment-minilm; 97 % of ner/pos words).
@@ -46,10 +51,11 @@ THRESHOLDS: dict[str, tuple[Threshold, ...]] = {
 
 
 def kind(task: str, problem_type: str) -> str:
-    """The gate's kind of a model: ner, pos, multi_label or single_label (text and pair tasks)."""
+    """The gate's kind of a model: ner, pos, multi_label or single_label (text and pair tasks); as
+    the backends read the manifest's problem type."""
     if task in TOKEN_TASKS:
         return task
-    return "single_label" if problem_type == SINGLE_LABEL else "multi_label"
+    return "multi_label" if problem_type == "multi_label_classification" else "single_label"
 
 
 def read_texts(lang: str) -> list[str]:
@@ -91,13 +97,13 @@ class Gate:
         answers = predict(model_dir, self.task, self.lang, self.texts)
         compare = compare_tokens if self.kind in TOKEN_TASKS else compare_texts
         figures = compare(answers, self.reference)
-        missed = [str(t) for t in THRESHOLDS[self.kind] if not t.holds(figures)]
+        missed = [t.missed(figures) for t in THRESHOLDS[self.kind] if not t.holds(figures)]
         return {"recipe": recipe, "passed": not missed, "figures": figures, "missed": missed}
 
     def record(self, attempts: list[dict[str, Any]], recipe: str | None) -> dict[str, Any]:
         """The manifest's `gate`: what was served, the figures it passed with, and why not earlier."""
         passed = next((a for a in attempts if a["passed"]), None)
-        failed = [f"{a['recipe']}: missed {', '.join(a['missed'])}" for a in attempts if not a["passed"]]
+        failed = [f"{a['recipe']}: {', '.join(a['missed'])}" for a in attempts if not a["passed"]]
         return {
             "kind": self.kind,
             "texts": len(self.texts),
