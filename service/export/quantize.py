@@ -10,7 +10,8 @@ All are calibration-free. Three storage schemes are mixed per kind of node:
 - embeddings: ORTQuantizer's Gather (one scale for the whole table) or GatherBlockQuantized with
   uint8 blocks of 128 along the hidden axis (written here: onnxruntime's tool writes only 4 bits).
 `python -m bench.recipes` measures every recipe (docs/int8-recipes.md). DEFAULT_RECIPE
-says which one is used and why.
+says which one is used and why; FALLBACK, what the export's accuracy gate tries when a model
+loses too much to it (embeddings fp32, then also the MatMuls whose 8-bit copy is worst, then fp32).
 """
 
 import logging
