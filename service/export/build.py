@@ -56,7 +56,7 @@ def export_model(
         )
         reference = fp32.parent
         manifest = finish(reference, quantization=None)  # optimum's dir made servable: the fp32 reference
-        checker = Gate(task, lang, manifest["problem_type"], reference) if gate and recipe else None
+        checker = _gate(task, lang, manifest["problem_type"], reference) if gate and recipe else None
         attempts: list[dict[str, Any]] = []
         for candidate in fallback_chain(recipe) if checker else [recipe]:
             staged = Path(tmp) / f"out-{candidate or 'fp32'}"
@@ -87,6 +87,13 @@ def _stage(fp32: Path, out: Path, recipe: str | None) -> dict[str, Any] | None:
         return None
     kept = quantize(fp32, out, RECIPES[recipe])
     return describe(recipe) | ({"fp32_matmuls": kept} if kept else {})
+
+
+def _gate(task: str, lang: str, problem_type: str, reference: Path) -> Gate:
+    try:
+        return Gate(task, lang, problem_type, reference)
+    except EvaluationError as error:
+        raise ExportError(f"the accuracy gate could not run the fp32 reference: {error}") from error
 
 
 def _check(checker: Gate, staged: Path, recipe: str) -> dict[str, Any]:
