@@ -54,7 +54,8 @@ python -m service.ocr.tessdata check >/dev/null 2>&1 || python -m service.ocr.te
 [ "$extras" = "dev" ] && install_requirements requirements-dev.txt
 [ "$extras" = "ray" ] && install_requirements requirements-ray.txt
 
-# Export the configured models that the onnx backend would miss (needs the export stack).
+# Export the configured models that the onnx backend would miss (needs the export stack); each
+# export checks its INT8 model against its fp32 and falls back to a safer recipe if it must.
 if [ "${BACKEND:-onnx}" = "onnx" ]; then
   missing="$(python -m service.export --list-missing)"
   if [ -n "$missing" ]; then
@@ -64,6 +65,8 @@ if [ "${BACKEND:-onnx}" = "onnx" ]; then
         echo "start.sh: could not export $target; /analyze will answer 503 for it until it is exported" >&2
     done
   fi
+  # Each exported model's accuracy gate against its own fp32: the recipe it is served with, and why.
+  python -m service.export --gate-lines
 fi
 
 [ "$mode" = "install" ] && exit 0

@@ -104,8 +104,15 @@ def shape(task: str, lang: str) -> tuple[dict[str, Any], Path]:
     return config, ROBERTUITO
 
 
-def build_standin(task: str, lang: str, out: Path, tiny: bool = False, seed: int = 0) -> Path:
-    """Write a transformers model dir for (task, lang): random weights, pysentimiento's labels."""
+def build_standin(
+    task: str, lang: str, out: Path, tiny: bool = False, seed: int = 0, int8_hostile: int = 0
+) -> Path:
+    """Write a transformers model dir for (task, lang): random weights, pysentimiento's labels.
+
+    `int8_hostile` layers get FFN input weights scaled 30x, and in them a row of outliers (1000x
+    the weights) behind a LayerNorm feature set to 0: fp32 never multiplies them, but they set the scale of
+    every 8-bit block they are in, and the blocks' other weights round to 0, so INT8 loses the
+    labels (what the export's gate must catch, tests/export/test_gate.py)."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
@@ -123,7 +130,14 @@ def build_standin(task: str, lang: str, out: Path, tiny: bool = False, seed: int
     )
     torch.manual_seed(seed)
     head = AutoModelForTokenClassification if task in ("ner", "pos") else AutoModelForSequenceClassification
-    head.from_config(config).save_pretrained(out)
+    model = head.from_config(config)
+    with torch.no_grad():
+        for layer in model.base_model.encoder.layer[:int8_hostile]:
+            norm, weight = layer.attention.output.LayerNorm, layer.intermediate.dense.weight
+            norm.weight[0] = norm.bias[0] = 0.0
+            weight *= 30  # the FFN outweighs the residual: what it loses, the label loses
+            weight[:, 0] = 1000 * weight.abs().max()
+    model.save_pretrained(out)
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copy(tokenizer_dir / name, out / name)
@@ -136,8 +150,11 @@ def main() -> None:
     parser.add_argument("--lang", required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tiny", action="store_true", help="2 layers, hidden 128: for tests")
+    parser.add_argument(
+        "--int8-hostile", type=int, default=0, metavar="N", help="weights that 8 bits cannot copy in N layers"
+    )
     args = parser.parse_args()
-    print(build_standin(args.task, args.lang, args.out, args.tiny))
+    print(build_standin(args.task, args.lang, args.out, args.tiny, int8_hostile=args.int8_hostile))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.config import TOKEN_TASKS, get_settings
+from service.config import get_settings
 from service.hardware import num_threads
 from service.sentiment.analyzer import Analyzer, create_analyzer
 from service.sentiment.backends.onnx_backend import MANIFEST, read_manifest
 from service.sentiment.preprocessing import preprocess_tweet
-from service.sentiment.schemas import Prediction
+from service.sentiment.schemas import Prediction, TokenPrediction
 
 BATCH = 32
 # Texts that preprocessing empties cannot be analyzed (the API answers 422): they are left out.
@@ -51,14 +51,6 @@ def read_labelled(data_dir: Path, limit: int | None = None) -> Labelled:
     if len(texts) != len(labels):
         raise EvaluationError(f"{data_dir}: {len(texts)} texts but {len(labels)} labels")
     return Labelled(data_dir.name, texts[:limit], labels[:limit])
-
-
-def read_texts(data_dir: Path, limit: int | None = None) -> list[str]:
-    """test_text.txt alone: what ner/pos agreement needs (no gold labels)."""
-    text_file = data_dir / "test_text.txt"
-    if not text_file.is_file():
-        raise EvaluationError(f"{data_dir} needs test_text.txt")
-    return [line for line in text_file.read_text(encoding="utf-8").splitlines() if line.strip()][:limit]
 
 
 def guess_lang(data_dir: Path) -> str:
@@ -172,44 +164,54 @@ def evaluate(
     return head | score(labelled.labels, analyzer.model.labels, predictions, reference_predictions)
 
 
-def token_agreement(model: Path, reference: Path, texts: Sequence[str]) -> dict[str, Any]:
-    """ner/pos of two exported dirs (INT8 and its fp32 reference) on the same texts: the share of
-    words labelled alike, of texts labelled alike throughout, and (ner) entity spans' F1 with the
-    reference's spans (type, start, end) as gold."""
-    manifest = read_manifest(model)
-    task, lang = manifest["task"], manifest["lang"]
-    if task not in TOKEN_TASKS:
-        raise EvaluationError(f"{model} is a {task} model, not ner or pos")
-    mine_analyzer, their_analyzer = load_analyzer(model, task, lang), load_analyzer(reference, task, lang)
-    processed = sorted(
-        (text for text in (preprocess_tweet(t, lang, preprocess_handles=False) for t in texts) if text),
-        key=len,
-    )
-    words = same_words = same_texts = spans_mine = spans_theirs = spans_both = 0
-    for start in range(0, len(processed), BATCH):
-        batch = processed[start : start + BATCH]
-        mine = mine_analyzer.predict_preprocessed(batch)
-        theirs = their_analyzer.predict_preprocessed(batch)
-        for a, b in zip(mine, theirs, strict=True):
-            words += len(a.labels)
-            same = sum(x == y for x, y in zip(a.labels, b.labels, strict=True))
-            same_words += same
-            same_texts += same == len(a.labels)
-            if a.entities is not None and b.entities is not None:
-                a_spans = {(e.type, e.start, e.end) for e in a.entities}
-                b_spans = {(e.type, e.start, e.end) for e in b.entities}
-                spans_mine, spans_theirs = spans_mine + len(a_spans), spans_theirs + len(b_spans)
-                spans_both += len(a_spans & b_spans)
+def compare_texts(mine: Sequence[Prediction], theirs: Sequence[Prediction]) -> dict[str, Any]:
+    """A text or pair model against its reference, text by text: the share given the same label (for
+    multi-label, the same decision on every label; and the share of (text, label) decisions alike),
+    and each text's largest probability difference (mean, 95th percentile, max)."""
+    if not mine or len(mine) != len(theirs):
+        raise EvaluationError(f"{len(mine)} predictions to compare with {len(theirs)}")
+    pairs = list(zip(mine, theirs))
+    diffs = sorted(max(abs(p - b.probas[label]) for label, p in a.probas.items()) for a, b in pairs)
+    report: dict[str, Any] = {
+        "texts": len(mine),
+        "label_agreement": sum(a.label == b.label for a, b in pairs) / len(mine),
+        "mean_proba_diff": sum(diffs) / len(diffs),
+        "p95_proba_diff": diffs[min(len(diffs) - 1, int(0.95 * len(diffs)))],
+        "max_proba_diff": diffs[-1],
+    }
+    if isinstance(mine[0].label, list):
+        decisions = [(p > 0.5) == (b.probas[label] > 0.5) for a, b in pairs for label, p in a.probas.items()]
+        report["decision_agreement"] = sum(decisions) / len(decisions)
+    return report
+
+
+def compare_tokens(mine: Sequence[TokenPrediction], theirs: Sequence[TokenPrediction]) -> dict[str, Any]:
+    """ner/pos against a reference on the same texts: the share of words labelled alike and of texts
+    labelled alike throughout; for ner, the share of texts with the same entity set and the entity
+    spans' F1 with the reference's spans (type, start, end) as gold."""
+    words = same_words = same_texts = same_sets = spans_mine = spans_theirs = spans_both = 0
+    for a, b in zip(mine, theirs, strict=True):
+        words += len(a.labels)
+        same = sum(x == y for x, y in zip(a.labels, b.labels, strict=True))
+        same_words += same
+        same_texts += same == len(a.labels)
+        a_spans = {(e.type, e.start, e.end) for e in a.entities or ()}
+        b_spans = {(e.type, e.start, e.end) for e in b.entities or ()}
+        same_sets += a_spans == b_spans
+        spans_mine, spans_theirs, spans_both = (
+            spans_mine + len(a_spans), spans_theirs + len(b_spans), spans_both + len(a_spans & b_spans)
+        )  # fmt: skip
     if not words:
         raise EvaluationError("no words to compare: every text was empty after preprocessing")
     report: dict[str, Any] = {
-        "texts": len(processed),
+        "texts": len(mine),
         "words": words,
         "label_agreement": same_words / words,
-        "texts_identical": same_texts / len(processed),
+        "texts_identical": same_texts / len(mine),
     }
-    if task == "ner":
+    if mine[0].entities is not None:
         total = spans_mine + spans_theirs
+        report["entity_set_agreement"] = same_sets / len(mine)
         report["entity_span_f1"] = 2 * spans_both / total if total else 1.0
     return report
 

@@ -3,9 +3,12 @@
     python -m service.export --task T --lang L [--source DIR_OR_HUB_ID] [--out DIR] [--data DIR]
                              [--no-quantize | --recipe NAME]
     python -m service.export --list-missing     # EXPORT_MODELS targets without an exported dir
+    python -m service.export --gate-lines       # each exported EXPORT_MODELS target's gate line
 
---source defaults to MODEL_<TASK>_<LANG>, --out to <ONNX_DIR>/<task>-<lang>. With --data (a folder
-with test_text.txt / test_labels.txt) the manifest records accuracy against the fp32 export.
+--source defaults to MODEL_<TASK>_<LANG>, --out to <ONNX_DIR>/<task>-<lang>. Every quantized export
+passes its kind's accuracy gate against its own fp32 export or falls back to the next recipe, fp32
+last (service/export/gate.py); it prints the gate's line. With --data (a folder with test_text.txt /
+test_labels.txt; text tasks) the manifest also records accuracy against gold and the fp32 export.
 The export stack (requirements-export.txt) is imported only when exporting: --list-missing runs
 with the runtime's packages alone, before start.sh installs it.
 """
@@ -28,33 +31,48 @@ def list_missing() -> list[str]:
     ]
 
 
+def gate_lines() -> list[str]:
+    from service.export.gate import gate_line
+    from service.sentiment.backends.onnx_backend import read_manifest
+
+    settings = get_settings()
+    lines = []
+    for task, lang in settings.export_targets():
+        model_dir = onnx_dir_for(task, lang, settings)
+        if (model_dir / "manifest.json").is_file():
+            lines.append(gate_line(f"{task}:{lang}", read_manifest(model_dir)))
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.export", description=__doc__.split("\n")[0])
     parser.add_argument("--list-missing", action="store_true", help="print the targets still to export")
+    parser.add_argument("--gate-lines", action="store_true", help="print each exported target's gate line")
     parser.add_argument("--task", choices=TASKS)
     parser.add_argument("--lang", choices=LANGS)
     parser.add_argument("--source", help="a transformers model dir or hub id (default: MODEL_<TASK>_<LANG>)")
     parser.add_argument("--out", type=Path, help="the dir to write (default: <ONNX_DIR>/<task>-<lang>)")
     parser.add_argument("--data", type=Path, help="labelled texts: record accuracy vs fp32 in the manifest")
-    parser.add_argument(
-        "--min-agreement",
-        type=float,
-        help="ner/pos with --data: refuse the export when fewer words than this share (default 0.97) "
-        "get fp32's label",
-    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--no-quantize", action="store_true", help="keep the fp32 graph")
-    group.add_argument("--recipe", help="an INT8 recipe of service/export/quantize.py (default: its DEFAULT)")
+    group.add_argument(
+        "--recipe",
+        help="the INT8 recipe tried first (default: quantize.py's DEFAULT_RECIPE); the gate may fall back",
+    )
     args = parser.parse_args(argv)
     if args.list_missing:
         print("\n".join(list_missing()))
+        return 0
+    if args.gate_lines:
+        print("\n".join(gate_lines()))
         return 0
     if not (args.task and args.lang):
         parser.error("--task and --lang are required")
     if not is_supported(args.task, args.lang):
         parser.error(f"pysentimiento has no {args.task} model for {args.lang}")
 
-    from service.export.build import MIN_TOKEN_AGREEMENT, export_model
+    from service.export.build import export_model
+    from service.export.gate import gate_line
     from service.export.manifest import model_bytes
     from service.export.onnx_export import ExportError
     from service.export.quantize import DEFAULT_RECIPE, RECIPES
@@ -70,16 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--source {source} is already an exported dir; pass the transformers model it came from"
         )
     try:
-        min_agreement = MIN_TOKEN_AGREEMENT if args.min_agreement is None else args.min_agreement
-        manifest = export_model(args.task, args.lang, source, out, args.data, recipe, min_agreement)
+        manifest = export_model(args.task, args.lang, source, out, args.data, recipe)
     except ExportError as error:
         print(f"export: error: {error}", file=sys.stderr)
         return 2
     size = model_bytes(manifest)
     print(
         f"exported {source} to {out}: model {size / 2**20:.1f} MiB "
-        f"({100 * size / manifest['fp32_onnx_bytes']:.0f} % of fp32), recipe {recipe or 'none (fp32)'}"
+        f"({100 * size / manifest['fp32_onnx_bytes']:.0f} % of fp32)"
     )
+    print(gate_line(f"{args.task}:{args.lang}", manifest))
     if "accuracy" in manifest:
         print(f"accuracy: {manifest['accuracy']}")
     return 0

@@ -30,8 +30,10 @@ def build_manifest(
     quantization: dict[str, Any] | None,
     fp32_onnx_bytes: int,
     accuracy: dict[str, Any] | None = None,
+    gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of the files already in `out_dir` (itself excepted)."""
+    """The manifest of the files already in `out_dir` (itself excepted); `gate` is the accuracy
+    gate's record (service/export/gate.py), `accuracy` the report of `--data`."""
     if tokenizer.pad_token is None:
         raise ValueError("the tokenizer has no padding token, so batches cannot be padded")
     manifest: dict[str, Any] = {
@@ -55,6 +57,8 @@ def build_manifest(
         "fp32_onnx_bytes": fp32_onnx_bytes,
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if gate is not None:
+        manifest["gate"] = gate
     if accuracy is not None:
         manifest["accuracy"] = accuracy
     return manifest

@@ -10,7 +10,8 @@ All are calibration-free. Three storage schemes are mixed per kind of node:
 - embeddings: ORTQuantizer's Gather (one scale for the whole table) or GatherBlockQuantized with
   uint8 blocks of 128 along the hidden axis (written here: onnxruntime's tool writes only 4 bits).
 `python -m bench.recipes` measures every recipe (docs/int8-recipes.md). DEFAULT_RECIPE
-says which one is used and why.
+says which one is used and why; FALLBACK, what the export's accuracy gate tries when a model
+loses too much to it (embeddings fp32, then also the MatMuls whose 8-bit copy is worst, then fp32).
 """
 
 import logging
@@ -42,9 +43,11 @@ class Recipe:
     dynamic: str | None = ALL_MATMULS  # regex of the MatMul node names quantized dynamically
     weight_only: bool = False  # the other constant-weight MatMuls: MatMulNBits...
     weight_bits: int = 8  # ...of this many bits
-    embeddings: str = "per-tensor"  # or "blockwise"
+    embeddings: str = "per-tensor"  # or "blockwise", or "fp32" (left as exported)
     block_size: int = BLOCK_SIZE  # MatMulNBits: weights per scale along K
     accuracy_level: int = ACCURACY_LEVEL  # MatMulNBits: 4 int8 activations, 0 or 1 fp32
+    # weight-only: the share of MatMul weights left fp32, those whose 8-bit copy is worst (fp32_matmuls)
+    fp32_share: float = 0.0
 
 
 RECIPES: dict[str, Recipe] = {
@@ -70,6 +73,16 @@ RECIPES: dict[str, Recipe] = {
         weight_bits=4,
         embeddings="blockwise",
     ),
+    "weight-only-fp32-emb": Recipe(
+        "every MatMul weight-only 8-bit, embeddings fp32", dynamic=None, weight_only=True, embeddings="fp32"
+    ),
+    "weight-only-fp32-worst": Recipe(
+        "weight-only 8-bit, embeddings and the quarter of MatMul weights that 8 bits copy worst fp32",
+        dynamic=None,
+        weight_only=True,
+        embeddings="fp32",
+        fp32_share=0.25,
+    ),
     "mixed-attention": Recipe(
         "dynamic vnni per-channel on attention q/k/v/output, weight-only 8-bit FFN, blockwise embeddings",
         dynamic=ATTENTION,
@@ -88,6 +101,15 @@ RECIPES: dict[str, Recipe] = {
 # weight-only's own batch dependence (AVX512 kernels, an odd row count) is removed at run time:
 # the onnx backend pads every call to an even token count (docs/int8-recipes.md).
 DEFAULT_RECIPE = "weight-only"
+# What the export tries, in order, until one passes its kind's accuracy gate (service/export/gate.py):
+# fewer tensors quantized, then fp32 for the weights 8 bits copy worst, then fp32 (None).
+FALLBACK: tuple[str | None, ...] = (DEFAULT_RECIPE, "weight-only-fp32-emb", "weight-only-fp32-worst", None)
+
+
+def fallback_chain(recipe: str | None) -> list[str | None]:
+    """`recipe` first, then the rungs of FALLBACK after it (all of them after a recipe not in it)."""
+    rest = FALLBACK[FALLBACK.index(recipe) + 1 :] if recipe in FALLBACK else FALLBACK
+    return [recipe, *(name for name in rest if name != recipe)]
 
 
 def describe(name: str) -> dict[str, Any]:
@@ -95,19 +117,55 @@ def describe(name: str) -> dict[str, Any]:
     return {"recipe": name, **asdict(RECIPES[name])}
 
 
-def quantize(fp32: Path, out: Path, recipe: Recipe) -> Path:
-    """Write the INT8 graph of `fp32` to `out` (optimum's intermediate files stay in a temp dir)."""
+def quantize(fp32: Path, out: Path, recipe: Recipe) -> list[str]:
+    """Write the INT8 graph of `fp32` to `out` (optimum's intermediate files stay in a temp dir);
+    the names of the MatMuls the recipe left fp32 by their weights' 8-bit error (`fp32_share`)."""
     model = _dynamic(fp32, recipe) if recipe.dynamic or recipe.embeddings == "per-tensor" else onnx.load(fp32)
+    kept = fp32_matmuls(model, recipe.fp32_share, recipe.block_size) if recipe.fp32_share else []
     if recipe.weight_only:
-        model = _weight_only(model, recipe)
+        model = _weight_only(model, recipe, kept)
     if recipe.embeddings == "blockwise":
         quantize_embeddings(model)
-    # Weights beside the graph: measured at RoBERTuito scale, load peak 191 -> 115 MB and
-    # resident after load 137 -> 114 MB, at the same speed.
+    save(model, out)
+    return kept
+
+
+def save(model: onnx.ModelProto, out: Path) -> Path:
+    """Weights beside the graph: measured at RoBERTuito scale, load peak 191 -> 115 MB and resident
+    after load 137 -> 114 MB at the same speed; and the budget's estimate reads the graph apart."""
     onnx.save(
         model, out, save_as_external_data=True, all_tensors_to_one_file=True, location=f"{out.name}.data"
     )
     return out
+
+
+def fp32_matmuls(model: onnx.ModelProto, share: float, block_size: int = BLOCK_SIZE) -> list[str]:
+    """The `share` of constant-weight MatMuls whose blockwise 8-bit copy loses most of a typical
+    weight (int8_error): an outlier sets its block's scale, and the block's other weights round away."""
+    tables = {t.name: t for t in model.graph.initializer}
+    errors = {
+        node.name: int8_error(numpy_helper.to_array(tables[node.input[1]]), block_size)
+        for node in model.graph.node
+        if node.op_type == "MatMul" and node.input[1] in tables and len(tables[node.input[1]].dims) == 2
+    }
+    count = round(share * len(errors))
+    return sorted(sorted(errors, key=errors.__getitem__, reverse=True)[:count])
+
+
+def int8_error(weights: np.ndarray, block_size: int = BLOCK_SIZE) -> float:
+    """mean |W - deq(q8(W))| / median |W|, for asymmetric uint8 blocks of `block_size` along K
+    (axis 0) as MatMulNBits stores them: a typical weight's error, relative to a typical weight
+    that outliers cannot inflate. ~0.01 for Gaussian weights, ~0.5 when half of them round to 0."""
+    k, n = weights.shape
+    padded = np.zeros((-(-k // block_size) * block_size, n), np.float32)
+    padded[:k] = weights
+    blocks = padded.reshape(-1, block_size, n)
+    low, high = np.minimum(blocks.min(1, keepdims=True), 0), np.maximum(blocks.max(1, keepdims=True), 0)
+    scale = np.where(high > low, (high - low) / 255, 1)
+    zero = np.round(-low / scale)
+    copy = ((np.clip(np.round(blocks / scale) + zero, 0, 255) - zero) * scale).reshape(padded.shape)[:k]
+    typical = float(np.median(np.abs(weights)))
+    return float(np.mean(np.abs(copy - weights))) / typical if typical else 0.0
 
 
 def _dynamic(fp32: Path, recipe: Recipe) -> onnx.ModelProto:
@@ -133,7 +191,7 @@ def _dynamic(fp32: Path, recipe: Recipe) -> onnx.ModelProto:
         return onnx.load(next(Path(tmp).glob("*_quantized.onnx")))
 
 
-def _weight_only(model: onnx.ModelProto, recipe: Recipe) -> onnx.ModelProto:
+def _weight_only(model: onnx.ModelProto, recipe: Recipe, keep: list[str]) -> onnx.ModelProto:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     # The module configures the root logger at INFO on import and logs every node.
@@ -144,6 +202,7 @@ def _weight_only(model: onnx.ModelProto, recipe: Recipe) -> onnx.ModelProto:
         block_size=recipe.block_size,
         accuracy_level=recipe.accuracy_level,
         op_types_to_quantize=("MatMul",),
+        nodes_to_exclude=keep,
     )
     quantizer.process()
     return quantizer.model.model

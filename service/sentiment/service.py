@@ -62,6 +62,19 @@ def _weights_mb(source: str | Path) -> float | None:
     return sum(f.stat().st_size for f in path.iterdir() if f.suffix in _WEIGHT_SUFFIXES) / MB
 
 
+def export_record(model_dir: Path) -> dict[str, Any]:
+    """How an exported dir was made, as its manifest says: the recipe served ("fp32" unquantized)
+    and the export's accuracy gate without its attempts (None: exported before the gate)."""
+    from service.sentiment.backends.onnx_backend import read_manifest
+
+    manifest = read_manifest(model_dir)
+    gate = manifest.get("gate")
+    return {
+        "recipe": (manifest.get("quantization") or {}).get("recipe", "fp32"),
+        "gate": None if gate is None else {k: v for k, v in gate.items() if k != "attempts"},
+    }
+
+
 def _prepacked_estimate_mb(model_dir: Path, settings: Settings, weights_mb: float) -> float:
     """Unreclaimable MB of a first load that serves the prepacked variant.
 
@@ -135,13 +148,16 @@ def model_item(task: str, lang: str) -> Loadable:
     def describe() -> dict[str, Any]:
         path = Path(source)
         files = {f.name: f.stat().st_size for f in path.iterdir() if f.is_file()} if path.is_dir() else {}
-        return {
+        details = {
             "kind": "sentiment",
             "task": task,
             "backend": backend,
             "source": str(source),
             "file_bytes": files,
         }
+        if backend == "onnx":
+            details |= export_record(path)
+        return details
 
     def file_allowance(analyzer: Analyzer) -> float:
         return float(getattr(analyzer.model, "file_mb", 0.0))

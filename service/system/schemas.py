@@ -27,6 +27,16 @@ class LoadedItem(BaseModel):
         description="File-backed MB one call of it reads (mapped weights): counted while work runs on it.",
     )
     running: int = Field(0, description="Admitted work running on it now.")
+    recipe: str | None = Field(
+        None,
+        description="An exported (onnx) model: the quantization recipe it is served with, `fp32` when the "
+        "export's accuracy gate let no INT8 recipe through.",
+    )
+    gate: dict[str, Any] | None = Field(
+        None,
+        description="An exported model: its export's accuracy gate against its own fp32 (kind, thresholds, "
+        "the recipe's figures, why earlier recipes fell back); null when exported before the gate.",
+    )
     loaded_at: float
     last_used: float
     in_use: int
@@ -71,6 +81,16 @@ class MemoryReport(BaseModel):
                             "cost_mb": 9.1,
                             "file_mb": 98.6,
                             "running": 0,
+                            "recipe": "weight-only",
+                            "gate": {
+                                "kind": "single_label",
+                                "texts": 300,
+                                "thresholds": ["label_agreement >= 0.97", "p95_proba_diff <= 0.05"],
+                                "recipe": "weight-only",
+                                "passed": True,
+                                "figures": {"label_agreement": 0.99, "p95_proba_diff": 0.012},
+                                "why": "the first recipe passed",
+                            },
                             "loaded_at": 1795000000.0,
                             "last_used": 1795000100.0,
                             "in_use": 0,
