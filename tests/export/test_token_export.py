@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.sentiment.test_tokens import TEXTS
 from tests.support import ROOT
 
