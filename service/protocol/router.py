@@ -16,7 +16,15 @@ from pydantic import ValidationError
 from service.config import TOKEN_TASKS, get_settings
 from service.error_handlers import HfErrorResponse
 from service.exceptions import BadInput
-from service.protocol.schemas import InferenceRequest, Info, LabelScore, PredictRequest, TextPair, TokenEntity
+from service.protocol.schemas import (
+    InferenceRequest,
+    Info,
+    LabelScore,
+    Parameters,
+    PredictRequest,
+    TextPair,
+    TokenEntity,
+)
 from service.protocol.service import check_pairs, classify, model_info, token_entities
 from service.sentiment.router import ShapeCheckedRoute
 from service.sentiment.schemas import AnalyzeRequest
@@ -117,7 +125,7 @@ def _infer(body: InferenceRequest, name: str | None) -> Answer:
     texts = [item.text if isinstance(item, TextPair) else item for item in items]
     contexts = [item.text_pair for item in items] if paired else None  # type: ignore[union-attr]
     request = _validated(texts, contexts, single, task, lang)
-    parameters = body.parameters
+    parameters = body.parameters or Parameters()
     if task in TOKEN_TASKS:
         if parameters.stride is not None:
             raise BadInput(

@@ -107,7 +107,7 @@ class InferenceRequest(BaseModel):
     inputs: str | TextPair | list[str] | list[TextPair] = Field(
         description="One text or a batch (at most MAX_BATCH); pair tasks take `{text, text_pair}`."
     )
-    parameters: Parameters = Field(default_factory=Parameters)
+    parameters: Parameters | None = Field(default=None, description="Unset or null: every default.")
     options: dict[str, Any] | None = Field(
         default=None, description="The hosted API's options (wait_for_model, use_cache): accepted, unused."
     )

@@ -122,12 +122,15 @@ def _entities(prediction: TokenPrediction) -> list[TokenEntity]:
 
 
 def _offsets(text: str, tokens: Sequence[str]) -> list[tuple[int, int]]:
-    """Each token's span in `text`: spaCy's tokens are substrings of it, in order."""
+    """Each token's span in `text`, by spaCy's invariant: `text` is its tokens in order, each but a
+    whitespace token followed by the one space it takes as `whitespace_` when a space follows it
+    (further whitespace is a token of its own)."""
     spans, cursor = [], 0
     for token in tokens:
-        start = text.index(token, cursor)
-        cursor = start + len(token)
-        spans.append((start, cursor))
+        spans.append((cursor, cursor + len(token)))
+        cursor += len(token)
+        if not token.isspace() and text.startswith(" ", cursor):
+            cursor += 1
     return spans
 
 
