@@ -37,6 +37,7 @@ Classified = list[list[LabelScore]] | list[LabelScore]
 Answer = list[list[LabelScore]] | list[TokenEntity] | list[list[TokenEntity]]
 
 _ERRORS = {
+    400: "The body is not valid JSON.",
     422: "The input is invalid or not served by this model (a pair to a one-text model, a parameter "
     "it cannot honour, an unknown model); `error` says which and why.",
     503: "The model cannot be loaded or the memory budget is full; see Retry-After.",
@@ -164,7 +165,7 @@ _PREDICT = {
                 }
             },
         },
-        **_errors(422, 503),
+        **_errors(400, 422, 503),
     },
     "summary": "TEI's sequence classification: each input's labels with scores, highest first",
     "description": "Text Embeddings Inference's `/predict`: `inputs` is a text, a list of texts, or a list "
@@ -225,7 +226,7 @@ _INFER = {
                 }
             },
         },
-        **_errors(422, 503),
+        **_errors(400, 422, 503),
     },
     "summary": "A model's endpoint root: the Inference API's text-classification and token-classification",
     "description": "Point `huggingface_hub.InferenceClient(model=URL)` or `@huggingface/inference`'s "
