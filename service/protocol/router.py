@@ -127,6 +127,7 @@ def _infer(body: InferenceRequest, name: str | None) -> Answer:
     contexts = [item.text_pair for item in items] if paired else None  # type: ignore[union-attr]
     request = _validated(texts, contexts, single, task, lang)
     parameters = body.parameters or Parameters()
+    _check_parameters(parameters, task, lang)
     if task in TOKEN_TASKS:
         if parameters.stride is not None:
             raise BadInput(
@@ -148,6 +149,21 @@ def _infer(body: InferenceRequest, name: str | None) -> Answer:
         parameters.top_k,
         parameters.function_to_apply,
     )
+
+
+# The Inference API's parameters of each kind of answer.
+_TEXT_PARAMETERS = ("top_k", "function_to_apply")
+_TOKEN_PARAMETERS = ("aggregation_strategy", "ignore_labels", "stride")
+
+
+def _check_parameters(parameters: Parameters, task: str, lang: str) -> None:
+    """A parameter of the other kind of answer is refused rather than ignored."""
+    kind, foreign = "text-classification", _TOKEN_PARAMETERS
+    if task in TOKEN_TASKS:
+        kind, foreign = "token-classification", _TEXT_PARAMETERS
+    sent = [name for name in foreign if getattr(parameters, name) is not None]
+    if sent:
+        raise BadInput(f"{', '.join(sent)}: not a parameter of {kind}, which {task}/{lang} answers")
 
 
 _PREDICT = {

@@ -88,6 +88,11 @@ def test_endpoint_root_answers_the_inference_apis_text_classification(client) ->
         ("/", {"inputs": ["hola"] * 33}, "33 inputs sent; at most MAX_BATCH=32"),
         ("/", {"inputs": "hola", "parameters": {"function_to_apply": "sigmoid"}}, "answers softmax"),
         ("/", {"inputs": "hola", "parameters": {"function_to_apply": "none"}}, "function_to_apply=none"),
+        (
+            "/",
+            {"inputs": "hola", "parameters": {"stride": 8}},
+            "stride: not a parameter of text-classification",
+        ),
         ("/models/sentiment-xx", {"inputs": "hola"}, "unsupported task/lang sentiment/xx"),
         ("/models/sentiment", {"inputs": "hola"}, "unsupported task/lang"),
         ("/models/targeted_sentiment-es", {"inputs": "hola"}, 'send {"text": ..., "text_pair": ...}'),
@@ -150,3 +155,23 @@ def test_openapi_documents_the_protocol(client) -> None:
     ].endswith("/ErrorResponse")
     examples = schema["components"]["schemas"]["PredictRequest"]["examples"]
     assert {"inputs": "¡Qué buen día hace hoy! 😍"} in examples
+
+
+def test_token_classification_honours_ignore_labels_and_refuses_what_it_cannot(client, standins) -> None:
+    app = client(MODEL_NER_ES=str(standins.exported("ner", "es")))
+    text = "Lionel Messi juega en Miami con @usuario"
+    full = app.post("/models/ner-es", json={"inputs": text})
+    assert full.status_code == 200, full.text
+    entities = full.json()
+    assert entities[-1] == {"entity_group": "USER", "score": 1.0, "word": "@usuario", "start": 32, "end": 40}
+    kept = app.post("/models/ner-es", json={"inputs": text, "parameters": {"ignore_labels": ["USER"]}})
+    assert kept.json() == [entity for entity in entities if entity["entity_group"] != "USER"]
+    for parameters, message in [
+        ({"aggregation_strategy": "simple"}, "aggregation_strategy=simple is not served"),
+        ({"stride": 16}, "stride is not served"),
+        ({"top_k": 1}, "top_k: not a parameter of token-classification, which ner/es answers"),
+    ]:
+        refused = app.post("/models/ner-es", json={"inputs": text, "parameters": parameters})
+        assert refused.status_code == 422 and message in refused.json()["error"], refused.text
+    predicted = app.post("/models/ner-es/predict", json={"inputs": text})
+    assert "ner/es is a token-classification model" in predicted.json()["error"]
