@@ -439,6 +439,10 @@ def measure_protocol(model: Path, requests: int, rounds: int = 10) -> dict[str, 
         figures[f"{route} vs /analyze"] = round(
             statistics.fmean(cpu[route]) / statistics.fmean(cpu["/analyze"]), 3
         )
+        # Paired by round (each round runs every route), so drift of a shared machine cancels out.
+        differences = [ms - base for ms, base in zip(cpu[route], cpu["/analyze"], strict=True)]
+        figures[f"{route} - /analyze ms"] = round(statistics.fmean(differences), 3)
+        figures[f"{route} - /analyze ms, std error"] = round(statistics.stdev(differences) / rounds**0.5, 3)
     idle: dict[str, list[float]] = {"with": [], "without": []}
     for variant in ("with", "without") * 3:
         log = Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
