@@ -23,7 +23,12 @@ def client(onnx_minilm) -> Iterator[Callable[..., TestClient]]:
 
         def make(**env: str) -> TestClient:
             get_ops_settings.cache_clear()
-            settings = {"BACKEND": "onnx", "MODEL_SENTIMENT_ES": str(onnx_minilm), "NUM_THREADS": "1"}
+            settings = {
+                "BACKEND": "onnx",
+                "MODEL_SENTIMENT_ES": str(onnx_minilm),
+                "NUM_THREADS": "1",
+                "MEMORY_BUDGET_MB": "8192",  # the budget counts the test process, not only the app
+            }
             return apps.enter_context(app_client(**settings, **env))
 
         yield make
