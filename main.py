@@ -11,6 +11,7 @@ from service.monitoring.middleware import MetricsMiddleware
 from service.monitoring.router import router as monitoring_router
 from service.ocr.router import router as ocr_router
 from service.ops import install_ops, start_watchdog, stop_watchdog
+from service.protocol.router import router as protocol_router
 from service.sentiment.router import router as sentiment_router
 from service.startup import throughput
 from service.system.router import router as system_router
@@ -37,6 +38,7 @@ app = FastAPI(
 )
 install_handlers(app)
 app.include_router(sentiment_router)
+app.include_router(protocol_router)
 app.include_router(ocr_router)
 app.include_router(system_router)
 app.include_router(monitoring_router)

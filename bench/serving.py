@@ -4,6 +4,7 @@
     python -m bench --concurrency 1,8,32 [--seconds 20] [--backends onnx]
     python -m bench --bulk 1000,100000 [--backends onnx]
     python -m bench --ocr 200 [--backends onnx]
+    python -m bench --protocol 3000 [--onnx DIR]
 
 At RoBERTuito scale by default: a model with RoBERTuito's exact shape and real tokenizer
 (`../shared/models/robertuito-shape`) and random weights from a fixed seed, exported like a
@@ -16,6 +17,10 @@ server with MICRO_BATCHING on, then one with it off: texts/s, p50/p95 latency an
 (single texts, batches, OCR of a page, OCR of a page with analyze=true), then the peak RSS and
 time of OCR of a 12 MP photo and of a 20-page PDF (pages/s).
 All three run under MEMORY_BUDGET_MB=--budget (512 by default: Render's free plan), on --cpus cores.
+--protocol N: the Hugging Face protocol's cost. One onnx server gets N requests of the same texts,
+one at a time, through POST /analyze, POST /predict and POST /models/sentiment-es in alternated
+rounds: the server's CPU time per request of each, side by side. Then the idle RSS of fresh servers
+with and without the protocol's router (its module replaced by an empty router), alternated.
 """
 
 import argparse
@@ -378,6 +383,86 @@ def measure_ocr(env: dict[str, str], port: int | None, requests: int, cpus: int 
         server.stop()
 
 
+PROTOCOL_ROUTES = {
+    "/analyze": lambda text: {"text": text},
+    "/predict": lambda text: {"inputs": text},
+    "/models/sentiment-es": lambda text: {"inputs": text},
+}
+# The server command of --protocol's idle servers: the same for both, but for the protocol's router,
+# replaced by an empty one before main.py imports it (so nothing of service.protocol is loaded).
+SERVE_WITHOUT_PROTOCOL = """
+import sys, types, uvicorn
+from fastapi import APIRouter
+if sys.argv[1] == "without":
+    sys.modules["service.protocol.router"] = types.SimpleNamespace(router=APIRouter())
+uvicorn.run("main:app", host="127.0.0.1", port=int(sys.argv[2]), loop="asyncio", log_level="warning")
+"""
+
+
+def protocol_server_args(variant: str, port: int) -> list[str]:
+    return ["-c", SERVE_WITHOUT_PROTOCOL, variant, str(port)]
+
+
+def measure_protocol(model: Path, requests: int, rounds: int = 10) -> dict[str, Any]:
+    """--protocol: CPU ms per request of each route on one server, then idle RSS with and without."""
+    rng = random.Random(0)
+    texts = [
+        rng.choice(SHORT) if index % 2 else long_text(rng)[:280] for index in range(requests // (3 * rounds))
+    ]
+    env = {
+        "BACKEND": "onnx",
+        "MODEL_SENTIMENT_ES": str(model),
+        "NUM_THREADS": "1",
+        "MEMORY_BUDGET_MB": "8192",
+    }
+    server = start_server(env, None, None)
+    cpu: dict[str, list[float]] = {route: [] for route in PROTOCOL_ROUTES}
+    try:
+        for route, body in PROTOCOL_ROUTES.items():  # the model loads, every route's code is warm
+            status, answer = server.request("POST", route, body(texts[0]))
+            if status != 200:
+                raise RuntimeError(f"{route} answered {status}: {answer}")
+        for round_index in range(rounds):
+            order = list(PROTOCOL_ROUTES)[round_index % 3 :] + list(PROTOCOL_ROUTES)[: round_index % 3]
+            for route in order:
+                before = server.server.cpu_seconds()
+                for text in texts:
+                    server.request("POST", route, PROTOCOL_ROUTES[route](text))
+                cpu[route].append((server.server.cpu_seconds() - before) / len(texts) * 1000)
+    finally:
+        server.stop()
+    figures: dict[str, Any] = {
+        f"cpu_ms {route}": round(statistics.fmean(samples), 3) for route, samples in cpu.items()
+    }
+    figures["round_spread_ms /analyze"] = round(statistics.stdev(cpu["/analyze"]), 3)
+    for route in ("/predict", "/models/sentiment-es"):
+        figures[f"{route} vs /analyze"] = round(
+            statistics.fmean(cpu[route]) / statistics.fmean(cpu["/analyze"]), 3
+        )
+        # Paired by round (each round runs every route), so drift of a shared machine cancels out.
+        differences = [ms - base for ms, base in zip(cpu[route], cpu["/analyze"], strict=True)]
+        figures[f"{route} - /analyze ms"] = round(statistics.fmean(differences), 3)
+        figures[f"{route} - /analyze ms, std error"] = round(statistics.stdev(differences) / rounds**0.5, 3)
+    idle: dict[str, list[float]] = {"with": [], "without": []}
+    for variant in ("with", "without") * 3:
+        log = Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
+        idle_server = launch(log, python_args=partial(protocol_server_args, variant), **env)
+        try:
+            idle_server.wait_healthy(120)
+            time.sleep(2)
+            idle[variant].append(idle_server.rss_mb())
+        finally:
+            idle_server.stop()
+            log.unlink(missing_ok=True)
+    for variant, samples in idle.items():
+        figures[f"idle_rss_mb {variant} protocol"] = round(statistics.median(samples), 1)
+    figures["idle_rss_mb protocol adds"] = round(
+        statistics.median(idle["with"]) - statistics.median(idle["without"]), 1
+    )
+    figures["texts_per_round"] = len(texts)
+    return figures
+
+
 def next_ports(first: int | None) -> Iterator[int | None]:
     """--port, --port + 1, ... when given; else None: each server on a free port."""
     return itertools.count(first) if first else itertools.repeat(None)
@@ -408,7 +493,10 @@ def main() -> None:
     parser.add_argument("--budget", default="512", help="MEMORY_BUDGET_MB of the servers")
     parser.add_argument("--threads", help="NUM_THREADS of the servers (default: detected)")
     parser.add_argument("--cpus", type=int, help="run the servers on this many cores")
+    parser.add_argument("--protocol", type=int, help="requests: /predict's CPU and RSS beside /analyze's")
     args = parser.parse_args()
+    if args.protocol:
+        args.backends = "onnx"
 
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         models = {}
@@ -423,6 +511,12 @@ def main() -> None:
                 models["onnx"] = Path(work) / "onnx"
                 export_model("sentiment", "es", str(models["torch"]), models["onnx"])
         ports = next_ports(args.port)
+        if args.protocol:
+            figures = measure_protocol(models["onnx"], args.protocol)
+            for metric, value in figures.items():
+                print(f"{metric:<40}{value:>12}")
+            print(json.dumps(figures))
+            return
         if args.concurrency or args.bulk or args.ocr:
             throughput(args, models, Path(work))
             return

@@ -1,7 +1,10 @@
 """The handlers that turn every failure into JSON, and the error body's schema.
 
 Every error body has the same shape, `{"error": {"code", "message", ...details}}`, and no
-traceback ever reaches a client: bad input is a 4xx, a model or memory problem a 503.
+traceback ever reaches a client: bad input is a 4xx, a model or memory problem a 503. The routes
+that speak the Hugging Face inference protocol (`hf_protocol_path`) answer the same errors in TEI's
+shape, `{"error": "<message>", "error_type": "<code>", ...details}`: huggingface_hub and
+@huggingface/inference put `error` in their exceptions only when it is a string.
 """
 
 import logging
@@ -45,10 +48,34 @@ class ErrorJSONResponse(JSONResponse):
         return jsontext.dumps(content, allow_nan=False, separators=(",", ":")).encode()
 
 
-def error_response(status_code: int, code: str, message: str, headers=None, **details: Any) -> JSONResponse:
-    return ErrorJSONResponse(
-        {"error": {"code": code, "message": message, **details}}, status_code, headers=headers
-    )
+class HfErrorResponse(BaseModel):
+    """An error of the Hugging Face protocol's routes, as TEI answers it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str
+    error_type: str
+
+
+# The Hugging Face protocol's paths: TEI's (`/predict`, `/info`), the default model's endpoint root
+# (`/`) and every model's (`/models/...`).
+HF_PROTOCOL_PATHS = frozenset({"/", "/predict", "/info"})
+HF_PROTOCOL_PREFIX = "/models/"
+
+
+def hf_protocol_path(path: str) -> bool:
+    return path in HF_PROTOCOL_PATHS or path.startswith(HF_PROTOCOL_PREFIX)
+
+
+def error_response(
+    status_code: int, code: str, message: str, headers=None, *, path: str = "", **details: Any
+) -> JSONResponse:
+    """The error body in the shape the route at `path` answers in (see the module's docstring)."""
+    if hf_protocol_path(path):
+        body: dict[str, Any] = {"error": message, "error_type": code, **details}
+    else:
+        body = {"error": {"code": code, "message": message, **details}}
+    return ErrorJSONResponse(body, status_code, headers=headers)
 
 
 def _clip(text: str) -> str:
@@ -60,31 +87,34 @@ def _describe_validation_error(error: dict[str, Any]) -> dict[str, Any]:
     return {"field": _clip(location), "problem": _clip(str(error.get("msg", "invalid")))}
 
 
-async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-    return error_response(exc.status_code, exc.code, exc.message, exc.headers, **exc.details)
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    return error_response(
+        exc.status_code, exc.code, exc.message, exc.headers, path=request.url.path, **exc.details
+    )
 
 
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors, path = exc.errors(), request.url.path
     problems = [_describe_validation_error(error) for error in errors[:MAX_PROBLEMS]]
     left_out = {"left_out": len(errors) - len(problems)} if len(errors) > len(problems) else {}
     if any(error.get("type") == "json_invalid" for error in errors):
-        return error_response(
-            400, "invalid_json", "the request body is not valid JSON", problems=problems, **left_out
-        )
+        message = "the request body is not valid JSON"
+        return error_response(400, "invalid_json", message, path=path, problems=problems, **left_out)
     summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
     if left_out:
         summary += f"; and {left_out['left_out']} more problem(s) not listed"
-    return error_response(422, "invalid_input", summary, problems=problems, **left_out)
+    return error_response(422, "invalid_input", summary, path=path, problems=problems, **left_out)
 
 
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error_response(exc.status_code, "http_error", str(exc.detail), getattr(exc, "headers", None))
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    headers = getattr(exc, "headers", None)
+    return error_response(exc.status_code, "http_error", str(exc.detail), headers, path=request.url.path)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "the server failed on this request; it keeps serving")
+    message = "the server failed on this request; it keeps serving"
+    return error_response(500, "internal_error", message, path=request.url.path)
 
 
 def error_examples(*status_codes: int) -> dict[int | str, dict[str, Any]]:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support import MINILM, ROOT, app_client
+from tests.sentiment.standins import Standins
+from tests.support import MINILM, ROBERTUITO_SHAPE, ROOT, WORDPIECE_TOKENIZER, app_client
 
 # The test process's RSS (torch, what earlier tests left) is not the app's: a watchdog measuring
 # it would refuse requests at random. tests/ops turns it on where it is tested.
@@ -56,3 +57,11 @@ def onnx_minilm_int8(tmp_path_factory) -> Path:
     command += ["--source", str(MINILM), "--out", str(out)]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def standins(tmp_path_factory) -> Standins:
+    """Tiny stand-ins of pysentimiento's models, built and exported on first use."""
+    if not (ROBERTUITO_SHAPE / "tokenizer.json").is_file() or not WORDPIECE_TOKENIZER.is_file():
+        pytest.skip("needs ../shared/models (RoBERTuito's shape and the minilm's tokenizer)")
+    return Standins(tmp_path_factory.mktemp("standins"))

@@ -1,4 +1,4 @@
-"""What the ops middlewares share: answering in the project's JSON error shape, reading headers.
+"""What the ops middlewares share: answering in the route's JSON error shape, reading headers.
 
 The middlewares are pure ASGI, not `BaseHTTPMiddleware`, which would buffer streamed responses
 (the bulk route streams NDJSON) and run each request in an extra task.
@@ -24,8 +24,8 @@ async def send_error(
     headers: dict[str, str] | None = None,
     **details: Any,
 ) -> None:
-    """Answer with `{"error": {"code", "message", ...details}}`, as every route's errors are."""
-    response = error_response(status, code, message, headers, **details)
+    """Answer in the error shape of the route the path belongs to, as its own errors are."""
+    response = error_response(status, code, message, headers, path=scope.get("path", ""), **details)
     await response(scope, _no_body, send)
 
 

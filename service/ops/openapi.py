@@ -8,11 +8,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.error_handlers import ErrorResponse
+from service.error_handlers import ErrorResponse, HfErrorResponse, hf_protocol_path
 from service.ops.admission import EXEMPT_PATHS as ADMISSION_EXEMPT
 from service.ops.security import EXEMPT_PATHS as KEY_EXEMPT
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+# The Hugging Face protocol's routes answer the same errors in TEI's shape (service/error_handlers.py).
+HF_ERROR_REF = {"$ref": "#/components/schemas/HfErrorResponse"}
 BODY_METHODS = frozenset({"post", "put", "patch"})
 
 
@@ -38,17 +40,19 @@ def document_ops_responses(app: FastAPI) -> None:
             return app.openapi_schema
         schema = build()
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-        if "ErrorResponse" not in schemas:  # no route declared an error of its own
-            error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas.update(error_schema.pop("$defs", {}))
-            schemas["ErrorResponse"] = error_schema
+        for model in (ErrorResponse, HfErrorResponse):
+            if model.__name__ not in schemas:  # no route declared an error of this shape
+                error_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(error_schema.pop("$defs", {}))
+                schemas[model.__name__] = error_schema
         for path, operations in schema.get("paths", {}).items():
+            ref = HF_ERROR_REF if hf_protocol_path(path) else ERROR_REF
             for method, operation in operations.items():
                 responses = operation.setdefault("responses", {})
                 for status, description in _ops_statuses(path, method).items():
                     responses.setdefault(
                         str(status),
-                        {"description": description, "content": {"application/json": {"schema": ERROR_REF}}},
+                        {"description": description, "content": {"application/json": {"schema": ref}}},
                     )
         return schema
 

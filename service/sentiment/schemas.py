@@ -90,6 +90,10 @@ class TokenPrediction(BaseModel):
         description="One label per token: BIO tags (ner) or a part of speech (pos); an @handle is "
         "B-USER / USER; null for a word the model saw no sub-token of (past 128, a run of spaces)."
     )
+    scores: list[float | None] = Field(
+        description="One per token: the probability the model gives its label (the softmax of its "
+        "first sub-token; 1.0 for an @handle, whose label is a rule's; null where the label is)."
+    )
     entities: list[Entity] | None = Field(
         default=None, description="ner only: consecutive B-/I- tokens grouped into entities."
     )
@@ -280,6 +284,7 @@ class TokenResult(TokenPrediction):
                     "text": "Lionel Messi juega en Miami con @usuario",
                     "tokens": ["Lionel", "Messi", "juega", "en", "Miami", "con", "@usuario"],
                     "labels": ["B-PER", "I-PER", "O", "O", "B-LOC", "O", "B-USER"],
+                    "scores": [0.998, 0.997, 0.999, 0.999, 0.991, 0.999, 1.0],
                     "entities": [
                         {"type": "PER", "text": "Lionel Messi", "start": 0, "end": 12},
                         {"type": "LOC", "text": "Miami", "start": 22, "end": 27},

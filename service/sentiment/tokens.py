@@ -3,7 +3,8 @@
 Ported, like preprocessing.py, so the onnx backend never imports pysentimiento (and with it torch):
 - words are spaCy's tokens of the preprocessed text (a blank `Spanish()` / `English()` tokenizer; its
   analyzer uses English for "en" and Spanish otherwise, so Italian or Portuguese are never asked);
-- a word's label is the model's label of its first sub-token; a word starting with "@" is "B-USER";
+- a word's label is the model's label of its first sub-token (its score: that label's probability);
+  a word starting with "@" is "B-USER";
   a word whose sub-tokens were all truncated (past 128) has none;
 - ner groups BIO labels into entities with spaCy's character offsets (`decode`); pos drops "B-".
 `tests/sentiment/test_tokens.py` checks the output against pysentimiento's own on the same model.
@@ -48,28 +49,37 @@ def word_tokenizer(lang: str) -> Any:
     return Language().tokenizer
 
 
+# A word's label id (its first sub-token's argmax) and that label's softmax probability.
+WordLabel = tuple[int, float]
+
+
 class WordLabelModel(Protocol):
     """What a backend provides for token tasks: label names in id order, and for each text split in
-    words, the label id of each word's first sub-token (None past truncation)."""
+    words, each word's first sub-token's label id and probability (None past truncation)."""
 
     labels: list[str]
 
-    def predict_word_labels(self, words: Sequence[Sequence[str]]) -> list[list[int | None]]: ...
+    def predict_word_labels(self, words: Sequence[Sequence[str]]) -> list[list[WordLabel | None]]: ...
 
 
 def word_labels(
-    words: Sequence[str], first_ids: Sequence[int | None], labels: Sequence[str]
-) -> list[str | None]:
-    """pysentimiento's alignment: the first sub-token's label, "B-USER" for an @handle."""
-    result: list[str | None] = []
-    for word, label_id in zip(words, first_ids, strict=True):
-        if label_id is None:
-            result.append(None)
+    words: Sequence[str], first: Sequence[WordLabel | None], labels: Sequence[str]
+) -> tuple[list[str | None], list[float | None]]:
+    """pysentimiento's alignment: the first sub-token's label, "B-USER" for an @handle (a rule's
+    label, so its score is 1.0, not the model's)."""
+    names: list[str | None] = []
+    scores: list[float | None] = []
+    for word, predicted in zip(words, first, strict=True):
+        if predicted is None:
+            names.append(None)
+            scores.append(None)
         elif word.startswith("@"):
-            result.append("B-USER")
+            names.append("B-USER")
+            scores.append(1.0)
         else:
-            result.append(labels[label_id])
-    return result
+            names.append(labels[predicted[0]])
+            scores.append(predicted[1])
+    return names, scores
 
 
 def decode(words: Sequence[Word], labels: Sequence[str | None]) -> list[Entity]:
@@ -124,17 +134,16 @@ def predict_tokens(
     docs = [list(tokenizer(text)) for text in texts]
     words = [[token.text for token in doc] for doc in docs]
     results = []
-    for text, doc, sentence, first_ids in zip(
-        texts, docs, words, model.predict_word_labels(words), strict=True
-    ):
-        labels = word_labels(sentence, first_ids, model.labels)
+    for text, doc, sentence, first in zip(texts, docs, words, model.predict_word_labels(words), strict=True):
+        labels, scores = word_labels(sentence, first, model.labels)
         if chunk:
+            entities = decode(doc, labels)
             results.append(
-                TokenPrediction(text=text, tokens=sentence, labels=labels, entities=decode(doc, labels))
+                TokenPrediction(text=text, tokens=sentence, labels=labels, scores=scores, entities=entities)
             )
         else:
             # pysentimiento strips "B-" (its POS labels carry it for seqeval); on a word without a
             # label (a run of spaces, past 128 sub-tokens) it fails, and the label stays null here.
             pos = [label[2:] if label is not None and label.startswith("B-") else label for label in labels]
-            results.append(TokenPrediction(text=text, tokens=sentence, labels=pos))
+            results.append(TokenPrediction(text=text, tokens=sentence, labels=pos, scores=scores))
     return results

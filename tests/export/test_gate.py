@@ -75,7 +75,11 @@ def test_text_figures_count_labels_decisions_and_probability_differences() -> No
 def test_token_figures_count_words_and_entity_sets() -> None:
     def tokens(labels: list[str], entities: list[Entity] | None) -> TokenPrediction:
         return TokenPrediction(
-            text="Ana en Roma", tokens=["Ana", "en", "Roma"], labels=labels, entities=entities
+            text="Ana en Roma",
+            tokens=["Ana", "en", "Roma"],
+            labels=labels,
+            scores=[0.9, 0.9, 0.9],
+            entities=entities,
         )
 
     per, loc = (

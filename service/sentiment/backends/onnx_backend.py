@@ -19,6 +19,7 @@ from tokenizers import Encoding, Tokenizer
 from service.config import get_settings
 from service.hardware import onnx_providers
 from service.sentiment.backends import file_pages, prepacked
+from service.sentiment.tokens import WordLabel
 
 MANIFEST = "manifest.json"
 logger = logging.getLogger("uvicorn.error")  # INFO shows under uvicorn
@@ -171,17 +172,20 @@ class OnnxModel:
             self.tokenizer.encode_batch([(str(t), c) for t, c in zip(texts, contexts, strict=True)])
         )
 
-    def predict_word_labels(self, words: Sequence[Sequence[str]]) -> list[list[int | None]]:
-        """Per word, the argmax label id of its first sub-token (None when truncation dropped it), as
-        `tokenizer(words, is_split_into_words=True)` encodes words."""
+    def predict_word_labels(self, words: Sequence[Sequence[str]]) -> list[list[WordLabel | None]]:
+        """Per word, the argmax label id of its first sub-token and its softmax probability (None when
+        truncation dropped it), as `tokenizer(words, is_split_into_words=True)` encodes words."""
         encodings = self.tokenizer.encode_batch([list(w) for w in words], is_pretokenized=True)
-        label_ids = self._logits(encodings).argmax(axis=-1)
+        logits = self._logits(encodings)
+        label_ids = logits.argmax(axis=-1)
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        scores = (shifted / shifted.sum(axis=-1, keepdims=True)).max(axis=-1)
         result = []
-        for sentence, encoding, row in zip(words, encodings, label_ids, strict=True):
-            first: dict[int, int] = {}
+        for sentence, encoding, ids, row in zip(words, encodings, label_ids, scores, strict=True):
+            first: dict[int, WordLabel] = {}
             for position, word_id in enumerate(encoding.word_ids):
                 if word_id is not None and word_id not in first:
-                    first[word_id] = int(row[position])
+                    first[word_id] = (int(ids[position]), float(row[position]))
             result.append([first.get(index) for index in range(len(sentence))])
         return result
 

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import torch
 from pysentimiento import create_analyzer
 
+from service.sentiment.tokens import WordLabel
+
 MAX_LENGTH = 128  # pysentimiento sets tokenizer.model_max_length = 128
 
 
@@ -45,8 +47,9 @@ class TorchModel:
         with torch.inference_mode():
             return self._probas(self.model(**inputs).logits)
 
-    def predict_word_labels(self, words: Sequence[Sequence[str]]) -> list[list[int | None]]:
-        """pysentimiento's token path: words encoded with is_split_into_words, first sub-token's argmax."""
+    def predict_word_labels(self, words: Sequence[Sequence[str]]) -> list[list[WordLabel | None]]:
+        """pysentimiento's token path: words encoded with is_split_into_words, first sub-token's argmax
+        (and its softmax probability)."""
         inputs = self.tokenizer(
             [list(w) for w in words],
             is_split_into_words=True,
@@ -56,13 +59,14 @@ class TorchModel:
             return_tensors="pt",
         )
         with torch.inference_mode():
-            label_ids = self.model(**inputs).logits.argmax(dim=2).tolist()
+            scores, label_ids = torch.softmax(self.model(**inputs).logits, dim=2).max(dim=2)
         result = []
-        for index, (sentence, row) in enumerate(zip(words, label_ids, strict=True)):
-            first: dict[int, int] = {}
+        rows = zip(words, label_ids.tolist(), scores.tolist(), strict=True)
+        for index, (sentence, ids, row) in enumerate(rows):
+            first: dict[int, WordLabel] = {}
             for position, word_id in enumerate(inputs.word_ids(index)):
                 if word_id is not None and word_id not in first:
-                    first[word_id] = row[position]
+                    first[word_id] = (ids[position], row[position])
             result.append([first.get(w) for w in range(len(sentence))])
         return result
 
