@@ -29,6 +29,10 @@ TRIM_AFTER_BYTES = 8 * MB
 # A trim waits this long after the last release, so a wave of requests ending is trimmed once.
 TRIM_DELAY_S = 0.2
 RETRY_AFTER_S = 2
+# Each request's first bytes are not counted: a full ledger must not refuse an ordinary request
+# (a text to /analyze) while large bodies hold it. Bounded all the same, by the connection cap:
+# MAX_CONNECTIONS x FREE_BYTES (500 x 16 KB = 8 MB) beside INGRESS_MAX_MB.
+FREE_BYTES = 16 * 1024
 
 
 class Ledger:
@@ -90,11 +94,15 @@ class Ledger:
 LEDGER = Ledger()
 
 
+def _charge(reserved: int, held: int) -> int:
+    return max(max(reserved, held) - FREE_BYTES, 0)
+
+
 class Account:
     """One request's share of the ledger: what it reserved, and what it holds now.
 
-    It counts against the ceiling as the larger of the two: the bytes of a declared body that
-    arrive fill its reservation first."""
+    It counts against the ceiling as the larger of the two (the bytes of a declared body that
+    arrive fill its reservation first), less FREE_BYTES."""
 
     def __init__(self, ledger: Ledger = LEDGER) -> None:
         self.ledger = ledger
@@ -105,8 +113,8 @@ class Account:
     def _set(self, reserved: int, held: int, what: str) -> None:
         if self.closed:
             return
-        old_charge, old_pending = max(self.reserved, self.held), max(self.reserved - self.held, 0)
-        new_charge, new_pending = max(reserved, held), max(reserved - held, 0)
+        old_charge, old_pending = _charge(self.reserved, self.held), max(self.reserved - self.held, 0)
+        new_charge, new_pending = _charge(reserved, held), max(reserved - held, 0)
         self.ledger._change(new_charge - old_charge, new_pending - old_pending, what)
         self.reserved, self.held = reserved, held
 

@@ -18,6 +18,7 @@ held until the request ends unless the form parser gives it back, and past INGRE
 request asking for more gets 503 + Retry-After and its connection is closed.
 """
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.exceptions import IngressFull
@@ -116,6 +117,11 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, counting_receive, guarded_send)
+        except ClientDisconnect:
+            # The client left (or was answered here) while the app read the body: nothing to
+            # answer, nothing to log. Raised on, the exception would keep the frames that hold the
+            # body's chunks alive in a reference cycle (the timeout's task holds it) until a gc.
+            pass
         finally:
             account.close()
 
