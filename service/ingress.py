@@ -58,7 +58,7 @@ class Ledger:
                     f"{what} would pass INGRESS_MAX_MB={self.ceiling_bytes / MB:g}; retry shortly",
                     retry_after_s=RETRY_AFTER_S,
                     held_mb=round(self.charged / MB, 1),
-                    ingress_max_mb=round(self.ceiling_bytes / MB, 1),
+                    ingress_max_mb=round(self.ceiling_bytes / MB, 3),
                 )
             self.charged += charged
             self.pending += pending

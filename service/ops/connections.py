@@ -150,7 +150,7 @@ class GuardedH11Protocol(H11Protocol):
         self._rate_check = None
         if self._body_started is None or self.transport.is_closing():
             return
-        if self.conn.their_state is not h11.SEND_BODY or self.conn.our_state is not h11.IDLE:
+        if self.conn.their_state is not h11.SEND_BODY or self.conn.our_state is not h11.SEND_RESPONSE:
             self._stop_body_clock()  # the body is in, or answered early: the header deadline has the rest
             return
         settings = get_ops_settings()
@@ -183,7 +183,7 @@ class GuardedH11Protocol(H11Protocol):
     def _wasted_s(self, now: float) -> float:
         """How long this connection has held its slot without use: waiting for a request's headers,
         or with a body behind the minimum rate; 0 while a request is being served."""
-        if self.transport.is_closing() or self.conn.our_state is not h11.IDLE:
+        if self.transport.is_closing() or self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return 0.0
         if self.conn.their_state is h11.IDLE:
             return now - self._waiting_since
