@@ -207,6 +207,7 @@ def test_a_multipart_body_sent_to_a_json_route_is_held_to_the_json_limit(ops_cli
 # ---- slow bodies and the connection cap (a real server, no model) ------------------------------------
 
 
+@pytest.mark.slow
 def test_a_trickled_body_is_408_after_its_grace_and_a_steady_one_is_not(tmp_path: Path) -> None:
     with server_with(tmp_path, BODY_RATE_GRACE_S="1", BODY_MIN_RATE_KB_S="1") as server:
         head = b"POST /analyze HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -227,6 +228,7 @@ def test_a_trickled_body_is_408_after_its_grace_and_a_steady_one_is_not(tmp_path
             assert status == 422 and "2000" in error["message"], (status, error)  # read whole, judged
 
 
+@pytest.mark.slow
 def test_at_the_connection_cap_a_trickler_makes_room_for_a_real_client(tmp_path: Path) -> None:
     with server_with(tmp_path, MAX_CONNECTIONS="20", BODY_RATE_GRACE_S="30") as server:
         head = b"POST /analyze/file HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nx"
@@ -275,6 +277,16 @@ class Target:
             "POST", "/analyze", b'{"text": "qu\\u00e9 buen d\\u00eda"}', {"Content-Type": "application/json"}
         )
         return response.status, time.monotonic() - started
+
+    def settle(self, timeout_s: float = 15) -> None:
+        """Wait until the server has stopped working through what was sent (its CPU time flat)."""
+        deadline, last = time.monotonic() + timeout_s, self.server.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            now = self.server.cpu_seconds()
+            if now - last < 0.02:
+                return
+            last = now
 
     def assert_unharmed(self, pid: int, idle_mb: float) -> None:
         assert self.cgroup.oom_kills() == 0
@@ -431,4 +443,42 @@ def test_520_connections_trickling_a_body_leave_room_for_real_clients(target: Ta
     finally:
         for sock in sockets:
             sock.close()
+    target.assert_unharmed(pid, idle)
+
+
+@pytest.mark.slow
+def test_chunked_bodies_and_bodies_no_route_reads(target: Target) -> None:
+    """Further cases of the same kind: 80 chunked JSON bodies without a Content-Length (counted as
+    they arrive, nothing to reserve), each 2 MB short of its last chunk, beside 80 bodies of 2 MB
+    sent to a route that reads none (`POST /health`: answered 405 at once, the rest discarded)."""
+    pid, idle = target.server.pid, target.anon_mb()
+    chunk = b'{"text": "' + b"a" * (64 * 1024 - 10)
+    chunked_head = (
+        b"POST /analyze HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunked = chunked_head + b"".join(b"%x\r\n" % len(chunk) + chunk + b"\r\n" for _ in range(32))
+    unread = b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (2 * MB) + b"x" * (2 * MB)
+    peak = Peak(target)
+    peak.start()
+    sockets = [target.server.connect(timeout=30) for _ in range(160)]
+    in_parallel(160, lambda n: sockets[n].sendall(chunked if n % 2 else unread))
+    try:
+        target.settle()  # the test's own 160 senders starved the server: let it read what they sent
+        status, seconds = target.analyze()
+        assert status == 200 and seconds < 2, (status, seconds)
+        answers = []
+        for sock in sockets:
+            sock.settimeout(0.5)
+            with suppress(TimeoutError, ConnectionResetError):
+                answers.append(sock.recv(4096)[:12])
+        # A declared body is reserved before routing: some of the unread ones met a full ledger too.
+        assert set(answers) == {b"HTTP/1.1 405", b"HTTP/1.1 503"}, answers
+        assert answers.count(b"HTTP/1.1 405") >= 60, answers
+        assert answers.count(b"HTTP/1.1 503") >= 40, answers  # past INGRESS_MAX_MB as they arrived
+    finally:
+        for sock in sockets:
+            sock.close()
+        peak.running = False
+    assert peak.mb < idle + 64 + 60, (peak.mb, idle)
     target.assert_unharmed(pid, idle)
