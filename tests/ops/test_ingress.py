@@ -192,6 +192,8 @@ def test_a_declared_body_past_the_ledger_is_503_before_it_is_read(ops_client: Ca
     error = response.json()["error"]
     assert error["code"] == "ingress_full" and error["ingress_max_mb"] == 0.05
     assert ingress.LEDGER.charged == 0 and ingress.LEDGER.pending == 0  # all given back
+    report = client.get("/memory").json()["ingress"]
+    assert report["refusals"] >= 1 and report["ceiling_mb"] == 0.05 and report["held_mb"] == 0
     small = client.post("/analyze", json={"text": "hola", "task": "nope"})
     assert small.status_code == 422  # an ordinary body passes (and is judged on its content)
 
