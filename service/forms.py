@@ -34,6 +34,8 @@ SPOOL_BYTES = 64 * KB
 # Form fields (options such as `lang`, `text_column`): how many, and how long each.
 MAX_FIELDS = 32
 MAX_FIELD_BYTES = 64 * KB
+# File parts of a route that takes a list of files and sets no count of its own (`many_files`).
+MAX_FILES = 32
 
 
 class _BoundedMultiPartParser(MultiPartParser):
@@ -57,7 +59,7 @@ class _BoundedMultiPartParser(MultiPartParser):
         self._refuse_file = refuse_file
         self._account = account
         self._field_bytes = 0
-        self._file_sizes: dict[int, int] = {}  # file parts' sizes so far, by id(part)
+        self._file_sizes: dict[UploadFile, int] = {}  # file parts' sizes so far
 
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self._current_part.content_disposition)
@@ -70,8 +72,8 @@ class _BoundedMultiPartParser(MultiPartParser):
         if self._current_part.file is None:
             self._field_bytes += end - start
         else:
-            key = id(self._current_part)
-            self._file_sizes[key] = self._file_sizes.get(key, 0) + end - start
+            upload = self._current_part.file
+            self._file_sizes[upload] = self._file_sizes.get(upload, 0) + end - start
 
     def _in_memory(self) -> int:
         """Bytes the parsed form keeps in memory: fields, and file parts not rolled over to disk."""
@@ -86,7 +88,10 @@ class _BoundedMultiPartParser(MultiPartParser):
             if self._account is not None:
                 now = self._in_memory()
                 self._account.give(len(chunk))
-                self._account.take(now - kept) if now >= kept else self._account.give(kept - now)
+                if now >= kept:
+                    self._account.take(now - kept)
+                else:
+                    self._account.give(kept - now)
                 kept = now
 
 
@@ -137,7 +142,7 @@ class FormRoute(APIRoute):
 
     def many_files(self) -> int:
         """How many file parts a route that takes a list of files reads; override where it is set."""
-        return MAX_FIELDS
+        return MAX_FILES
 
     def refuse_file(self, count: int) -> ServiceError:
         """The answer to file part number `count`, one past what the route reads."""
