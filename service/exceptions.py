@@ -71,3 +71,13 @@ class Overloaded(ServiceError):
 class TooLarge(ServiceError):
     status_code = 413
     code = "too_large"
+
+
+class IngressFull(ServiceError):
+    """The request bodies held in memory, all requests together, are at their ceiling (INGRESS_MAX_MB)."""
+
+    status_code = 503
+    code = "ingress_full"
+
+    def __init__(self, message: str, *, retry_after_s: int = 2, **details: Any) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)}, **details)

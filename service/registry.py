@@ -32,6 +32,7 @@ from service.budget import Budget, detect_budget, unreclaimable_mb
 from service.config import get_settings
 from service.exceptions import OverBudget, TooLarge
 from service.hardware import WORK_MB_FIXED
+from service.ingress import LEDGER
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -383,8 +384,9 @@ class Registry:
 
     def used_mb(self) -> float:
         """Memory the budget counts as used: unreclaimable memory now, working memory admitted to
-        running work, and the file pages that work reads."""
-        return self._used() + self._reserved_mb + self.running_file_mb
+        running work, the file pages that work reads, and request bodies declared but not arrived
+        yet (service/ingress.py; those that arrived are in the unreclaimable memory)."""
+        return self._used() + self._reserved_mb + self.running_file_mb + LEDGER.pending_mb
 
     def _make_room(self, what: str, cost_mb: float, evict: bool = True, **details: Any) -> None:
         """Evict LRU idle items (none if not `evict`) until `cost_mb` fits under the budget, or refuse."""

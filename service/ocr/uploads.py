@@ -1,21 +1,19 @@
 """The upload: its bytes read under a size limit, and what kind of file they really are.
 
 The route stops a request body that passes the limit while it streams in (Starlette would
-otherwise spool all of it to disk first), and the file part is read in chunks, abandoned as
-soon as it passes OCR_MAX_UPLOAD_MB.
+otherwise spool all of it to disk first) and refuses a file part past what it reads as it
+arrives (`OcrRoute`, on service/forms.py); the file part is read in chunks, abandoned as soon as
+it passes OCR_MAX_UPLOAD_MB.
 The kind is decided by magic bytes, never by the file name; a declared content type that
 disagrees with the content is refused, so a client learns what it actually sent.
 """
 
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
-from fastapi import Request, Response, UploadFile
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
-from starlette.types import Message
+from fastapi import UploadFile
 
-from service.exceptions import BadInput, TooLarge
+from service.exceptions import BadInput, ServiceError, TooLarge
+from service.forms import FormRoute
 from service.ocr.config import get_ocr_settings
 from service.ocr.errors import UnsupportedMedia
 from service.ocr.jobs import KIND_NAMES, Kind
@@ -40,52 +38,32 @@ DECLARED_KINDS: dict[str, Kind] = {
 UNSPECIFIC_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
 
 
-class UploadLimitRoute(APIRoute):
-    """A route that refuses a request body past the upload limit while it streams in.
+class OcrRoute(FormRoute):
+    """The OCR routes' forms: the body is refused past OCR_MAX_UPLOAD_MB (and the multipart slack)
+    while it streams in, not at its end; `/ocr/batch` reads at most OCR_MAX_FILES files, and `/ocr`
+    one (service/forms.py refuses the next file part as it arrives)."""
 
-    A declared Content-Length over the limit is refused before any byte is read; otherwise the
-    bytes are counted as they arrive, so a chunked upload stops at the limit, not at its end.
-    """
+    def body_limit(self) -> tuple[int, Callable[[], ServiceError]]:
+        limit_mb = get_ocr_settings().max_upload_mb
+        return int(limit_mb * MB) + MULTIPART_SLACK_BYTES, lambda: _too_large(limit_mb)
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+    def many_files(self) -> int:
+        return get_ocr_settings().max_files
 
-        async def limited(request: Request) -> Response:
-            limit_mb = get_ocr_settings().max_upload_mb
-            limit = int(limit_mb * MB) + MULTIPART_SLACK_BYTES
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise _too_large(limit_mb)
-            received = 0
-
-            async def receive() -> Message:
-                nonlocal received
-                message = await request.receive()
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _too_large(limit_mb)
-                return message
-
-            try:
-                return await handler(Request(request.scope, receive))
-            except HTTPException as error:  # FastAPI reports any failure to parse the body as a 400
-                if isinstance(error.__cause__, TooLarge):
-                    raise error.__cause__ from None
-                raise
-
-        return limited
+    def refuse_file(self, count: int) -> ServiceError:
+        if not self.reads_many_files:
+            return BadInput("POST /ocr reads one file; send several to POST /ocr/batch", files=count)
+        limit = self.many_files()
+        return TooLarge(
+            f"more than {limit} files in one request (the file part {count} was refused before it was "
+            f"read); at most OCR_MAX_FILES={limit}",
+            files=count,
+            max_files=limit,
+        )
 
 
 def _too_large(limit_mb: float) -> TooLarge:
     return TooLarge(f"the upload is larger than OCR_MAX_UPLOAD_MB={limit_mb:g} MB", limit_mb=limit_mb)
-
-
-def read_upload(upload: UploadFile, limit_mb: float) -> bytes:
-    """The file's bytes, read in chunks and abandoned as soon as they pass `limit_mb`."""
-    data = _read_within(upload, limit_mb, 0)
-    if not data:
-        raise BadInput("the uploaded file is empty")
-    return data
 
 
 def read_uploads(uploads: list[UploadFile], limit_mb: float) -> list[bytes]:

@@ -23,6 +23,13 @@ class OpsSettings(BaseSettings):
     max_body_mb: float = Field(default=100, gt=0)
     # Any other body (JSON): read whole into memory and parsed into objects many times its size.
     max_json_body_mb: float = Field(default=2, gt=0)
+    # Request bodies held in memory by all requests together (service/ingress.py); unset: an
+    # eighth of the memory budget (64 MB of 512).
+    ingress_max_mb: float | None = Field(default=None, gt=0)
+    # A request body must arrive at least this fast, averaged from its first byte once
+    # BODY_RATE_GRACE_S have passed, else 408 and the connection is closed (ops/connections.py).
+    body_min_rate_kb_s: float = Field(default=1.0, ge=0)
+    body_rate_grace_s: float = Field(default=5.0, gt=0)
     # Until the response starts; 0 turns it off. Sync routes cannot be stopped: see ops/timeout.py.
     request_timeout_s: float = Field(default=120, ge=0)
     # A request's headers must arrive within this of its first byte, else 408 and the connection is
@@ -43,10 +50,11 @@ class OpsSettings(BaseSettings):
     recycle_on_hard_limit: bool = False
     recycle_min_uptime_s: float = Field(default=60, ge=0)
 
-    @field_validator("api_key", "rate_limit_per_min", mode="before")
+    @field_validator("api_key", "rate_limit_per_min", "ingress_max_mb", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        """`API_KEY=` in a .env or a dashboard means "no key", not an empty key that matches nothing."""
+        """`API_KEY=` in a .env or a dashboard means "no key", not an empty key that matches nothing
+        (and an empty limit means its default)."""
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("memory_hard_limit")

@@ -11,8 +11,16 @@ h11 protocol, adds:
   a body the app answered without reading (a 401, 413 or 429);
 - a bound on a request's head (request line and headers): 16 KB, else 431. h11 bounds only what
   it buffers between reads, so a head that arrives in one read (up to 256 KB) got through;
+- a minimum body rate: a request body must arrive at BODY_MIN_RATE_KB_S on average from its
+  first byte once BODY_RATE_GRACE_S have passed (while the app holds unread bytes, reading is
+  paused and the time is not the client's), else 408 and the connection is closed: 520
+  connections trickling a byte every 5 s held every slot for REQUEST_TIMEOUT_S (issue 21);
 - a connection cap: past MAX_CONNECTIONS open connections (fewer when the descriptor limit is
-  lower) a new one is answered 503 + Retry-After at once, without reading it, and closed.
+  lower) a new one takes the place of a connection that has been wasting its slot for SHED_AFTER_S
+  (a body behind the minimum rate, headers not complete, or idle between requests), which is
+  answered 408 and closed; with none to shed, the new one is answered 503 + Retry-After at once,
+  without reading it, and closed. So trickling clients cannot lock out real ones, even within
+  the grace their bodies get.
 asyncio accepts up to the listen backlog per loop tick before any of those connections reaches
 `connection_made` (three ticks later), so the cap leaves room for a few such bursts, and serve.py
 keeps the backlog small (BACKLOG). Should accept still fail for want of descriptors, asyncio logs
@@ -45,6 +53,9 @@ BURSTS_IN_FLIGHT = 4
 MAX_HEAD_BYTES = 16 * 1024
 # The listen backlog serve.py sets (uvicorn's default is 2048): also the most asyncio accepts a tick.
 BACKLOG = 64
+# At the cap, a connection that has not sent a request or kept up with the body rate for this long
+# makes room for a new one.
+SHED_AFTER_S = 1.0
 
 
 def connection_cap(max_connections: int, backlog: int = BACKLOG) -> int:
@@ -80,12 +91,17 @@ def canned(status: int, reason: str, code: str, message: str, **headers: str) ->
 
 class GuardedH11Protocol(H11Protocol):
     _deadline: asyncio.TimerHandle | None = None
+    _rate_check: asyncio.TimerHandle | None = None
+    _body_started: float | None = None  # when the current request's body began to arrive
+    _body_bytes = 0
+    _waiting_since = 0.0  # when the connection began to wait for a request's headers
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._waiting_since = time.monotonic()
         settings = get_ops_settings()
         cap = connection_cap(settings.max_connections, self.config.backlog)
-        if len(self.connections) > cap:
+        if len(self.connections) > cap and not self._shed_one():
             over_capacity.note(cap)
             transport.write(
                 canned(
@@ -107,9 +123,98 @@ class GuardedH11Protocol(H11Protocol):
                 return
             if self._deadline is None:
                 self._arm(get_ops_settings().header_timeout_s)  # the next request on a kept-alive connection
+        elif self._body_started is not None:
+            self._body_bytes += len(data)
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE and self.conn.our_state is not h11.DONE:
             self._disarm()  # headers complete: the body's time is REQUEST_TIMEOUT_S (ops/timeout.py)
+        if self.conn.their_state is h11.SEND_BODY and self._body_started is None:
+            self._start_body_clock()
+        elif self.conn.their_state is not h11.SEND_BODY and self._body_started is not None:
+            self._stop_body_clock()
+
+    def _start_body_clock(self) -> None:
+        settings = get_ops_settings()
+        if not settings.body_min_rate_kb_s:
+            return
+        self._body_started, self._body_bytes = time.monotonic(), 0
+        self._rate_check = self.loop.call_later(settings.body_rate_grace_s, self._check_rate)
+
+    def _stop_body_clock(self) -> None:
+        self._body_started = None
+        if self._rate_check is not None:
+            self._rate_check.cancel()
+            self._rate_check = None
+
+    def _check_rate(self) -> None:
+        self._rate_check = None
+        if self._body_started is None or self.transport.is_closing():
+            return
+        if self.conn.their_state is not h11.SEND_BODY or self.conn.our_state is not h11.SEND_RESPONSE:
+            self._stop_body_clock()  # the body is in, or answered early: the header deadline has the rest
+            return
+        settings = get_ops_settings()
+        if self.flow.read_paused:  # the app has not taken what arrived: the wait is ours, not the client's
+            self._body_started += settings.body_rate_grace_s
+            self._rate_check = self.loop.call_later(settings.body_rate_grace_s, self._check_rate)
+            return
+        now = time.monotonic()
+        rate = settings.body_min_rate_kb_s * 1024
+        due = self._body_started + settings.body_rate_grace_s + self._body_bytes / rate
+        if now < due:
+            self._rate_check = self.loop.call_later(due - now, self._check_rate)
+            return
+        self._close_slow_body()
+
+    def _close_slow_body(self) -> None:
+        settings = get_ops_settings()
+        self._stop_body_clock()
+        self.transport.write(
+            canned(
+                408,
+                "Request Timeout",
+                "request_timeout",
+                f"the request body arrived slower than BODY_MIN_RATE_KB_S={settings.body_min_rate_kb_s:g} "
+                f"(after BODY_RATE_GRACE_S={settings.body_rate_grace_s:g} s)",
+            )
+        )
+        self.transport.close()
+
+    def _wasted_s(self, now: float) -> float:
+        """How long this connection has held its slot without use: waiting for a request's headers,
+        or with a body behind the minimum rate; 0 while a request is being served."""
+        if self.transport.is_closing() or self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return 0.0
+        if self.conn.their_state is h11.IDLE:
+            return now - self._waiting_since
+        if self._body_started is None or self.conn.their_state is not h11.SEND_BODY or self.flow.read_paused:
+            return 0.0
+        return now - self._body_started - self._body_bytes / (get_ops_settings().body_min_rate_kb_s * 1024)
+
+    def _shed_one(self) -> bool:
+        """Close the connection that has wasted its slot longest (at least SHED_AFTER_S), to make
+        room for this new one; False when there is none."""
+        now = time.monotonic()
+        others = (c for c in self.connections if isinstance(c, GuardedH11Protocol) and c is not self)
+        wasted, victim = max(((c._wasted_s(now), c) for c in others), default=(0.0, None), key=lambda p: p[0])
+        if victim is None or wasted < SHED_AFTER_S:
+            return False
+        over_capacity.shed += 1
+        if victim.conn.their_state is h11.SEND_BODY:
+            victim._close_slow_body()
+            return True
+        victim._disarm()
+        victim.transport.write(
+            canned(
+                408,
+                "Request Timeout",
+                "request_timeout",
+                f"no request arrived on this connection for {wasted:.0f} s; it was closed to make room "
+                "for another (MAX_CONNECTIONS)",
+            )
+        )
+        victim.transport.close()
+        return True
 
     def _head_too_long(self, data: bytes) -> bool:
         """Whether the head being received (what h11 holds plus `data`, up to the blank line that
@@ -143,12 +248,15 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
     def on_response_complete(self) -> None:
+        self._stop_body_clock()
+        self._waiting_since = time.monotonic()
         super().on_response_complete()
         if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
             self._arm(get_ops_settings().header_timeout_s)  # answered early: the unread rest, quickly
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_body_clock()
         super().connection_lost(exc)
 
     def _arm(self, seconds: float) -> None:
@@ -182,6 +290,7 @@ class _OverCapacity:
     def __init__(self, every_s: float = 60.0) -> None:
         self.every_s = every_s
         self.refused = 0
+        self.shed = 0  # connections closed to make room for a new one
         self._last_log = -every_s
 
     def note(self, cap: int) -> None:
@@ -190,9 +299,11 @@ class _OverCapacity:
         if now - self._last_log >= self.every_s:
             self._last_log = now
             logger.warning(
-                "connections: %d refused so far at the cap of %d open connections (MAX_CONNECTIONS)",
+                "connections: %d refused so far at the cap of %d open connections (MAX_CONNECTIONS), "
+                "%d idle or too slow closed to make room",
                 self.refused,
                 cap,
+                self.shed,
             )
 
 

@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from fastapi.routing import APIRoute
 
 from service.config import TOKEN_TASKS
 from service.error_handlers import error_examples
 from service.exceptions import LanguageUndetected
+from service.forms import FormRoute
 from service.sentiment.bulk import NDJSON, BulkOptions, analyze_file
 from service.sentiment.schemas import (
     AUTO,
@@ -43,9 +43,10 @@ def is_json(content_type: str | None) -> bool:
     )
 
 
-class ShapeCheckedRoute(APIRoute):
+class ShapeCheckedRoute(FormRoute):
     """Refuses a JSON body that cannot be valid from its structure (`shape_problem`) before FastAPI
-    parses it into objects; the body read here is the one FastAPI then parses (Starlette caches it)."""
+    parses it into objects; the body read here is the one FastAPI then parses (Starlette caches it).
+    A form (`/analyze/file`) is parsed under the bounds of service/forms.py."""
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         handler = super().get_route_handler()

@@ -15,6 +15,7 @@ from service.budget import (
 from service.config import get_settings
 from service.error_handlers import error_examples
 from service.hardware import current, num_threads
+from service.ingress import LEDGER
 from service.monitoring.history import current_history
 from service.registry import get_registry
 from service.sentiment.batching import active_pool
@@ -77,6 +78,7 @@ def memory() -> MemoryReport:
         counters=dict(registry.counters),
         history_bytes=history.bytes if history is not None else 0,
         cgroup=_cgroup_report(group),
+        ingress=LEDGER.snapshot(),
     )
 
 

@@ -128,7 +128,7 @@ class MemoryReport(BaseModel):
     shmem_mb: float = Field(description="RssShmem.")
     used_mb: float = Field(
         description="What the budget counts: unreclaimable memory (this process's and its OCR worker's, or "
-        "their cgroup's when larger) + reserved + running_file_mb."
+        "their cgroup's when larger) + reserved + running_file_mb + ingress.pending_mb."
     )
     running_file_mb: float = Field(description="File allowances of the models work is running on now.")
     peak_rss_mb: float = Field(description="The process's RSS high-water mark.")
@@ -150,6 +150,12 @@ class MemoryReport(BaseModel):
         "and HISTORY_EVENTS events), allocated at start and part of rss_mb.",
     )
     cgroup: CgroupReport | None = Field(description="The memory cgroup's own figures, when it has a limit.")
+    ingress: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Request bodies held in memory by all requests together (service/ingress.py): held_mb "
+        "(counted against ceiling_mb, INGRESS_MAX_MB), pending_mb (declared, not arrived: part of used_mb), "
+        "peak_mb, refusals (503 ingress_full).",
+    )
 
 
 class BatcherStats(BaseModel):

@@ -145,7 +145,8 @@ def test_connections_past_the_cap_are_refused_at_once_and_the_log_stays_small(tm
     """Under a descriptor limit of 512 the cap is (512 - 64 - 4 x 64) / 2 = 96 connections: the rest
     get a 503 at once, the server never runs out of descriptors, nothing is logged per connection.
     The header timeout outlasts opening the 400 however loaded the machine, so none frees its place
-    early: exactly the cap's worth wait for their 408."""
+    early: the cap's worth wait for their 408. A stalled one that has held its place for SHED_AFTER_S
+    (1 s) gives it up to a newer one (408 too; issue 21), so on a slow machine a few more see 408."""
     with server_with(tmp_path, nofile=512, header_timeout_s=30) as server:
         pid = server.process.pid
         stalled = stall(server, 400, header_timeout_s=30)
@@ -156,7 +157,7 @@ def test_connections_past_the_cap_are_refused_at_once_and_the_log_stays_small(tm
             for sock in stalled:
                 sock.close()
         statuses = [status for status, _ in answers]
-        assert (statuses.count(408), statuses.count(503)) == (96, 400 - 96), statuses
+        assert statuses.count(408) + statuses.count(503) == 400 and statuses.count(408) >= 96, statuses
         refused = next(error for status, error in answers if status == 503)
         assert refused["code"] == "too_many_connections" and "MAX_CONNECTIONS=96" in refused["message"]
         assert server.request("GET", "/health").status == 200
