@@ -14,6 +14,9 @@ from tests.support import MINILM, ROOT, app_client
 # The test process's RSS (torch, what earlier tests left) is not the app's: a watchdog measuring
 # it would refuse requests at random. tests/ops turns it on where it is tested.
 os.environ.setdefault("MEMORY_WATCHDOG", "false")
+# Nor a default model loading in the background of every app and server a test starts (a test of
+# the warm-up turns it on).
+os.environ.setdefault("WARM_UP", "false")
 
 
 @pytest.fixture
