@@ -234,7 +234,11 @@ def main() -> None:
     parser.add_argument("--cpus", type=float, default=0.1)
     parser.add_argument("--limit-mb", type=int, default=512)
     parser.add_argument("--work", type=Path, help="kept afterwards when given")
-    parser.add_argument("--prepacked", default="true,false", help="PREPACKED values to compare")
+    parser.add_argument(
+        "--prepacked",
+        default="true,other-cpu,false",
+        help="PREPACKED values to compare; other-cpu: true, the build's variant keyed for another CPU",
+    )
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-wake-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -252,14 +256,25 @@ def main() -> None:
             run_dir = work / f"run-prepacked-{prepacked}"
             shutil.rmtree(run_dir, ignore_errors=True)
             shutil.copytree(output, run_dir, symlinks=True)
+            if prepacked == "other-cpu":
+                as_if_built_on_another_cpu(run_dir)
             for disk in ("fresh", "kept"):
                 name = f"PREPACKED={prepacked} {disk} disk"
-                results[name] = start(run_dir, model, args.cpus, args.limit_mb, PREPACKED=prepacked)
+                value = "true" if prepacked == "other-cpu" else prepacked
+                results[name] = start(run_dir, model, args.cpus, args.limit_mb, PREPACKED=value)
                 report(name, results[name])
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({k: {f: v for f, v in r.items() if f != "processes"} for k, r in results.items()}))
+
+
+def as_if_built_on_another_cpu(run_dir: Path) -> None:
+    """Rekey the build's variants as if Render's build machine had other CPU features than this one."""
+    for info_path in run_dir.glob("models/*/prepacked/variant.json"):
+        info = json.loads(info_path.read_text())
+        info["key"]["cpu_features"] = ["another-cpu"]
+        info_path.write_text(json.dumps(info))
 
 
 def report(name: str, figures: dict[str, Any]) -> None:

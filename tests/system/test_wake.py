@@ -71,7 +71,10 @@ def test_start_runs_no_python_before_the_server_once_the_build_set_up(tmp_path):
     assert not any("prepacked" in line for line in again)
 
 
-HEAVY = ("onnxruntime", "numpy", "tokenizers", "torch", "transformers", "PIL", "pypdfium2", "spacy", "tesserocr")
+HEAVY = (
+    *("onnxruntime", "numpy", "tokenizers", "torch", "transformers"),
+    *("PIL", "pypdfium2", "spacy", "tesserocr"),
+)
 
 
 def test_the_app_imports_nothing_heavy_before_its_first_answer_needs_it():
@@ -86,7 +89,7 @@ def test_the_app_imports_nothing_heavy_before_its_first_answer_needs_it():
 
 @pytest.fixture
 def slow_load(monkeypatch):
-    """Model loads that take LOAD_S, counted."""
+    """Model loads that take 1.5 s more, counted."""
     from service.sentiment import service
 
     real, loads = service.create_analyzer, []
@@ -100,6 +103,7 @@ def slow_load(monkeypatch):
     return loads
 
 
+@pytest.mark.slow
 def test_health_answers_during_the_warm_up_and_a_request_waits_for_it(make_client, onnx_minilm, slow_load):
     began = time.monotonic()
     client = make_client(WARM_UP="true", MODEL_SENTIMENT_ES=str(onnx_minilm), PREPACKED="false")
@@ -127,3 +131,23 @@ def test_without_warm_up_nothing_loads_until_asked(make_client, onnx_minilm, slo
     assert client.get("/memory").json()["loaded"] == [] and slow_load == []
     assert client.get("/ready").status_code == 200
     assert len(slow_load) == 1
+
+
+@pytest.mark.slow
+def test_a_model_loaded_plain_gets_its_variant_after_its_first_answer(make_client, onnx_minilm, tmp_path):
+    model = tmp_path / "sentiment-es"
+    shutil.copytree(onnx_minilm, model, ignore=shutil.ignore_patterns("prepacked", ".prepacked-*"))
+    client = make_client(WARM_UP="true", MODEL_SENTIMENT_ES=str(model), MEMORY_BUDGET_MB="4096")
+    first = client.post("/analyze", json={"text": "me encanta"})
+    assert first.status_code == 200, first.text
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        (loaded,) = client.get("/memory").json()["loaded"]
+        if loaded["prepacked"] != "coming":
+            break
+        time.sleep(0.2)
+    assert loaded["prepacked"] == "in place"
+    assert loaded["file_mb"] > 10  # its weights are mapped from the variant's file now
+    assert (model / "prepacked" / "variant.json").is_file()
+    again = client.post("/analyze", json={"text": "me encanta"}).json()
+    assert abs(again["probas"]["POS"] - first.json()["probas"]["POS"]) <= 1e-4

@@ -101,7 +101,9 @@ def open_session(
     choice = prepacked.Choice(plain, False, why_plain)
     if wanted:
         choice = prepacked.inspect(model_dir, manifest, settings.prepacked_dir)
-    opened = _open_variant(model_dir, choice, tokenizer, manifest, num_threads) if choice.variant else None
+    opened = None
+    if choice.variant:
+        opened = _open_variant(model_dir, choice, tokenizer, manifest, num_threads, settings.prepacked_dir)
     if opened is not None:
         session, served = opened
     else:
@@ -119,6 +121,7 @@ def _open_variant(
     tokenizer: Tokenizer,
     manifest: dict[str, Any],
     num_threads: int,
+    store: Path | None,
 ) -> tuple[ort.InferenceSession, Served] | None:
     """A session over the variant that passed its probe; None (and the variant discarded, its
     reason appended to `choice.reason`) when it is corrupt or fails the probe."""
@@ -137,7 +140,7 @@ def _open_variant(
             mapped = file_pages.mapped_mb(choice.graph.parent.resolve())
             return session, Served(choice.graph, True, reason, mapped)
         choice.reason += " failed its check at load"
-    prepacked.discard(model_dir, settings.prepacked_dir)
+    prepacked.discard(model_dir, store)
     return None
 
 
@@ -159,6 +162,7 @@ class OnnxModel:
     def __init__(self, model_dir: Path, num_threads: int, prepacked: bool = True) -> None:
         """`prepacked=False`: the exported model itself, never a variant (what the export measures)."""
         self.model_dir, self.num_threads = model_dir, num_threads
+        self.store = get_settings().prepacked_dir  # where its variant is (made)
         manifest = read_manifest(model_dir)
         self.manifest = manifest
         id2label = manifest["id2label"]
@@ -184,14 +188,15 @@ class OnnxModel:
     def make_variant(self) -> str | None:
         """Make this model's prepacked variant in a child (None when a valid one is there now, else
         why not). Slow (seconds of CPU), so called off the request path, after the first answer."""
-        settings = get_settings()
-        return prepacked.make_here(self.model_dir, self.manifest, settings.prepacked_dir)
+        return prepacked.make_here(self.model_dir, self.manifest, self.store)
 
     def use_variant(self) -> bool:
         """Swap the valid variant on disk in for the plain session, once the calls running on that
         one have ended (its memory goes back when this returns); False if it is not usable."""
-        choice = prepacked.inspect(self.model_dir, self.manifest, get_settings().prepacked_dir)
-        opened = _open_variant(self.model_dir, choice, self.tokenizer, self.manifest, self.num_threads)
+        choice = prepacked.inspect(self.model_dir, self.manifest, self.store)
+        opened = _open_variant(
+            self.model_dir, choice, self.tokenizer, self.manifest, self.num_threads, self.store
+        )
         if opened is None:
             _log_served(self.model_dir, Served(self.served.graph, False, choice.reason, self.file_mb))
             return False
