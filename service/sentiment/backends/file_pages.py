@@ -9,9 +9,11 @@ does not shrink when the cgroup is already short of memory, which is when it mat
 """
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 SMAPS = Path("/proc/self/smaps")
+READ_CHUNK = 1 << 20
 _MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
 
 
@@ -39,3 +41,18 @@ def mapped_kb(prefix: Path, smaps: Path = SMAPS) -> dict[str, int]:
 def mapped_mb(prefix: Path, smaps: Path = SMAPS) -> float:
     """The MB of files under `prefix` that this process maps."""
     return mapped_kb(prefix, smaps)["Size"] / 1024
+
+
+def read_ahead(files: Iterable[Path]) -> None:
+    """Read `files` through once, 1 MB at a time, before onnxruntime maps them: on a cold page cache
+    (every spin-up) its page-by-page faults over the weights cost more CPU than this read, measured
+    at RoBERTuito scale as 0.36-0.41 s against 0.15-0.18 s for the variant's session and probe
+    (MEMORY.md, issue 22). Pages already cached are copied at memory speed."""
+    buffer = bytearray(READ_CHUNK)
+    for path in files:
+        try:
+            with path.open("rb", buffering=0) as handle:
+                while handle.readinto(buffer):
+                    pass
+        except OSError:  # missing or unreadable: the session's own open says why
+            continue

@@ -107,6 +107,7 @@ def open_session(
     if opened is not None:
         session, served = opened
     else:
+        file_pages.read_ahead(prepacked.model_files(model_dir, manifest))
         session = ort.InferenceSession(
             str(plain), session_options(num_threads), providers=onnx_providers(settings.use_gpu)
         )
@@ -128,6 +129,7 @@ def _open_variant(
     settings = get_settings()
     multi_label = manifest["problem_type"] == "multi_label_classification"
     try:
+        file_pages.read_ahead(sorted(choice.graph.parent.iterdir()))
         session = ort.InferenceSession(
             str(choice.graph), session_options(num_threads), providers=onnx_providers(settings.use_gpu)
         )
