@@ -106,7 +106,9 @@ def slow_load(monkeypatch):
 @pytest.mark.slow
 def test_health_answers_during_the_warm_up_and_a_request_waits_for_it(make_client, onnx_minilm, slow_load):
     began = time.monotonic()
-    client = make_client(WARM_UP="true", MODEL_SENTIMENT_ES=str(onnx_minilm), PREPACKED="false")
+    client = make_client(
+        WARM_UP="true", MODEL_SENTIMENT_ES=str(onnx_minilm), PREPACKED="false", MEMORY_BUDGET_MB="4096"
+    )
     assert client.get("/health").status_code == 200
     assert time.monotonic() - began < 1.5  # the app started before the load ended
     answers = {}
@@ -126,7 +128,9 @@ def test_health_answers_during_the_warm_up_and_a_request_waits_for_it(make_clien
 
 
 def test_without_warm_up_nothing_loads_until_asked(make_client, onnx_minilm, slow_load):
-    client = make_client(WARM_UP="false", MODEL_SENTIMENT_ES=str(onnx_minilm), PREPACKED="false")
+    client = make_client(
+        WARM_UP="false", MODEL_SENTIMENT_ES=str(onnx_minilm), PREPACKED="false", MEMORY_BUDGET_MB="4096"
+    )
     time.sleep(0.2)
     assert client.get("/memory").json()["loaded"] == [] and slow_load == []
     assert client.get("/ready").status_code == 200
