@@ -48,12 +48,12 @@ install_requirements() {
 
 # What the build set up (requirements, OCR data, exported models) for these settings is not checked
 # again by Python at start: on a 0.1-CPU instance each Python process costs seconds before the first
-# answer. The stamp names the requirement files, the Python, the settings that decide what is
+# answer. The stamp names the requirement files, the Python binary, the settings that decide what is
 # exported and where, and the names in the export dir; anything else and the setup runs again.
 setup_key() {
   {
     cat requirements*.txt
-    python -V 2>&1
+    ls -lL "$(command -v python)" # the interpreter, without starting one
     env | grep -E '^(BACKEND|EXPORT_MODELS|ONNX_DIR|MODEL_[A-Z_]+|OCR_TESSDATA|TESSDATA_PREFIX)=' | sort
     ls "${ONNX_DIR:-models}" 2>&1
   } | sha256sum | cut -c1-16
