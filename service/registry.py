@@ -157,6 +157,7 @@ class Registry:
     def improve(
         self,
         key: str,
+        value: Any,
         make: Callable[[], str | None],
         swap: Callable[[], float | None],
         extra_mb: float,
@@ -166,10 +167,11 @@ class Registry:
         runs in a child process (None: made; else why not) once its memory fits (the item's cost
         plus `extra_mb`, the budget counting the child while it runs); `swap` replaces the value in
         place, and the item's cost drops by the unreclaimable memory that gave back. The item is
-        held meanwhile, so not evicted. False (logged) when it could not be done now."""
+        held meanwhile, so not evicted. False (logged) when it could not be done now; nothing is
+        done when `value` is no longer the loaded one (unloaded, or reloaded since)."""
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None:
+            if entry is None or entry.value is not value:
                 return False
             entry.in_use += 1
         started = time.time()

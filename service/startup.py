@@ -47,6 +47,7 @@ def warm_up() -> None:
             logger.warning("warm-up: the default model did not load: %s", error)
             return
         answered = getattr(analyzer.model, "answered", None)
+        del analyzer  # an evicted model is not kept alive by this wait
         if answered is not None:
             answered.wait()
             wake_log("its first answer")

@@ -110,7 +110,7 @@ def model_item(task: str, lang: str) -> Loadable:
         state.clear()
         if getattr(getattr(analyzer.model, "served", None), "coming", False):
             state["prepacked"] = "coming"
-            _variant_later(model_key(task, lang), analyzer.model)
+            _variant_later(model_key(task, lang), analyzer)
         return analyzer
 
     def estimate_mb() -> float:
@@ -153,14 +153,16 @@ def model_item(task: str, lang: str) -> Loadable:
     )
 
 
-def _variant_later(key: str, model: Any) -> None:
+def _variant_later(key: str, analyzer: Analyzer | TokenAnalyzer) -> None:
     """The prepacked variant of a model that loaded plain (none valid on disk for this CPU): made
     after its first answer (or VARIANT_AFTER_S without one) in a niced child, then swapped in."""
+    model = analyzer.model
 
     def run() -> None:
         model.answered.wait(VARIANT_AFTER_S)
         get_registry().improve(
             key,
+            analyzer,
             model.make_variant,
             lambda: model.file_mb if model.use_variant() else None,
             VARIANT_CHILD_MB,

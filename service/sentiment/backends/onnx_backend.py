@@ -82,7 +82,7 @@ class Served:
     variant: bool
     reason: str
     file_mb: float
-    coming: bool = False  # plain now; the variant is to be made here and swapped in (`OnnxModel.improve`)
+    coming: bool = False  # plain now; its variant is made and swapped in later (`OnnxModel.use_variant`)
 
 
 def open_session(
@@ -182,7 +182,7 @@ class OnnxModel:
         # tokenizer gives <unk> (service/export/tokenizer.py): map them back to <unk>.
         self.vocab_size = manifest.get("vocab_size")
         self.unk_token_id = manifest.get("unk_token_id")
-        self.answered = threading.Event()  # set when a call has returned (`improve` waits for it)
+        self.answered = threading.Event()  # a call has returned: its variant may be made now
         self._generation = 0  # bumped by each session swap
         self._calls: dict[int, int] = {}  # generation -> calls running on that session
         self._calls_lock = threading.Condition()
@@ -209,6 +209,7 @@ class OnnxModel:
             self.session, self.served, self.file_mb = session, served, served.file_mb
             self._generation += 1
             self._calls_lock.wait_for(lambda: not self._calls.get(old))
+            self._calls.pop(old, None)
         _log_served(self.model_dir, served)
         return True
 
