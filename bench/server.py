@@ -187,24 +187,30 @@ def launch(
     *extra_args: str,
     python_args: Callable[[int], Sequence[str]] = serve_args,
     supervised: bool = False,
-    cgroup: Path | None = None,
+    cgroup: Path | Sequence[Path] | None = None,
     cpus: int | None = None,
     port: int | None = None,
     root: Path = ROOT,
+    program: Sequence[str] = (sys.executable,),
     **env: str | None,
 ) -> Server:
     """Start `python <python_args(port)> <extra_args>` from the project root, in its own session.
 
-    `supervised`: under supervise.sh, as start.sh runs it. `cgroup`: a memory cgroup directory the
-    process joins before it execs (so the server and all it starts are accounted there). `cpus`:
+    `program`: what runs instead of python (`bash start.sh`, with PORT in `env`).
+    `supervised`: under supervise.sh, as start.sh runs it. `cgroup`: a memory cgroup directory (or
+    several: a CPU one too) the process joins before it execs (so the server and all it starts are
+    accounted there). `cpus`:
     pinned to the first `cpus` cores, as a container's CPU limit would. `env`: see `server_env`.
     Its output goes to `log`."""
     port = port or free_port()
-    command = [sys.executable, *python_args(port), *extra_args]
+    command = [*program, *python_args(port), *extra_args]
     if supervised:
         command = [*SUPERVISE, *command]
     if cgroup is not None:
-        command = ["bash", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "server", *command]
+        joins = " && ".join(
+            f"echo $$ > {path}/cgroup.procs" for path in ([cgroup] if isinstance(cgroup, Path) else cgroup)
+        )
+        command = ["bash", "-c", f'{joins} && exec "$@"', "server", *command]
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with log.open("wb") as out:

@@ -14,15 +14,13 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-
-import psutil
+from typing import Any
 
 DEFAULT_BUDGET_MB = 512
 MB = 1024 * 1024
 # cgroup v1 reports "no limit" as a page-rounded 2**63; anything this large is no limit.
 _UNLIMITED_BYTES = 1 << 60
 
-_process = psutil.Process()
 # Child processes whose memory is the service's too (the OCR worker), by pid.
 _children: dict[int, "ProcFile"] = {}
 
@@ -141,7 +139,7 @@ def _statm_rss_mb(statm: ProcFile) -> float:
 def own_rss_mb() -> float:
     """This process's resident set size, from a kept descriptor; psutil where there is no /proc."""
     if _STATM is None:
-        return _process.memory_info().rss / MB
+        return _psutil_process().memory_info().rss / MB
     return _statm_rss_mb(_STATM)
 
 
@@ -329,4 +327,12 @@ def peak_rss_mb() -> float:
 
 
 def thread_count() -> int:
-    return _process.num_threads()
+    return _psutil_process().num_threads()
+
+
+@lru_cache(maxsize=1)
+def _psutil_process() -> Any:
+    """psutil, imported when first asked (/memory, no /proc): not on the path to a first answer."""
+    import psutil
+
+    return psutil.Process()

@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     prepacked: bool = True
     # Where variants go; unset: `prepacked/` inside each exported model dir.
     prepacked_dir: Path | None = None
+    # Load the default model in the background as the app starts, so that the port opens at once
+    # and the first request (a spin-up's visitor) waits only for what is left of that load.
+    warm_up: bool = True
 
     memory_budget_mb: int | None = Field(default=None, gt=0)
     memory_margin_mb: int = Field(default=32, ge=0)

@@ -15,6 +15,9 @@ from tests.support import MINILM, ROBERTUITO_SHAPE, ROOT, WORDPIECE_TOKENIZER, a
 # The test process's RSS (torch, what earlier tests left) is not the app's: a watchdog measuring
 # it would refuse requests at random. tests/ops turns it on where it is tested.
 os.environ.setdefault("MEMORY_WATCHDOG", "false")
+# Nor a default model loading in the background of every app and server a test starts (a test of
+# the warm-up turns it on).
+os.environ.setdefault("WARM_UP", "false")
 
 
 @pytest.fixture

@@ -40,11 +40,12 @@ def read_labelled(name: str) -> tuple[list[str], list[str]]:
 
 @contextmanager
 def configured(**env: str) -> Iterator[Settings]:
-    """Run with exactly these settings (env vars) and a fresh registry, restoring all after."""
+    """Run with exactly these settings (env vars) and a fresh registry, restoring all after. The
+    default model is not loaded in the background (WARM_UP) unless a test asks for it."""
     with pytest.MonkeyPatch.context() as patch:
         for name in Settings.model_fields:
             patch.delenv(name.upper(), raising=False)
-        for name, value in env.items():
+        for name, value in {"WARM_UP": "false", **env}.items():
             patch.setenv(name, value)
         get_settings.cache_clear()
         get_registry.cache_clear()

@@ -522,3 +522,40 @@ def test_use_all_requests_with_overlapping_sets_never_deadlock():
     assert not any(thread.is_alive() for thread in threads)
     assert outcomes == ["ok"] * len(sets)
     assert memory.used <= 300
+
+
+# ---- improve: a lighter form made off the request path and swapped in (issue 22) -------------
+
+
+def test_improve_swaps_in_and_the_cost_drops_by_what_the_swap_gave_back():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=0)
+    with registry.use(item("m", memory, 120)) as value:
+        pass
+    made = []
+
+    def swap() -> float:
+        memory.used -= 95  # the plain weights go, the mapped ones stay out of anonymous memory
+        return 115.0
+
+    assert registry.improve("m", value, lambda: made.append(1), swap, 45, "the variant of m")
+    (entry,) = registry.snapshot()
+    assert made == [1] and entry["cost_mb"] == 25 and entry["file_mb"] == 115
+    assert entry["prepacked"] == "in place" and entry["in_use"] == 0
+    registry.unload("m")
+    assert registry._measured_cost["m"] == 25  # a reload is estimated at the lighter cost
+
+
+def test_improve_does_nothing_for_a_value_no_longer_loaded_or_without_room():
+    memory = FakeMemory(100)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=0)
+    with registry.use(item("m", memory, 120)) as value:
+        pass
+    made = []
+    assert not registry.improve("m", object(), lambda: made.append(1), lambda: 1.0, 45, "stale")
+    memory.used = 400  # 380 usable: no room for the child (120 + 45)
+    assert not registry.improve("m", value, lambda: made.append(1), lambda: 1.0, 45, "no room")
+    assert made == [] and registry.snapshot()[0]["prepacked"].startswith("not now")
+    memory.used = 220
+    assert not registry.improve("m", value, lambda: "MakeError: disk full", lambda: 1.0, 45, "fails")
+    assert registry.snapshot()[0]["prepacked"] == "not made: MakeError: disk full"

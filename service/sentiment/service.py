@@ -4,6 +4,7 @@ The route calls `analyze`; the model behind it is loaded on first use through th
 under the memory budget, and stays a singleton until the budget needs its room.
 """
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,11 @@ _UNKNOWN_WEIGHTS_MB = {"torch": 500.0, "onnx": 130.0}  # a hub id: RoBERTuito-si
 # spaCy's tokenizer, imported with the first ner/pos model: +51 MB RSS beside the onnx backend (MEMORY.md).
 _WORD_TOKENIZER_MB = 55.0
 _WEIGHT_SUFFIXES = (".onnx", ".data", ".safetensors", ".bin", ".pt")
-_VARIANT_MB, _MAKE_VARIANT_FACTOR = 8.0, 2.0  # see _prepacked_estimate_mb
+_VARIANT_MB = 8.0  # see _prepacked_estimate_mb
+# A model loaded plain gets its prepacked variant after its first answer, or this long after its
+# load without one; the child that makes it needs the plain model's memory plus its own imports.
+VARIANT_AFTER_S = 30.0
+VARIANT_CHILD_MB = _IMPORT_MB["onnx"]
 
 
 def onnx_dir_for(task: str, lang: str, settings: Settings) -> Path:
@@ -79,15 +84,15 @@ def _prepacked_estimate_mb(model_dir: Path, settings: Settings, weights_mb: floa
     """Unreclaimable MB of a first load that serves the prepacked variant.
 
     Measured at RoBERTuito scale: +7 MB over a valid variant (its graph and buffers; the weights
-    are mapped); making a missing one peaks in the child at ~2x the weights (its plain session
-    plus the packing), counted here because the child is in the same cgroup."""
+    are mapped); without one the plain model loads first (its variant is made later, in a child
+    that `Registry.improve` admits on its own)."""
     from service.sentiment.backends import prepacked
     from service.sentiment.backends.onnx_backend import read_manifest
 
     manifest = read_manifest(model_dir)
     if prepacked.inspect(model_dir, manifest, settings.prepacked_dir).variant:
         return (model_dir / manifest["model_file"]).stat().st_size / MB * 2 + _VARIANT_MB
-    return weights_mb * _MAKE_VARIANT_FACTOR
+    return weights_mb * _WEIGHTS_FACTOR["onnx"]
 
 
 def _is_local_path(source: str | Path) -> bool:
@@ -124,11 +129,18 @@ def model_item(task: str, lang: str) -> Loadable:
         if backend == "torch" and _is_local_path(source) and not Path(source).is_dir():
             raise _unavailable(task, lang, settings, FileNotFoundError(f"no model dir at {source}"))
 
+    state: dict[str, str] = {}
+
     def load() -> Analyzer | TokenAnalyzer:
         try:
-            return create_analyzer(task, lang, source, backend, num_threads(settings))
+            analyzer = create_analyzer(task, lang, source, backend, num_threads(settings))
         except Exception as error:  # a hub that cannot be reached, a missing or broken dir
             raise _unavailable(task, lang, settings, error) from error
+        state.clear()
+        if getattr(getattr(analyzer.model, "served", None), "coming", False):
+            state["prepacked"] = "coming"
+            _variant_later(model_key(task, lang), analyzer)
+        return analyzer
 
     def estimate_mb() -> float:
         weights = _weights_mb(source)
@@ -154,6 +166,7 @@ def model_item(task: str, lang: str) -> Loadable:
             "backend": backend,
             "source": str(source),
             "file_bytes": files,
+            **state,
         }
         if backend == "onnx":
             details |= export_record(path)
@@ -170,6 +183,25 @@ def model_item(task: str, lang: str) -> Loadable:
         check=check,
         file_mb=file_allowance,
     )
+
+
+def _variant_later(key: str, analyzer: Analyzer | TokenAnalyzer) -> None:
+    """The prepacked variant of a model that loaded plain (none valid on disk for this CPU): made
+    after its first answer (or VARIANT_AFTER_S without one) in a niced child, then swapped in."""
+    model = analyzer.model
+
+    def run() -> None:
+        model.answered.wait(VARIANT_AFTER_S)
+        get_registry().improve(
+            key,
+            analyzer,
+            model.make_variant,
+            lambda: model.file_mb if model.use_variant() else None,
+            VARIANT_CHILD_MB,
+            f"the prepacked variant of {key}",
+        )
+
+    threading.Thread(target=run, name=f"variant-{key}", daemon=True).start()
 
 
 def check_supported(task: str, lang: str, tasks: Sequence[str] | None = None) -> None:

@@ -7,6 +7,7 @@ every kind of task: texts, text pairs, and words (ner, pos: logits per sub-token
 
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,7 @@ class Served:
     variant: bool
     reason: str
     file_mb: float
+    coming: bool = False  # plain now; its variant is made and swapped in later (`OnnxModel.use_variant`)
 
 
 def open_session(
@@ -91,51 +93,68 @@ def open_session(
     num_threads: int,
     prepacked_ok: bool = True,
 ) -> tuple[ort.InferenceSession, Served]:
-    """The prepacked variant when it is valid (made in a child first when missing), else the
-    plain model; one log line says which and why."""
+    """The prepacked variant when a valid one is on disk, else the plain model at once (the variant
+    is then made after the first answer: `Served.coming`); one log line says which and why."""
     settings = get_settings()
-    providers = onnx_providers(settings.use_gpu)
-    multi_label = manifest["problem_type"] == "multi_label_classification"
     plain = model_dir / manifest["model_file"]
-    choice = prepacked.Choice(
-        plain, False, "PREPACKED=false" if prepacked_ok else "the plain model asked for"
-    )
-    if prepacked_ok and settings.prepacked and not settings.use_gpu:
-        choice = prepacked.obtain(model_dir, manifest, settings.prepacked_dir)
-    session = None
+    wanted = prepacked_ok and settings.prepacked and not settings.use_gpu
+    why_plain = "PREPACKED=false" if prepacked_ok else "the plain model asked for"
+    choice = prepacked.Choice(plain, False, why_plain)
+    if wanted:
+        choice = prepacked.inspect(model_dir, manifest, settings.prepacked_dir)
+    opened = None
     if choice.variant:
-        try:
-            session = ort.InferenceSession(
-                str(choice.graph), session_options(num_threads), providers=providers
-            )
-            diff = prepacked.check(_probe(session, tokenizer, multi_label), choice.info)
-        except Exception as error:  # a truncated or corrupt file: ORT refuses it or the probe fails
-            session, diff = None, None
-            choice.reason += f" is unusable ({type(error).__name__}: {error})"
-        else:
-            if diff is None:
-                session = None
-                choice.reason += " failed its check at load"
-            else:
-                served = Served(
-                    choice.graph,
-                    True,
-                    f"{choice.reason} (probe max diff {diff:.2g})",
-                    file_pages.mapped_mb(choice.graph.parent.resolve()),
-                )
-    if session is None and choice.variant:
-        prepacked.discard(model_dir, settings.prepacked_dir)
-    if session is None:
-        session = ort.InferenceSession(str(plain), session_options(num_threads), providers=providers)
-        served = Served(plain, False, choice.reason, file_pages.mapped_mb(model_dir.resolve()))
+        opened = _open_variant(model_dir, choice, tokenizer, manifest, num_threads, settings.prepacked_dir)
+    if opened is not None:
+        session, served = opened
+    else:
+        file_pages.read_ahead(prepacked.model_files(model_dir, manifest))
+        session = ort.InferenceSession(
+            str(plain), session_options(num_threads), providers=onnx_providers(settings.use_gpu)
+        )
+        served = Served(plain, False, choice.reason, file_pages.mapped_mb(model_dir.resolve()), coming=wanted)
+    _log_served(model_dir, served)
+    return session, served
+
+
+def _open_variant(
+    model_dir: Path,
+    choice: prepacked.Choice,
+    tokenizer: Tokenizer,
+    manifest: dict[str, Any],
+    num_threads: int,
+    store: Path | None,
+) -> tuple[ort.InferenceSession, Served] | None:
+    """A session over the variant that passed its probe; None (and the variant discarded, its
+    reason appended to `choice.reason`) when it is corrupt or fails the probe."""
+    settings = get_settings()
+    multi_label = manifest["problem_type"] == "multi_label_classification"
+    try:
+        file_pages.read_ahead(sorted(choice.graph.parent.iterdir()))
+        session = ort.InferenceSession(
+            str(choice.graph), session_options(num_threads), providers=onnx_providers(settings.use_gpu)
+        )
+        diff = prepacked.check(_probe(session, tokenizer, multi_label), choice.info)
+    except Exception as error:  # a truncated or corrupt file: ORT refuses it or the probe fails
+        choice.reason += f" is unusable ({type(error).__name__}: {error})"
+    else:
+        if diff is not None:
+            reason = f"{choice.reason} (probe max diff {diff:.2g})"
+            mapped = file_pages.mapped_mb(choice.graph.parent.resolve())
+            return session, Served(choice.graph, True, reason, mapped)
+        choice.reason += " failed its check at load"
+    prepacked.discard(model_dir, store)
+    return None
+
+
+def _log_served(model_dir: Path, served: Served) -> None:
     logger.info(
         "onnx %s: serving %s: %s; file-backed pages per call %.1f MB",
         model_dir,
         "the prepacked variant" if served.variant else "the plain model",
-        served.reason,
+        served.reason + ("; its prepacked variant is made after the first answer" if served.coming else ""),
         served.file_mb,
     )
-    return session, served
 
 
 def _probe(session: ort.InferenceSession, tokenizer: Tokenizer, multi_label: bool) -> np.ndarray:
@@ -145,6 +164,8 @@ def _probe(session: ort.InferenceSession, tokenizer: Tokenizer, multi_label: boo
 class OnnxModel:
     def __init__(self, model_dir: Path, num_threads: int, prepacked: bool = True) -> None:
         """`prepacked=False`: the exported model itself, never a variant (what the export measures)."""
+        self.model_dir, self.num_threads = model_dir, num_threads
+        self.store = get_settings().prepacked_dir  # where its variant is (made)
         manifest = read_manifest(model_dir)
         self.manifest = manifest
         id2label = manifest["id2label"]
@@ -162,6 +183,36 @@ class OnnxModel:
         # tokenizer gives <unk> (service/export/tokenizer.py): map them back to <unk>.
         self.vocab_size = manifest.get("vocab_size")
         self.unk_token_id = manifest.get("unk_token_id")
+        self.answered = threading.Event()  # a call has returned: its variant may be made now
+        self._generation = 0  # bumped by each session swap
+        self._calls: dict[int, int] = {}  # generation -> calls running on that session
+        self._calls_lock = threading.Condition()
+
+    def make_variant(self) -> str | None:
+        """Make this model's prepacked variant in a child (None when a valid one is there now, else
+        why not). Slow (seconds of CPU), so called off the request path, after the first answer."""
+        return prepacked.make_here(self.model_dir, self.manifest, self.store)
+
+    def use_variant(self) -> bool:
+        """Swap the valid variant on disk in for the plain session, once the calls running on that
+        one have ended (its memory goes back when this returns); False if it is not usable."""
+        choice = prepacked.inspect(self.model_dir, self.manifest, self.store)
+        opened = _open_variant(
+            self.model_dir, choice, self.tokenizer, self.manifest, self.num_threads, self.store
+        )
+        if opened is None:
+            _log_served(self.model_dir, Served(self.served.graph, False, choice.reason, self.file_mb))
+            return False
+        session, served = opened
+        served.reason += ", made here after the first answer"
+        with self._calls_lock:
+            old = self._generation
+            self.session, self.served, self.file_mb = session, served, served.file_mb
+            self._generation += 1
+            self._calls_lock.wait_for(lambda: not self._calls.get(old))
+            self._calls.pop(old, None)
+        _log_served(self.model_dir, served)
+        return True
 
     def predict_probas(self, texts: Sequence[str]) -> list[list[float]]:
         return self._probas(self.tokenizer.encode_batch(list(texts)))
@@ -202,7 +253,17 @@ class OnnxModel:
         }
         if "token_type_ids" in self.input_names:
             feed["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
-        (logits,) = self.session.run(["logits"], feed, self.run_options)
+        with self._calls_lock:
+            session, generation = self.session, self._generation
+            self._calls[generation] = self._calls.get(generation, 0) + 1
+        try:
+            (logits,) = session.run(["logits"], feed, self.run_options)
+        finally:
+            del session  # the last reference to a swapped-out session: its memory goes now
+            with self._calls_lock:
+                self._calls[generation] -= 1
+                self._calls_lock.notify_all()
+        self.answered.set()
         return logits.astype(np.float32)
 
 

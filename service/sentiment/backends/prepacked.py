@@ -7,12 +7,14 @@ them (+4 MB anonymous): clean file-backed pages that a cgroup under pressure dro
 instead of OOM-killing the process (MEMORY.md, "File-backed models").
 
 The packed layout depends on the onnxruntime version and on the CPU features that pick MLAS's
-kernels, so a variant is made on the machine that serves it, in a child process (its load peak
-must not stay in the server: `python -m service.sentiment.backends.prepacked`, run by start.sh
-and by the backend on first load), keyed by everything that makes it valid, written to a temp
-dir and published by an atomic symlink swap, and trusted only after its probabilities matched
-the plain model's on fixed inputs. Anything else (missing, stale key, failed check, unwritable
-dir, corrupt file) serves the plain model, with one log line saying why.
+kernels, so a variant is keyed by everything that makes it valid: the build makes one
+(`python -m service.sentiment.backends.prepacked --configured`, run by `start.sh install`), which
+a server on the same kind of CPU maps at once; a server on another kind serves the plain model
+first and makes its own after its first answer, in a niced child process (its load peak must not
+stay in the server), then swaps it in (onnx_backend.py, the registry's `improve`). A variant is
+written to a temp dir, published by an atomic symlink swap, and trusted only after its
+probabilities matched the plain model's on fixed inputs. Anything else (missing, stale key,
+failed check, unwritable dir, corrupt file) serves the plain model, with one log line saying why.
 """
 
 import argparse
@@ -32,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+from service import budget
 
 FORMAT = 1
 LINK = "prepacked"  # <model dir>/prepacked, or PREPACKED_DIR/<name>-<hash>: a symlink to the variant
@@ -230,15 +234,16 @@ def make(model_dir: Path, store: Path | None = None) -> dict[str, Any]:
         plain = ort.InferenceSession(
             plain_graph, saving_options(session_options(1), staging / GRAPH), providers=cpu
         )
-        variant = ort.InferenceSession(str(staging / GRAPH), session_options(1), providers=cpu)
         tokenizer: Tokenizer = load_tokenizer(model_dir, manifest)
         multi_label = manifest["problem_type"] == "multi_label_classification"
         feed = probe_feed(plain, tokenizer)
         expected = probabilities(plain, feed, multi_label)
+        del plain  # before the variant loads: the child's peak is one model, not two
+        variant = ort.InferenceSession(str(staging / GRAPH), session_options(1), providers=cpu)
         diff = float(np.abs(probabilities(variant, feed, multi_label) - expected).max())
+        del variant
         if not diff <= TOLERANCE:
             raise MakeError(f"its probabilities differ from the plain model's by {diff:.3g} (> {TOLERANCE})")
-        del plain, variant
         info = {
             "key": key,
             "model_stats": _stats(model_files(model_dir, manifest)),
@@ -290,44 +295,54 @@ def discard(model_dir: Path, store: Path | None) -> None:
 
 
 # Keys whose variant this process failed to make: a reload after an eviction serves the plain
-# model at once instead of paying for another child that would fail the same way.
+# model without paying for another child that would fail the same way.
 _failed: dict[str, str] = {}
+# The child runs at the lowest priority: the server's requests come first on a 0.1-CPU instance.
+NICE = 19
+_CHILD = (
+    "import os, runpy, sys; os.nice(int(sys.argv.pop(1))); "
+    "runpy.run_module('service.sentiment.backends.prepacked', run_name='__main__')"
+)
 
 
-def obtain(model_dir: Path, manifest: dict[str, Any], store: Path | None) -> Choice:
-    """The valid variant, made in a child first when missing or stale; else the plain model and why."""
-    choice = inspect(model_dir, manifest, store)
-    if choice.variant:
-        return choice
+def make_here(model_dir: Path, manifest: dict[str, Any], store: Path | None) -> str | None:
+    """Make the variant in a child unless one made with this key already failed here; None when
+    a valid variant is there afterwards, else why not."""
     memo = json.dumps([str(model_dir.resolve()), current_key(model_dir, manifest)], sort_keys=True)
     if memo in _failed:
-        return Choice(choice.graph, False, f"{choice.reason}; not made: {_failed[memo]} (earlier try)")
-    started = time.monotonic()
+        return f"{_failed[memo]} (earlier try)"
     failure = make_in_child(model_dir, store)
+    if failure is None and not inspect(model_dir, manifest, store).variant:
+        failure = "the child made no valid variant"
     if failure is not None:
         _failed[memo] = failure
-        return Choice(choice.graph, False, f"{choice.reason}; not made: {failure}")
-    made = inspect(model_dir, manifest, store)
-    if made.variant:
-        took = time.monotonic() - started
-        made.reason = f"{made.reason}, made now in a child ({took:.1f} s) as there was {choice.reason}"
-    return made
+    return failure
 
 
 def make_in_child(model_dir: Path, store: Path | None, timeout_s: float = 1800) -> str | None:
-    """Make the variant in a fresh interpreter, so its load peak leaves with it; None on success,
-    else why it failed (the child's last line of stderr)."""
-    command = [sys.executable, "-m", "service.sentiment.backends.prepacked", str(model_dir)]
+    """Make the variant in a fresh interpreter at nice NICE, so its load peak leaves with it and
+    requests keep the CPU; the budget counts its memory while it runs. None on success, else why
+    it failed (the child's last line of stderr)."""
+    command = [sys.executable, "-c", _CHILD, str(NICE), str(model_dir)]
     if store is not None:
         command += ["--store", str(store)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except (OSError, subprocess.TimeoutExpired) as error:
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    except OSError as error:
         return f"{type(error).__name__}: {error}"
-    if done.returncode == 0:
+    budget.track_child(child.pid)
+    try:
+        _, stderr = child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired as error:
+        child.kill()
+        child.communicate()
+        return f"{type(error).__name__}: {error}"
+    finally:
+        budget.forget_child(child.pid)
+    if child.returncode == 0:
         return None
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    return lines[-1] if lines else f"exit status {done.returncode}"
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit status {child.returncode}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

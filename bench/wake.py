@@ -1,0 +1,291 @@
+"""A free-plan spin-up (issue 22): Render's build, then its start command on a fresh copy of the
+build output (and again on the disk that start left) in a cgroup like the free instance
+(512 MB, 0.1 CPU), page cache dropped first, polled from outside.
+
+    python -m bench.wake [--model DIR] [--ref REV] [--cpus 0.1] [--limit-mb 512] [--work DIR]
+
+--model: a transformers model dir to export as sentiment:es (default: RoBERTuito's shape with
+seeded random weights, built from ../shared/models/robertuito-shape). --ref: build that commit
+(a clean clone) instead of the working tree, for a before/after. Needs root (cgroups, drop_caches).
+
+Prints, per start (default settings, then PREPACKED=false; fresh disk, then kept disk): seconds
+to /health, to the first `POST /analyze` 200 and to /ready, the CPU seconds the instance had
+spent by then, each process it ran with its CPU seconds, the server's own `wake:` log lines, then
+the steady state once the prepacked variant is in place (median of short tweets, anonymous MB).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from bench.filebacked import memory_cgroup
+from bench.server import ROOT, Server, free_port, launch
+from bench.serving import SHORT, build_random_model
+
+SHAPE = ROOT.parent / "shared" / "models" / "robertuito-shape"
+if not SHAPE.is_dir():  # a helper's worktree sits one level deeper than the project's checkout
+    SHAPE = Path("/work/shared/models/robertuito-shape")
+TICKS = os.sysconf("SC_CLK_TCK")
+# render.yaml's environment, with the Spanish model only (the English one is another shape).
+RENDER_ENV = {
+    "BACKEND": "onnx",
+    "EXPORT_MODELS": "sentiment:es",
+    "NUM_THREADS": "1",
+    "FORWARDED_ALLOW_IPS": "*",
+    "MALLOC_ARENA_MAX": "2",
+    "MALLOC_MMAP_THRESHOLD_": "1048576",
+    "MAX_BATCH": "32",
+    "MAX_TEXT_CHARS": "2000",
+}
+VENV = (ROOT / ".venv").resolve()
+
+
+def build(ref: str | None, model: Path, out: Path) -> float:
+    """Render's buildCommand on a clean checkout; returns its wall seconds."""
+    if ref is None:
+        shutil.copytree(
+            ROOT, out, ignore=shutil.ignore_patterns(".git", ".venv", "models", "__pycache__", ".*_cache")
+        )
+    else:
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(out)], check=True)
+        subprocess.run(["git", "-C", str(out), "checkout", "-q", ref], check=True)
+    started = time.perf_counter()
+    subprocess.run(
+        ["bash", "start.sh", "install"], cwd=out, env=_env(MODEL_SENTIMENT_ES=str(model)), check=True
+    )
+    return time.perf_counter() - started
+
+
+def _env(**extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    path = f"{VENV / 'bin'}:{keep.get('PATH', '')}"
+    return {**keep, **RENDER_ENV, "VIRTUAL_ENV": str(VENV), "PATH": path, **extra}
+
+
+@contextmanager
+def cpu_cgroup(cpus: float | None) -> Iterator[tuple[list[Path], Path | None]]:
+    """Cgroups limiting CPU to `cpus` (v1: cpu + cpuacct; v2: one dir); yields (dirs, usage file)."""
+    v1 = Path("/sys/fs/cgroup/cpu")
+    name = f"bench-wake-{os.getpid()}"
+    if (v1 / "cpu.cfs_quota_us").is_file():
+        dirs = [v1 / name, Path("/sys/fs/cgroup/cpuacct") / name]
+        usage = dirs[1] / "cpuacct.usage"
+    else:
+        dirs = [Path("/sys/fs/cgroup") / name]
+        usage = dirs[0] / "cpu.stat"
+    for path in dirs:
+        path.mkdir()
+    try:
+        if cpus is not None and len(dirs) == 2:
+            period = int((dirs[0] / "cpu.cfs_period_us").read_text())
+            (dirs[0] / "cpu.cfs_quota_us").write_text(str(int(period * cpus)))
+        elif cpus is not None:
+            (dirs[0] / "cpu.max").write_text(f"{int(100000 * cpus)} 100000")
+        yield dirs, usage
+    finally:
+        for path in dirs:
+            for _ in range(50):
+                try:
+                    path.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+
+
+def cgroup_cpu_s(usage: Path) -> float:
+    text = usage.read_text()
+    if usage.name == "cpuacct.usage":
+        return int(text) / 1e9
+    stat = dict(line.split() for line in text.splitlines())
+    return int(stat["usage_usec"]) / 1e6
+
+
+class Processes:
+    """Each process of the cgroup: when it was first seen, its command and its last CPU seconds."""
+
+    def __init__(self, procs: Path, started: float) -> None:
+        self.procs, self.started = procs, started
+        self.seen: dict[int, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            for pid in map(int, self.procs.read_text().split()):
+                with suppress(OSError, ValueError, IndexError):
+                    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    cpu = (int(stat[11]) + int(stat[12])) / TICKS
+                    entry = self.seen.get(pid)
+                    if entry is None:
+                        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                        entry = self.seen[pid] = {"at_s": time.perf_counter() - self.started, "cmd": command}
+                    entry["cmd"] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    entry["cpu_s"] = cpu
+
+    def __enter__(self) -> "Processes":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def start(run_dir: Path, model: Path, cpus: float | None, limit_mb: int, **env: str) -> dict[str, Any]:
+    """`bash start.sh` in `run_dir` inside the cgroups; the first answer's timeline and the steady state."""
+    figures: dict[str, Any] = {}
+    port = free_port()
+    with memory_cgroup(limit_mb) as memory, cpu_cgroup(cpus) as (cpu_dirs, usage):
+        drop_caches()
+        server = launch(
+            run_dir / "wake.log",
+            program=["bash", "start.sh"],
+            python_args=lambda _: [],
+            cgroup=[memory, *cpu_dirs],
+            root=run_dir,
+            port=port,
+            **_env(PORT=str(port), MODEL_SENTIMENT_ES=str(model), PYTHONUNBUFFERED="1", **env),
+        )
+        try:
+            with Processes(memory / "cgroup.procs", server.started) as processes:
+                figures |= _first_answers(server, usage)
+                figures |= _steady(server)
+            figures["processes"] = [
+                {"at_s": round(p["at_s"], 2), "cpu_s": p.get("cpu_s", 0.0), "cmd": p["cmd"][:110]}
+                for p in processes.seen.values()
+            ]
+        finally:
+            server.stop()
+    figures["log"] = [line for line in server.output().splitlines() if "wake:" in line or "onnx " in line]
+    return figures
+
+
+def _first_answers(server: Server, usage: Path) -> dict[str, Any]:
+    marks: dict[str, Any] = {}
+    body = json.dumps({"text": SHORT[0]}).encode()
+    headers = {"Content-Type": "application/json"}
+    deadline = time.perf_counter() + 600
+    while "first_answer_s" not in marks and time.perf_counter() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"start.sh exited with {server.process.returncode}:\n{server.log_tail()}")
+        try:
+            if "health_s" not in marks and server.request("GET", "/health", timeout=5).status == 200:
+                _mark(marks, "health", server, usage)
+            if "health_s" in marks and server.request("POST", "/analyze", body, headers, 120).status == 200:
+                _mark(marks, "first_answer", server, usage)
+        except OSError:
+            time.sleep(0.05)
+    ready = server.request("GET", "/ready", timeout=120)
+    _mark(marks, f"ready_{ready.status}", server, usage)
+    return marks
+
+
+def _mark(marks: dict[str, Any], name: str, server: Server, usage: Path) -> None:
+    marks[f"{name}_s"] = round(time.perf_counter() - server.started, 2)
+    marks[f"{name}_cpu_s"] = round(cgroup_cpu_s(usage), 2)
+
+
+def _steady(server: Server, texts: int = 30) -> dict[str, Any]:
+    """Once the prepacked variant is in place (when the server says one is coming): short tweets."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < 300:
+        (loaded,) = server.request("GET", "/memory").json()["loaded"]
+        if loaded.get("prepacked", "in place") != "coming":
+            break
+        time.sleep(0.5)
+    figures: dict[str, Any] = {"swap_wait_s": round(time.perf_counter() - started, 1)}
+    latencies = []
+    headers = {"Content-Type": "application/json"}
+    for index in range(texts):
+        body = json.dumps({"text": f"{SHORT[index % len(SHORT)]} {index}"}).encode()
+        began = time.perf_counter()
+        response = server.request("POST", "/analyze", body, headers)
+        latencies.append(time.perf_counter() - began)
+        assert response.status == 200, response.body
+    memory = server.request("GET", "/memory").json()
+    figures |= {
+        "median_short_s": round(statistics.median(latencies), 3),
+        "anon_mb": memory["anon_mb"],
+        "file_mb": memory["file_mb"],
+        "served": {k: v for k, v in memory["loaded"][0].items() if k in ("prepacked", "cost_mb", "file_mb")},
+    }
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.wake", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="transformers dir (default: random RoBERTuito shape)")
+    parser.add_argument("--ref", help="build this git commit instead of the working tree")
+    parser.add_argument("--cpus", type=float, default=0.1)
+    parser.add_argument("--limit-mb", type=int, default=512)
+    parser.add_argument("--work", type=Path, help="kept afterwards when given")
+    parser.add_argument(
+        "--prepacked",
+        default="true,other-cpu,false",
+        help="PREPACKED values to compare; other-cpu: true, the build's variant keyed for another CPU",
+    )
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-wake-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model = args.model
+    if model is None:
+        model = work / "source"
+        if not (model / "config.json").is_file():
+            build_random_model(SHAPE, model)
+    output = work / "build"
+    shutil.rmtree(output, ignore_errors=True)
+    print(f"build ({args.ref or 'working tree'}): {build(args.ref, model, output):.1f} s wall")
+    results = {}
+    try:
+        for prepacked in args.prepacked.split(","):
+            run_dir = work / f"run-prepacked-{prepacked}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.copytree(output, run_dir, symlinks=True)
+            if prepacked == "other-cpu":
+                as_if_built_on_another_cpu(run_dir)
+            for disk in ("fresh", "kept"):
+                name = f"PREPACKED={prepacked} {disk} disk"
+                value = "true" if prepacked == "other-cpu" else prepacked
+                results[name] = start(run_dir, model, args.cpus, args.limit_mb, PREPACKED=value)
+                report(name, results[name])
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({k: {f: v for f, v in r.items() if f != "processes"} for k, r in results.items()}))
+
+
+def as_if_built_on_another_cpu(run_dir: Path) -> None:
+    """Rekey the build's variants as if Render's build machine had other CPU features than this one."""
+    for info_path in run_dir.glob("models/*/prepacked/variant.json"):
+        info = json.loads(info_path.read_text())
+        info["key"]["cpu_features"] = ["another-cpu"]
+        info_path.write_text(json.dumps(info))
+
+
+def report(name: str, figures: dict[str, Any]) -> None:
+    print(f"\n== {name}")
+    for process in figures["processes"]:
+        print(f"  +{process['at_s']:6.2f} s  {process['cpu_s']:5.2f} s CPU  {process['cmd']}")
+    for line in figures["log"]:
+        print(f"  log: {line[:160]}")
+    marks = {k: v for k, v in figures.items() if k not in ("processes", "log")}
+    print("  " + json.dumps(marks))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""A spin-up (issue 22): start.sh runs no Python before the server once the build set things up,
+the app imports nothing the first answer does not need, the default model loads in the background
+while /health answers, and a request that arrives meanwhile waits for that load."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+
+# Stands in for python: records its arguments, says its version, and "serves" by exiting 1 (so
+# supervise.sh ends at once: it restarts only a worker that exits 0).
+FAKE_PYTHON = """#!/usr/bin/env bash
+echo "$*" >> "$TRACE"
+[ "$1" = "-V" ] && echo "Python 3.11.7"
+case "$*" in *service.ops.serve*) exit 1 ;; esac
+exit 0
+"""
+
+
+def fake_checkout(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """start.sh with the files it reads, and an environment whose `python` is FAKE_PYTHON."""
+    checkout = tmp_path / "checkout"
+    (checkout / "service" / "ops").mkdir(parents=True)
+    shutil.copy(ROOT / "start.sh", checkout)
+    shutil.copy(ROOT / "service" / "ops" / "supervise.sh", checkout / "service" / "ops")
+    for requirements in ROOT.glob("requirements*.txt"):
+        shutil.copy(requirements, checkout)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(FAKE_PYTHON)
+    (venv / "bin" / "python").chmod(0o755)
+    env = {
+        "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(venv),
+        "TRACE": str(tmp_path / "trace"),
+        "EXPORT_MODELS": "sentiment:es",
+        "HOME": str(tmp_path),
+    }
+    return checkout, env
+
+
+def traced(checkout: Path, env: dict[str, str], tmp_path: Path, *args: str) -> list[str]:
+    (tmp_path / "trace").unlink(missing_ok=True)
+    subprocess.run(["bash", str(checkout / "start.sh"), *args], env=env, capture_output=True, timeout=60)
+    return (tmp_path / "trace").read_text().splitlines()
+
+
+def test_start_runs_no_python_before_the_server_once_the_build_set_up(tmp_path):
+    checkout, env = fake_checkout(tmp_path)
+    build = traced(checkout, env, tmp_path, "install")
+    assert any("service.export --list-missing" in line for line in build)
+    assert any("compileall" in line for line in build)
+    assert any("service.sentiment.backends.prepacked --configured" in line for line in build)
+
+    start = traced(checkout, env, tmp_path)
+    assert len(start) == 1 and "-m service.ops.serve main:app" in start[0]  # the server, and nothing else
+
+    # Other settings than the build's: the setup runs again (the export is checked).
+    again = traced(checkout, {**env, "EXPORT_MODELS": "sentiment:es,irony:es"}, tmp_path)
+    assert any("service.export --list-missing" in line for line in again)
+    # But the prepacked variant is the server's to make, after its first answer.
+    assert not any("prepacked" in line for line in again)
+
+
+HEAVY = (
+    *("onnxruntime", "numpy", "tokenizers", "torch", "transformers"),
+    *("PIL", "pypdfium2", "spacy", "tesserocr"),
+)
+
+
+def test_the_app_imports_nothing_heavy_before_its_first_answer_needs_it():
+    """Importing the app (what runs before the port opens) leaves the model stack and OCR's to the
+    warm-up thread and the routes that need them."""
+    code = f"import json, sys, main; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+@pytest.fixture
+def slow_load(monkeypatch):
+    """Model loads that take 1.5 s more, counted."""
+    from service.sentiment import service
+
+    real, loads = service.create_analyzer, []
+
+    def create_analyzer(*args, **kwargs):
+        loads.append(time.monotonic())
+        time.sleep(1.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "create_analyzer", create_analyzer)
+    return loads
+
+
+@pytest.mark.slow
+def test_health_answers_during_the_warm_up_and_a_request_waits_for_it(make_client, onnx_minilm, slow_load):
+    began = time.monotonic()
+    client = make_client(
+        WARM_UP="true", MODEL_SENTIMENT_ES=str(onnx_minilm), PREPACKED="false", MEMORY_BUDGET_MB="4096"
+    )
+    assert client.get("/health").status_code == 200
+    assert time.monotonic() - began < 1.5  # the app started before the load ended
+    answers = {}
+
+    def ready() -> None:
+        answers["ready"] = client.get("/ready")
+
+    waiter = threading.Thread(target=ready)
+    waiter.start()
+    response = client.post("/analyze", json={"text": "me encanta"})
+    waiter.join()
+    assert response.status_code == 200, response.text
+    assert answers["ready"].status_code == 200 and answers["ready"].json()["status"] == "ready"
+    assert len(slow_load) == 1  # the request and /ready waited for the warm-up's load
+    assert time.monotonic() - slow_load[0] >= 1.5
+    assert client.get("/memory").json()["counters"]["loads"] == 1
+
+
+def test_without_warm_up_nothing_loads_until_asked(make_client, onnx_minilm, slow_load):
+    client = make_client(
+        WARM_UP="false", MODEL_SENTIMENT_ES=str(onnx_minilm), PREPACKED="false", MEMORY_BUDGET_MB="4096"
+    )
+    time.sleep(0.2)
+    assert client.get("/memory").json()["loaded"] == [] and slow_load == []
+    assert client.get("/ready").status_code == 200
+    assert len(slow_load) == 1
+
+
+@pytest.mark.slow
+def test_a_model_loaded_plain_gets_its_variant_after_its_first_answer(make_client, onnx_minilm, tmp_path):
+    model = tmp_path / "sentiment-es"
+    shutil.copytree(onnx_minilm, model, ignore=shutil.ignore_patterns("prepacked", ".prepacked-*"))
+    client = make_client(WARM_UP="true", MODEL_SENTIMENT_ES=str(model), MEMORY_BUDGET_MB="4096")
+    first = client.post("/analyze", json={"text": "me encanta"})
+    assert first.status_code == 200, first.text
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        (loaded,) = client.get("/memory").json()["loaded"]
+        if loaded["prepacked"] != "coming":
+            break
+        time.sleep(0.2)
+    assert loaded["prepacked"] == "in place"
+    assert loaded["file_mb"] > 10  # its weights are mapped from the variant's file now
+    assert (model / "prepacked" / "variant.json").is_file()
+    again = client.post("/analyze", json={"text": "me encanta"}).json()
+    assert abs(again["probas"]["POS"] - first.json()["probas"]["POS"]) <= 1e-4
