@@ -27,8 +27,8 @@ from service.protocol.schemas import (
 )
 from service.protocol.service import check_pairs, classify, model_info, token_entities
 from service.sentiment.router import ShapeCheckedRoute
-from service.sentiment.schemas import AnalyzeRequest
-from service.sentiment.service import check_supported
+from service.sentiment.schemas import AUTO, AnalyzeRequest
+from service.sentiment.service import check_supported, task_langs
 
 router = APIRouter(tags=["hugging face protocol"], route_class=ShapeCheckedRoute)
 
@@ -65,7 +65,8 @@ def _model(name: str | None) -> tuple[str, str]:
         settings = get_settings()
         return settings.default_task, settings.default_lang
     task, _, lang = name.rpartition("-")
-    check_supported(task, lang)
+    if lang != AUTO or not task_langs(task):  # `{task}-auto`: each text to its own language's model
+        check_supported(task, lang)
     return task, lang
 
 

@@ -2,17 +2,19 @@
 
 Every text goes through `service.sentiment.service.analyze` (the same budget, micro-batching,
 result cache and limits); this module only reshapes its answers: probabilities as labels ranked by
-score, ner entities and pos words with their offsets and scores. `lang` is passed through as sent.
+score, ner entities and pos words with their offsets and scores. `lang` is passed through as sent
+(`auto`: each text read by its own language's model, as `/analyze` reads it).
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 from service.config import PAIR_TASKS, TOKEN_TASKS, get_settings
-from service.exceptions import BadInput
+from service.exceptions import BadInput, LanguageUndetected
 from service.hardware import current
 from service.protocol.schemas import ClassifierLabels, Info, LabelScore, ModelType, TokenEntity
 from service.registry import get_registry
-from service.sentiment.schemas import Prediction, TokenPrediction
+from service.sentiment.schemas import AUTO, Prediction, TextError, TokenPrediction
 from service.sentiment.service import analyze, check_supported, model_item
 
 # The tokens each text is read in: pysentimiento sets max_length 128 for every model (both backends).
@@ -53,7 +55,7 @@ def classify(
         )
     if function_to_apply == "none":
         raise BadInput("function_to_apply=none is not served: the models answer probabilities, not logits")
-    predictions = analyze(texts, task, lang, contexts)
+    predictions = _answered(analyze(texts, task, lang, contexts))
     multi_label = bool(predictions) and isinstance(predictions[0].label, list)
     if function_to_apply is not None and function_to_apply != OWN_FUNCTION[multi_label]:
         raise BadInput(
@@ -61,6 +63,16 @@ def classify(
             f"{OWN_FUNCTION[multi_label]} probabilities; send {OWN_FUNCTION[multi_label]} or leave it out"
         )
     return [_ranked(prediction, top_k) for prediction in predictions]  # type: ignore[arg-type]
+
+
+def _answered(predictions: Sequence[Any]) -> Sequence[Any]:
+    """`{task}-auto`'s answers, or a 422 for a text whose language could not be told: the protocol
+    has no per-text error, so the request is refused naming it (`/analyze` answers the others)."""
+    for index, prediction in enumerate(predictions):
+        if isinstance(prediction, TextError):
+            error = prediction.error
+            raise LanguageUndetected(error.code, f"inputs[{index}]: {error.message}", detected=error.detected)
+    return predictions
 
 
 def _ranked(prediction: Prediction, top_k: int | None) -> list[LabelScore]:
@@ -85,7 +97,7 @@ def token_entities(
             "send first or leave it out"
         )
     ignored = {"O"} if ignore_labels is None else set(ignore_labels)
-    predictions: list[TokenPrediction] = analyze(texts, task, lang)  # type: ignore[assignment]
+    predictions: list[TokenPrediction] = _answered(analyze(texts, task, lang))  # type: ignore[assignment]
     return [
         [entity for entity in _entities(prediction) if entity.entity_group not in ignored]
         for prediction in predictions
@@ -136,6 +148,11 @@ def _offsets(text: str, tokens: Sequence[str]) -> list[tuple[int, int]]:
 
 def model_info(task: str, lang: str, version: str) -> Info:
     """TEI's `/info` of (task, lang): its labels come from the model, loaded as `/ready` loads it."""
+    if lang == AUTO:
+        raise BadInput(
+            f"/info describes one model, and {task}-auto reads each text with its own language's: "
+            f"ask /models/{task}-{{lang}}/info"
+        )
     check_supported(task, lang)
     settings = get_settings()
     item = model_item(task, lang)

@@ -180,3 +180,24 @@ def test_token_classification_honours_ignore_labels_and_refuses_what_it_cannot(c
         assert refused.status_code == 422 and message in refused.json()["error"], refused.text
     predicted = app.post("/models/ner-es/predict", json={"inputs": text})
     assert "ner/es is a token-classification model" in predicted.json()["error"]
+
+
+def test_a_models_auto_endpoint_reads_each_text_with_its_languages_model(client, onnx_minilm) -> None:
+    """`/models/{task}-auto`, as `lang: "auto"`: each text to its own language's model (the minilm
+    serves es and en here), answered as /analyze answers it; a text whose language cannot be told
+    refuses the request in TEI's shape (the protocol has no per-text error)."""
+    app = client(MODEL_SENTIMENT_EN=str(onnx_minilm))
+    texts = ["¡Qué buen día hace hoy, me encanta todo esto!", "I really love this new phone so much"]
+    expected = app.post("/analyze", json={"texts": texts, "lang": "auto"})
+    assert expected.status_code == 200, expected.text
+    results = expected.json()["results"]
+    assert [result["lang"] for result in results] == ["es", "en"]
+    answer = app.post("/models/sentiment-auto", json={"inputs": texts})
+    assert answer.status_code == 200, answer.text
+    for ranked, result in zip(answer.json(), results, strict=True):
+        assert_ranked(ranked, result["probas"])
+    short = app.post("/models/sentiment-auto", json={"inputs": [texts[0], "ok"]})
+    assert short.status_code == 422 and short.json()["error_type"] == "too_short"
+    assert short.json()["error"].startswith("inputs[1]: ")
+    info = app.get("/models/sentiment-auto/info")
+    assert info.status_code == 422 and "/models/sentiment-{lang}/info" in info.json()["error"]
