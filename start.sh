@@ -5,6 +5,7 @@
 #   bash start.sh install    the same without serving (Render's build, CI)
 #   bash start.sh install dev    also the test tools
 #   bash start.sh install ray    also Ray, for `python -m service.scale` (bulk scoring, Ray Serve)
+# spaCy (requirements-tokens.txt) is added when EXPORT_MODELS names a ner or pos model.
 #
 # Installs are skipped when the requirement files have not changed since the last one, so a
 # second start is quick. Thread pools are pinned here as well as in service/runtime.py:
@@ -51,6 +52,8 @@ install_requirements requirements.txt
 python -m service.ocr.tessdata check >/dev/null 2>&1 || python -m service.ocr.tessdata install ||
   echo "start.sh: OCR language data missing; /ocr will answer 503 until it is installed" >&2
 [ "${BACKEND:-onnx}" = "torch" ] && install_requirements requirements-torch.txt
+# spaCy (~200 MB) splits words for ner/pos only: installed when EXPORT_MODELS names one of them.
+python -m service.export --list-targets | grep -qE '^(ner|pos):' && install_requirements requirements-tokens.txt
 [ "$extras" = "dev" ] && install_requirements requirements-dev.txt
 [ "$extras" = "ray" ] && install_requirements requirements-ray.txt
 
