@@ -52,8 +52,10 @@ install_requirements requirements.txt
 python -m service.ocr.tessdata check >/dev/null 2>&1 || python -m service.ocr.tessdata install ||
   echo "start.sh: OCR language data missing; /ocr will answer 503 until it is installed" >&2
 [ "${BACKEND:-onnx}" = "torch" ] && install_requirements requirements-torch.txt
-# spaCy (~200 MB) splits words for ner/pos only: installed when EXPORT_MODELS names one of them.
-python -m service.export --list-targets | grep -qE '^(ner|pos):' && install_requirements requirements-tokens.txt
+# spaCy (~200 MB) splits words for ner/pos only: installed when EXPORT_MODELS names one of them
+# (read here, not by Python: each interpreter start is seconds at 0.1 CPU).
+targets="${EXPORT_MODELS-sentiment:es}"
+[[ ",${targets// /}," =~ ,(ner|pos): ]] && install_requirements requirements-tokens.txt
 [ "$extras" = "dev" ] && install_requirements requirements-dev.txt
 [ "$extras" = "ray" ] && install_requirements requirements-ray.txt
 

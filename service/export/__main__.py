@@ -3,7 +3,6 @@
     python -m service.export --task T --lang L [--source DIR_OR_HUB_ID] [--out DIR] [--data DIR]
                              [--no-quantize | --recipe NAME]
     python -m service.export --list-missing     # EXPORT_MODELS targets without an exported dir
-    python -m service.export --list-targets     # every EXPORT_MODELS target (start.sh: which extras)
 
 --source defaults to MODEL_<TASK>_<LANG>, --out to <ONNX_DIR>/<task>-<lang>. With --data (a folder
 with test_text.txt / test_labels.txt) the manifest records accuracy against the fp32 export.
@@ -32,7 +31,6 @@ def list_missing() -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.export", description=__doc__.split("\n")[0])
     parser.add_argument("--list-missing", action="store_true", help="print the targets still to export")
-    parser.add_argument("--list-targets", action="store_true", help="print every EXPORT_MODELS target")
     parser.add_argument("--task", choices=TASKS)
     parser.add_argument("--lang", choices=LANGS)
     parser.add_argument("--source", help="a transformers model dir or hub id (default: MODEL_<TASK>_<LANG>)")
@@ -50,9 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list_missing:
         print("\n".join(list_missing()))
-        return 0
-    if args.list_targets:
-        print("\n".join(f"{task}:{lang}" for task, lang in get_settings().export_targets()))
         return 0
     if not (args.task and args.lang):
         parser.error("--task and --lang are required")
