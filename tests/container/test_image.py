@@ -111,6 +111,10 @@ def test_the_dashboard_loads(served: Container) -> None:
     assert served.request("GET", "/dashboard/data").status == 200
 
 
+def test_the_images_healthcheck_passes(served: Container) -> None:
+    assert podman("healthcheck", "run", served.id, check=False).returncode == 0
+
+
 def test_every_process_runs_as_a_user_other_than_root(served: Container) -> None:
     lines = served.exec("sh", "-c", "grep -h '^Uid:' /proc/[0-9]*/status").splitlines()
     uids = {uid for line in lines for uid in line.split()[1:]}  # real, effective, saved, fs
