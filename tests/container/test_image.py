@@ -44,8 +44,9 @@ def history(image: str) -> list[dict]:
 
 
 def test_the_layers_above_the_base_weigh_at_most_250_mb_model_weights_aside(image: str) -> None:
-    base = {layer["id"] for layer in history(LOCAL_BASE)}
-    above = [layer for layer in history(image) if layer["id"] not in base]
+    layers, base = history(image), history(LOCAL_BASE)  # newest first; the image's ends with the base's
+    assert layers[len(layers) - len(base) :] == base
+    above = layers[: len(layers) - len(base)]
     breakdown = [(layer["size"] / 2**20, " ".join(layer["CreatedBy"].split())) for layer in above]
     print("\n".join(f"{mb:8.1f} MiB  {created_by[:110]}" for mb, created_by in breakdown))
     weights = [mb for mb, created_by in breakdown if created_by.endswith(" in models")]
