@@ -15,6 +15,7 @@ import argparse
 import json
 import random
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -117,8 +118,6 @@ class Container:
         timeout: float = 60,
     ) -> Response:
         """One request on its own connection to the published port."""
-        import socket
-
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
             send_body(sock, request_head(method, path, len(body), headers), body)
             return read_response(sock)
@@ -291,9 +290,8 @@ def promise(image: str, minutes: float, users: int, cpus: str, wake_cpus: str) -
         side = threading.Thread(target=side_load, args=(container, tally, uploads, until))
         side.start()
         with Swarm() as swarm:
-            outcome = swarm.run(
-                Job(container_url(container), users=users, timeout_s=300, text=tweet, seconds=minutes * 60)
-            )
+            url = f"http://127.0.0.1:{container.port}"
+            outcome = swarm.run(Job(url, users=users, timeout_s=300, text=tweet, seconds=minutes * 60))
         side.join()
         for record in outcome.records:
             tally.add("analyze (locust)", record.status)
@@ -309,10 +307,6 @@ def promise(image: str, minutes: float, users: int, cpus: str, wake_cpus: str) -
             cgroup=container.cgroup_memory(),
         )
     return result
-
-
-def container_url(container: Container) -> str:
-    return f"http://127.0.0.1:{container.port}"
 
 
 def main() -> None:
