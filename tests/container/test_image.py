@@ -145,7 +145,8 @@ def test_podman_compose_brings_the_service_up(image: str) -> None:
         assert container.cgroup_memory()["limit_mb"] == 512
     finally:
         subprocess.run([*compose, "down", "-v"], env=env, capture_output=True, timeout=120)
-        podman("volume", "rm", "-f", f"{project}_data", check=False)
+        podman("volume", "rm", "-f", f"{project}_data", check=False)  # podman-compose 1.0.3 leaves both
+        podman("network", "rm", "-f", f"{project}_default", check=False)
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
