@@ -5,6 +5,7 @@
 #   bash start.sh install    the same without serving (Render's build, CI)
 #   bash start.sh install dev    also the test tools
 #   bash start.sh install ray    also Ray, for `python -m service.scale` (bulk scoring, Ray Serve)
+# spaCy (requirements-tokens.txt) is added when EXPORT_MODELS names a ner or pos model.
 #
 # Installs are skipped when the requirement files have not changed since the last one, so a
 # second start is quick. Thread pools are pinned here as well as in service/runtime.py:
@@ -70,6 +71,10 @@ if [ "$mode" = "install" ] || [ "$(cat "$setup_stamp" 2>/dev/null)" != "$(setup_
     echo "start.sh: OCR language data missing; /ocr will answer 503 until it is installed" >&2
   }
   [ "${BACKEND:-onnx}" = "torch" ] && install_requirements requirements-torch.txt
+  # spaCy (~200 MB) splits words for ner/pos only: installed when EXPORT_MODELS names one of them
+  # (read here, not by Python: each interpreter start is seconds at 0.1 CPU).
+  targets="${EXPORT_MODELS-sentiment:es}"
+  [[ ",${targets// /}," =~ ,(ner|pos): ]] && install_requirements requirements-tokens.txt
 
   # Export the configured models that the onnx backend would miss (needs the export stack); each
   # export checks its INT8 model against its fp32 and falls back to a safer recipe if it must.

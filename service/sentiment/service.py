@@ -32,6 +32,7 @@ from service.sentiment.schemas import (
     TextError,
     TokenPrediction,
 )
+from service.sentiment.tokens import require_spacy
 
 MB = 1024 * 1024
 # RSS a backend's imports add the first time a model loads (measured: torch + transformers +
@@ -124,6 +125,8 @@ def model_item(task: str, lang: str) -> Loadable:
     source = model_source(task, lang, settings)
 
     def check() -> None:
+        if task in TOKEN_TASKS:
+            require_spacy()
         if backend == "onnx" and not (Path(source) / "manifest.json").is_file():
             raise _unavailable(task, lang, settings, FileNotFoundError(f"{source}/manifest.json"))
         if backend == "torch" and _is_local_path(source) and not Path(source).is_dir():

@@ -10,11 +10,13 @@ Ported, like preprocessing.py, so the onnx backend never imports pysentimiento (
 `tests/sentiment/test_tokens.py` checks the output against pysentimiento's own on the same model.
 """
 
+import importlib.util
 import sys
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, Protocol
 
+from service.exceptions import ModelUnavailable
 from service.sentiment.schemas import Entity, TokenPrediction
 
 # thinc (spaCy's ML library) imports these when they are installed, only to tell whether it may use
@@ -28,6 +30,17 @@ class Word(Protocol):
     text: str
     idx: int
     whitespace_: str
+
+
+def require_spacy() -> None:
+    """spaCy is an extra (requirements-tokens.txt): without it ner/pos are unavailable (503, before
+    their model loads) and every other task serves as usual. Looked up, not imported."""
+    if importlib.util.find_spec("spacy") is None:
+        raise ModelUnavailable(
+            "ner and pos split words with spaCy, which is not installed: install requirements-tokens.txt "
+            "(`bash start.sh install` does when EXPORT_MODELS names a ner or pos model)",
+            missing="spacy",
+        )
 
 
 @lru_cache

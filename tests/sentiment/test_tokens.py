@@ -5,6 +5,8 @@ sets: its labels are arbitrary but deterministic, so every word, every B-/I- gro
 offset can be compared with what `pysentimiento.create_analyzer(task="ner", ...)` answers.
 """
 
+import sys
+
 import pytest
 
 from service.sentiment.analyzer import TokenAnalyzer, create_analyzer
@@ -138,3 +140,25 @@ def test_word_tokenizer_keeps_torch_out(monkeypatch) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['hola', '@mundo', ',', '¿', 'qué', 'tal', '?'] False"
     assert word_tokenizer("en") is word_tokenizer("en")
+
+
+def test_without_spacy_ner_and_pos_are_unavailable_and_other_tasks_serve(
+    standins, onnx_minilm, make_client, monkeypatch
+) -> None:
+    """spaCy is an extra (requirements-tokens.txt): without it ner/pos answer a 503 that says what
+    to install, before their model is loaded, and sentiment answers as usual."""
+    monkeypatch.setitem(sys.modules, "spacy", None)  # `import spacy` fails as if it were not installed
+    client = make_client(
+        BACKEND="onnx",
+        MODEL_NER_ES=str(standins.exported("ner", "es")),
+        MODEL_SENTIMENT_ES=str(onnx_minilm),
+        MEMORY_BUDGET_MB="8192",
+        NUM_THREADS="1",
+    )
+    refused = client.post("/analyze", json={"text": "Lionel Messi juega en Miami", "task": "ner"})
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    error = refused.json()["error"]
+    assert error["code"] == "model_unavailable" and error["missing"] == "spacy"
+    assert "requirements-tokens.txt" in error["message"]
+    assert [item["key"] for item in client.get("/memory").json()["loaded"]] == []
+    assert client.post("/analyze", json={"text": "¡Qué buen día!"}).json()["label"] in {"POS", "NEG", "NEU"}
