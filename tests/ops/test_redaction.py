@@ -6,6 +6,7 @@ import pytest
 
 from service.ops import redaction
 from service.ops.redaction import REDACTED, redact
+from tests.ops.test_soak import memory_cgroup
 from tests.support import real_server
 
 KEY = "s3cret-Key/with+chars"
@@ -44,13 +45,20 @@ def test_records_are_redacted_with_their_argument_types_kept(ops_env, caplog):
 @pytest.mark.slow
 def test_the_access_log_of_a_real_server_never_writes_the_key(tmp_path):
     """The issue's case (`GET /memory?api_key=KEY` written by uvicorn's access log) and the other
-    ways a key reaches a request target, against the server as start.sh runs it, access log on."""
-    with real_server(tmp_path, "--access-log", API_KEY=KEY, BACKEND="onnx", ONNX_DIR=str(tmp_path)) as server:
+    ways a key reaches a request target, against the server as start.sh runs it (in a real 512 MB
+    memory cgroup, as the issue's other attacks), access log on."""
+    with (
+        memory_cgroup(512) as cgroup,
+        real_server(
+            tmp_path, "--access-log", cgroup=cgroup.path, API_KEY=KEY, BACKEND="onnx", ONNX_DIR=str(tmp_path)
+        ) as server,
+    ):
         assert server.request("GET", f"/memory?api_key={KEY}").status == 401
         assert server.request("GET", "/memory?token=a-wrong-guess").status == 401
         assert server.request("GET", f"/{KEY}").status in (401, 404)
         assert server.request("GET", "/memory", headers={"X-API-Key": KEY}).status == 200
         assert server.request("GET", "/memory", headers={"Authorization": f"Bearer {KEY}"}).status == 200
+        assert cgroup.oom_kills() == 0
     log = server.output()
     assert '"GET /memory?api_key=[REDACTED]' in log, log[-2000:]
     assert "token=[REDACTED]" in log and "a-wrong-guess" not in log
