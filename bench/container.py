@@ -15,7 +15,6 @@ import argparse
 import json
 import random
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from bench import hostile_files
 from bench.documents import encode, text_page
 from bench.hostile import NAMES as HOSTILE
-from bench.server import ROOT, Response, free_port, multipart, read_response, request_head, send_body
+from bench.server import ROOT, Response, free_port, http_request, multipart
 from bench.swarm import Job, Swarm
 
 CONTAINERFILE = ROOT / "container" / "Containerfile"
@@ -118,9 +117,7 @@ class Container:
         timeout: float = 60,
     ) -> Response:
         """One request on its own connection to the published port."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
-            send_body(sock, request_head(method, path, len(body), headers), body)
-            return read_response(sock)
+        return http_request(self.port, method, path, body, headers, timeout)
 
     def exec(self, *command: str, timeout: float = 60) -> str:
         return podman("exec", self.id, *command, timeout=timeout).stdout

@@ -108,9 +108,7 @@ class Server:
         timeout: float = 60,
     ) -> Response:
         """One request on its own connection (`Connection: close`)."""
-        with self.connect(timeout) as sock:
-            send_body(sock, request_head(method, path, len(body), headers), body)
-            return read_response(sock)
+        return http_request(self.port, method, path, body, headers, timeout)
 
     def worker_pids(self) -> list[int]:
         """The python processes serving: the process itself, or the supervisor's children."""
@@ -286,6 +284,20 @@ def pipeline(server: Server, heads: list[bytes], at_once: int = 200) -> list[int
                 data += chunk
             statuses += [int(status) for status in STATUS_LINE.findall(data)]
     return statuses
+
+
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> Response:
+    """One request to 127.0.0.1:`port` on its own connection (`Connection: close`)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        send_body(sock, request_head(method, path, len(body), headers), body)
+        return read_response(sock)
 
 
 def request_head(method: str, path: str, length: int | None, headers: dict[str, str] | None = None) -> bytes:
