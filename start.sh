@@ -102,7 +102,9 @@ if [ "$mode" = "install" ] || [ "$(cat "$setup_stamp" 2>/dev/null)" != "$(setup_
     python -m service.sentiment.backends.prepacked --configured ||
       echo "start.sh: a prepacked variant could not be made; the server makes it after its first answer" >&2
   fi
-  [ "$setup_ok" = true ] && setup_key >"$setup_stamp"
+  if [ "$setup_ok" = true ] && ! setup_key 2>/dev/null >"$setup_stamp"; then
+    echo "start.sh: cannot write $setup_stamp (a read-only project dir?); the setup runs again next start" >&2
+  fi
 fi
 [ "$extras" = "dev" ] && install_requirements requirements-dev.txt
 [ "$extras" = "ray" ] && install_requirements requirements-ray.txt
