@@ -82,6 +82,7 @@ class Registry:
         self._measured_cost: dict[str, float] = {}
         self._lock = threading.Lock()  # guards the entries' bookkeeping
         self._load_lock = threading.Lock()  # one load at a time: each sees the last one's RSS
+        self._improve_lock = threading.Lock()  # one child making a lighter form at a time
         self.counters = {"loads": 0, "evictions": 0, "refusals": 0, "load_failures": 0, "batch_splits": 0}
         # Called with the key of each item unloaded (a model's batching worker stops with it).
         self.unload_listeners: list[Callable[[str], None]] = []
@@ -232,7 +233,22 @@ class Registry:
         plus `extra_mb`, the budget counting the child while it runs); `swap` replaces the value in
         place, and the item's cost drops by the unreclaimable memory that gave back. The item is
         held meanwhile, so not evicted. False (logged) when it could not be done now; nothing is
-        done when `value` is no longer the loaded one (unloaded, or reloaded since)."""
+        done when `value` is no longer the loaded one (unloaded, or reloaded since).
+
+        One at a time: the room is checked before the child starts and its memory is only
+        measured once it grows, so children started together would each see the same room."""
+        with self._improve_lock:
+            return self._improve(key, value, make, swap, extra_mb, what)
+
+    def _improve(
+        self,
+        key: str,
+        value: Any,
+        make: Callable[[], str | None],
+        swap: Callable[[], float | None],
+        extra_mb: float,
+        what: str,
+    ) -> bool:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry.value is not value:

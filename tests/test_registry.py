@@ -559,3 +559,39 @@ def test_improve_does_nothing_for_a_value_no_longer_loaded_or_without_room():
     memory.used = 220
     assert not registry.improve("m", value, lambda: "MakeError: disk full", lambda: 1.0, 45, "fails")
     assert registry.snapshot()[0]["prepacked"] == "not made: MakeError: disk full"
+
+
+def test_improve_makes_one_lighter_form_at_a_time_each_after_measuring_the_last():
+    """Models that answered together start their children together: each child's memory only shows
+    once it grows, so run at once they would all pass the room check (the CI run that got 503s at
+    630 MB of 512 while four variants were being made)."""
+    memory = FakeMemory(100)
+    registry = Registry(Budget(512, "test", 32), used=memory, admission_wait_s=0)
+    values = {}
+    for key in "abcd":
+        with registry.use(item(key, memory, 40)) as values[key]:
+            pass
+    running: list[str] = []
+    peak = {"children": 0, "used": 0.0}
+    start = threading.Barrier(4)
+
+    def make(key: str) -> None:
+        running.append(key)
+        memory.used += 150  # the child grows after the room was checked
+        peak["children"] = max(peak["children"], len(running))
+        peak["used"] = max(peak["used"], memory.used)
+        time.sleep(0.05)
+        memory.used -= 150
+        running.remove(key)
+
+    def improve(key: str) -> None:
+        start.wait()
+        assert registry.improve(key, values[key], lambda: make(key), lambda: 10.0, 45, f"variant of {key}")
+
+    threads = [threading.Thread(target=improve, args=(key,)) for key in "abcd"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert peak["children"] == 1 and peak["used"] == 100 + 4 * 40 + 150
+    assert [entry["prepacked"] for entry in registry.snapshot()] == ["in place"] * 4
