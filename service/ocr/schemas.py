@@ -228,6 +228,32 @@ BLANK_PAGE_EXAMPLE = {
     "height": 1650,
     "seconds": 1.21,
 }
+# lang=auto with analyze=true: each page's sentiment by its own language's model, or its own error.
+AUTO_PAGE_EXAMPLES = [
+    {
+        **{key: value for key, value in PAGE_EXAMPLE.items() if key != "words"},
+        "text": "Amanhã começará a preparação para a final, não há tempo a perder.",
+        "sentiment": {
+            "label": "NEU",
+            "probas": {"NEG": 0.08, "NEU": 0.61, "POS": 0.31},
+            "lang": "pt",
+            "lang_confidence": 0.99,
+            "lang_source": "detected",
+        },
+    },
+    {
+        **{key: value for key, value in PAGE_EXAMPLE.items() if key != "words"},
+        "page": 2,
+        "text": "OK",
+        "sentiment": {
+            "error": {
+                "code": "too_short",
+                "message": "the text has fewer than 6 letters: too short to tell its language",
+                "detected": None,
+            }
+        },
+    },
+]
 
 
 class OcrResponse(BaseModel):
@@ -240,7 +266,14 @@ class OcrResponse(BaseModel):
                     "page_count": 3,
                     "pages": [PAGE_EXAMPLE, TABLE_PAGE_EXAMPLE, BLANK_PAGE_EXAMPLE],
                     "seconds": 2.31,
-                }
+                },
+                {
+                    "format": "pdf",
+                    "lang": "auto",
+                    "page_count": 2,
+                    "pages": AUTO_PAGE_EXAMPLES,
+                    "seconds": 1.84,
+                },
             ]
         }
     )

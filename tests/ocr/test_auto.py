@@ -4,6 +4,9 @@ sentiment is read by the model of the language detected in its text (`/analyze`'
 The routes' tests run the OCR worker and are `slow`; the checks of the form, the settings and the
 language data lookup are not."""
 
+import json
+import shutil
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,9 +15,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bench.documents import LANG_LINES, encode, pdf_of, text_page
+from bench.server import multipart
 from service import startup
 from service.budget import Budget
 from service.exceptions import ModelUnavailable
+from service.ocr import tessdata
 from service.ocr.config import OcrSettings, get_ocr_settings
 from service.ocr.tessdata import resolve_tessdata
 from service.registry import Loadable, Registry
@@ -23,6 +28,7 @@ from service.sentiment.analyzer import Analyzer
 from tests.ocr.conftest import needs_auto_tessdata
 from tests.ocr.samples import needs_dejavu
 from tests.sentiment.fakes import LABELS, FakeModel, fake_probas
+from tests.support import app_client, needs_minilm
 
 FRENCH = [
     "Nous avons passé une soirée magnifique avec nos amis au restaurant.",
@@ -119,6 +125,22 @@ def test_a_several_language_engine_needs_all_its_data_in_one_directory(
     searched(first, second)
     with pytest.raises(ModelUnavailable, match="not in one directory"):
         resolve_tessdata("spa+ita+por")
+
+
+def test_auto_without_its_languages_data_is_a_503_naming_each_install(
+    make_client, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "spa.traineddata").write_bytes(b"x")
+    monkeypatch.setattr(tessdata, "pypi_dir", lambda: tmp_path)
+    monkeypatch.setattr(tessdata, "DEBIAN_DIRS", ())
+    monkeypatch.setenv("OCR_TESSDATA", str(tmp_path))
+    get_ocr_settings.cache_clear()
+    response = ocr(make_client(), encode(Image.new("L", (64, 64), 255)), lang="auto")
+    get_ocr_settings.cache_clear()
+    assert response.status_code == 503
+    message = response.json()["error"]["message"]
+    assert "ita.traineddata, por.traineddata is not installed" in message
+    assert "install ita" in message and "install por" in message
 
 
 # The routes (the OCR worker reads real pages)
@@ -260,3 +282,80 @@ def test_pages_needing_more_models_than_the_budget_holds_are_503_never_half_an_a
     assert response.json()["error"]["code"] == "over_memory_budget"
     assert int(response.headers["Retry-After"]) > 0
     assert loads == ["es"] and not seen(models["en"])
+
+
+@pytest.mark.slow
+@needs_auto_tessdata
+@needs_dejavu
+@needs_minilm
+def test_real_models_answer_each_page_as_analyze_answers_its_text(onnx_minilm) -> None:
+    """The exported model under each language's name: a page's sentiment is /analyze's for its text."""
+    env = {f"MODEL_SENTIMENT_{lang.upper()}": str(onnx_minilm) for lang in LANGS}
+    get_ocr_settings.cache_clear()
+    with app_client(BACKEND="onnx", MEMORY_BUDGET_MB="8192", PREPACKED="false", **env) as client:
+        pdf = pdf_of([page(LANG_LINES[lang]) for lang in ("en", "pt", "es", "it")])
+        response = ocr(client, pdf, lang="auto", analyze="true")
+        assert response.status_code == 200, response.text
+        read = response.json()["pages"]
+        assert [p["sentiment"]["lang"] for p in read] == ["en", "pt", "es", "it"]
+        texts = [p["text"] for p in read]
+        alone = client.post("/analyze", json={"texts": texts, "lang": "auto"}).json()["results"]
+        for result, expected in zip(read, alone, strict=True):
+            assert result["sentiment"]["probas"] == pytest.approx(expected["probas"], abs=1e-5)
+            assert result["sentiment"]["lang_confidence"] == expected["lang_confidence"]
+
+
+@pytest.mark.slow
+@needs_auto_tessdata
+@needs_dejavu
+@needs_minilm
+def test_ocr_auto_beside_mixed_batches_in_a_512_mb_cgroup(onnx_minilm_int8, tmp_path: Path) -> None:
+    """The real server in a real 512 MB cgroup, one exported model per language (each its own files,
+    so its own prepacked variant): OCR of four-language PDFs under lang=auto, beside concurrent
+    /analyze auto batches, all answered whole, nothing OOM-killed, the cgroup's peak under the limit."""
+    from tests.ops.test_soak import memory_cgroup
+    from tests.support import real_server
+
+    env = {}
+    for lang in LANGS:
+        shutil.copytree(onnx_minilm_int8, tmp_path / lang, ignore=shutil.ignore_patterns("prepacked"))
+        env[f"MODEL_SENTIMENT_{lang.upper()}"] = str(tmp_path / lang)
+    pdf = pdf_of([page(LANG_LINES[lang]) for lang in ("it", "en", "pt", "es")] + [page(FRENCH)])
+    body, content_type = multipart({"lang": "auto", "analyze": "true"}, "mixed.pdf", pdf, "application/pdf")
+    batches = [[LANG_LINES[lang][0] for lang in langs] for langs in (LANGS, ("pt", "it"), ("en", "es"))] * 3
+    with (
+        memory_cgroup(512) as cgroup,
+        real_server(tmp_path, cgroup=cgroup.path, BACKEND="onnx", **env) as server,
+    ):
+        ocr_answers: list[tuple[int, dict]] = []
+        batch_answers: list[int] = []
+
+        def read() -> None:
+            response = server.request("POST", "/ocr", body, {"Content-Type": content_type}, timeout=300)
+            ocr_answers.append((response.status, response.json()))
+
+        def send(texts: list[str]) -> None:
+            payload = json.dumps({"texts": texts, "lang": "auto"}).encode()
+            response = server.request(
+                "POST", "/analyze", payload, {"Content-Type": "application/json"}, timeout=300
+            )
+            batch_answers.append(response.status)
+
+        threads = [threading.Thread(target=read) for _ in range(3)]
+        threads += [threading.Thread(target=send, args=(texts,)) for texts in batches]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(360)
+        assert batch_answers == [200] * len(batches)
+        assert [status for status, _ in ocr_answers] == [200] * 3, ocr_answers
+        for _, answer in ocr_answers:
+            sentiments = [p["sentiment"] for p in answer["pages"]]
+            assert [s.get("lang") for s in sentiments] == ["it", "en", "pt", "es", None]
+            assert sentiments[4]["error"]["detected"] == "fr"
+        assert cgroup.oom_kills() == 0
+        peak = cgroup.peak_mb()
+        assert peak is None or peak <= 512
+        memory = json.loads(server.request("GET", "/memory").body)
+        costs = {m["key"]: m.get("cost_mb") for m in memory["loaded"]}
+        print(f"cgroup peak {peak} MB; loaded: {costs}")
