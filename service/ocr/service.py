@@ -105,7 +105,11 @@ def engine_item(code: str, settings: OcrSettings) -> Loadable:
             "worker_pid": get_worker().pid,
         }
 
-    return Loadable(key=f"ocr:{code}", load=load, estimate_mb=estimate_mb, describe=describe)
+    def check() -> None:
+        """Missing language data is said before anything is unloaded to make room for it."""
+        resolve_tessdata(code, settings)
+
+    return Loadable(key=f"ocr:{code}", load=load, estimate_mb=estimate_mb, describe=describe, check=check)
 
 
 class TablesHandle:
