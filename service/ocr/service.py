@@ -44,6 +44,7 @@ from service.ocr.schemas import (
 from service.ocr.tessdata import resolve_tessdata
 from service.ocr.uploads import check_kind, read_uploads
 from service.registry import Loadable, get_registry
+from service.sentiment.schemas import AutoPrediction, TextError
 
 MB = 1024 * 1024
 # RSS an engine adds to the worker: the LSTM model and its caches (measured 14 MB for spa's
@@ -265,7 +266,6 @@ def _add_sentiment(pages: list[PageResult], lang: str, fallback: bool) -> None:
     """Each readable page's sentiment, all pages in one call: with `auto`, each page by its own
     language's model (or its own error), every model it needs held at once."""
     # Imported here: the sentiment stack loads only for requests that ask for it.
-    from service.sentiment.schemas import AutoPrediction, TextError
     from service.sentiment.service import analyze
 
     readable = [page for page in pages if not page.unreadable]
