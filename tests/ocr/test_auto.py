@@ -56,7 +56,7 @@ def per_lang(make_client, monkeypatch, tmp_path) -> Iterator[Callable[..., Clien
     """The whole app, its sentiment models replaced by one fake per language (each records what it
     read), the OCR settings read afresh."""
 
-    def make(models: dict[str, FakeModel] | None = None, **env: str) -> Client:
+    def make(models: dict[str, FakeModel] | None = None) -> Client:
         models = models or {lang: FakeModel() for lang in LANGS}
         monkeypatch.setattr(
             service,
@@ -65,7 +65,7 @@ def per_lang(make_client, monkeypatch, tmp_path) -> Iterator[Callable[..., Clien
         )
         get_ocr_settings.cache_clear()
         settings = {"BACKEND": "torch", "MODEL_SENTIMENT_ES": str(tmp_path), "MEMORY_BUDGET_MB": "8192"}
-        return make_client(**settings, **env), models
+        return make_client(**settings), models
 
     yield make
     get_ocr_settings.cache_clear()
