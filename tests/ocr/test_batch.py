@@ -127,7 +127,7 @@ def test_analyze_runs_once_over_the_readable_pages_of_all_files(
     sentiment = pytest.importorskip("service.sentiment.service")
     calls = []
 
-    def fake_analyze(texts: list[str], task: str, lang: str) -> list:
+    def fake_analyze(texts: list[str], task: str, lang: str, fallback: bool = False) -> list:
         calls.append(list(texts))
         return [sentiment.Prediction(label="NEU", probas={"NEG": 0.2, "NEU": 0.6, "POS": 0.2}) for _ in texts]
 

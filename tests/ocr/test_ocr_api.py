@@ -310,8 +310,8 @@ def test_analyze_adds_sentiment_to_readable_pages(
     )
     calls = []
 
-    def fake_analyze(texts: list[str], task: str, lang: str) -> list:
-        calls.append((list(texts), task, lang))
+    def fake_analyze(texts: list[str], task: str, lang: str, fallback: bool = False) -> list:
+        calls.append((list(texts), task, lang, fallback))
         return [sentiment.Prediction(label="POS", probas={"NEG": 0.1, "NEU": 0.1, "POS": 0.8}) for _ in texts]
 
     monkeypatch.setattr(sentiment, "analyze", fake_analyze)
@@ -321,7 +321,7 @@ def test_analyze_adds_sentiment_to_readable_pages(
     first, blank = response.json()["pages"]
     assert first["sentiment"] == {"label": "POS", "probas": {"NEG": 0.1, "NEU": 0.1, "POS": 0.8}}
     assert blank["unreadable"] and blank["sentiment"] is None
-    assert calls == [([first["text"]], "sentiment", "en")]
+    assert calls == [([first["text"]], "sentiment", "en", False)]
 
 
 def test_missing_language_data_is_a_503_naming_the_install(
