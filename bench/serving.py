@@ -5,7 +5,7 @@
     python -m bench --bulk 1000,100000 [--backends onnx]
     python -m bench --ocr 200 [--backends onnx]
     python -m bench --protocol 3000 [--onnx DIR]
-    python -m bench --per-request tiny,DIR[,DIR...] [--baseline /path/to/other/checkout] [--rounds 3]
+    python -m bench --per-request tiny,DIR[,DIR...] [--baseline OTHER_CHECKOUT] [--cgroup-mb 1024]
 
 At RoBERTuito scale by default: a model with RoBERTuito's exact shape and real tokenizer
 (`../shared/models/robertuito-shape`) and random weights from a fixed seed, exported like a
@@ -32,6 +32,7 @@ request made (BATCH_MAX_SIZE cuts it; /metrics' sentiment_batch_size count).
 """
 
 import argparse
+import contextlib
 import csv
 import http.client
 import itertools
@@ -519,22 +520,32 @@ def wait_for_variant(server: Client, timeout_s: float = 300) -> None:
 
 
 def measure_per_request(
-    models: list[Path], checkouts: dict[str, Path], rounds: int, seconds: float
+    models: list[Path], checkouts: dict[str, Path], rounds: int, seconds: float, cgroup_mb: int | None = None
 ) -> dict[str, dict[str, Any]]:
-    """--per-request: per model and checkout, CPU ms per request of each kind, alternated by round."""
+    """--per-request: per model and checkout, CPU ms per request of each kind, alternated by round.
+    `cgroup_mb`: each server in a memory cgroup of its own with that limit as its budget (as on
+    Render, where the registry reads the cgroup's files too)."""
+    from bench.filebacked import memory_cgroup
+
     results: dict[str, dict[str, Any]] = {}
     for model in models:
         env = {
             "BACKEND": "onnx",
             "MODEL_SENTIMENT_ES": str(model),
             "NUM_THREADS": "1",
-            "MEMORY_BUDGET_MB": "8192",
+            "MEMORY_BUDGET_MB": None if cgroup_mb else "8192",
         }
         servers: dict[str, Client] = {}
+        cgroups = contextlib.ExitStack()
         try:
             for name, root in checkouts.items():
                 log = Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
-                servers[name] = Client(launch(log, root=root, **env))
+                group = (
+                    cgroups.enter_context(memory_cgroup(cgroup_mb, f"per-request-{name}"))
+                    if cgroup_mb
+                    else None
+                )
+                servers[name] = Client(launch(log, root=root, cgroup=group, **env))
             for server in servers.values():
                 server.server.wait_healthy(120)
                 analyze(server, {"text": SHORT[0]})
@@ -581,6 +592,7 @@ def measure_per_request(
         finally:
             for server in servers.values():
                 server.stop()
+            cgroups.close()
         manifest = json.loads((model / "manifest.json").read_text())
         recipe = (manifest.get("quantization") or {}).get("recipe", "fp32")
         for name, kinds in samples.items():
@@ -629,6 +641,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="--per-request: alternated rounds")
     parser.add_argument(
         "--cpu-seconds", type=float, default=1.5, help="--per-request: CPU seconds per kind and round"
+    )
+    parser.add_argument(
+        "--cgroup-mb", type=int, help="--per-request: each server in a memory cgroup, its budget"
     )
     args = parser.parse_args()
     if args.per_request:
@@ -700,7 +715,7 @@ def per_request(args: argparse.Namespace) -> None:
             tiny_model(Path(work)) if path == "tiny" else Path(path).resolve()
             for path in args.per_request.split(",")
         ]
-        results = measure_per_request(models, checkouts, args.rounds, args.cpu_seconds)
+        results = measure_per_request(models, checkouts, args.rounds, args.cpu_seconds, args.cgroup_mb)
     print(
         f"{'server CPU ms per request':<44}" + "".join(f"{kind:>22}" for kind in next(iter(results.values())))
     )
