@@ -195,11 +195,12 @@ def single(
 
 
 @contextmanager
-def memory_cgroup(limit_mb: int) -> Iterator[Path]:
-    """A fresh memory cgroup (v1 if mounted, else v2) limited to `limit_mb`, no swap."""
+def memory_cgroup(limit_mb: int, name: str = "filebacked") -> Iterator[Path]:
+    """A fresh memory cgroup (v1 if mounted, else v2) limited to `limit_mb`, no swap; `name` tells
+    apart the groups one process holds at once."""
     v1 = Path("/sys/fs/cgroup/memory")
     root, version = (v1, 1) if (v1 / "memory.limit_in_bytes").is_file() else (Path("/sys/fs/cgroup"), 2)
-    path = root / f"bench-filebacked-{os.getpid()}"
+    path = root / f"bench-{name}-{os.getpid()}"
     path.mkdir()
     try:
         if version == 1:

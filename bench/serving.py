@@ -5,6 +5,7 @@
     python -m bench --bulk 1000,100000 [--backends onnx]
     python -m bench --ocr 200 [--backends onnx]
     python -m bench --protocol 3000 [--onnx DIR]
+    python -m bench --per-request tiny,DIR[,DIR...] [--baseline OTHER_CHECKOUT] [--cgroup-mb 1024]
 
 At RoBERTuito scale by default: a model with RoBERTuito's exact shape and real tokenizer
 (`../shared/models/robertuito-shape`) and random weights from a fixed seed, exported like a
@@ -21,9 +22,17 @@ All three run under MEMORY_BUDGET_MB=--budget (512 by default: Render's free pla
 one at a time, through POST /analyze, POST /predict and POST /models/sentiment-es in alternated
 rounds: the server's CPU time per request of each, side by side. Then the idle RSS of fresh servers
 with and without the protocol's router (its module replaced by an empty router), alternated.
+--per-request DIRS: what batching saves and what a request costs around the model. Per exported
+model dir (`tiny`: a 1-layer model whose call costs ~0.1 ms, exported here), one server (start.sh's
+command, one intra-op thread) per checkout (this one, and --baseline's when given), all up at once;
+in alternated rounds each gets 1-text requests, requests of 16 distinct short texts, and the same
+16 texts as 16 requests: the server's CPU per request of each (from /proc), and `16-in-1 / 16
+singles`, the CPU of one 16-text request over 16 single ones; also how many model calls a 16-text
+request made (BATCH_MAX_SIZE cuts it; /metrics' sentiment_batch_size count).
 """
 
 import argparse
+import contextlib
 import csv
 import http.client
 import itertools
@@ -45,6 +54,7 @@ from bench.swarm import Job, Swarm
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = ROOT.parent / "shared" / "models" / "robertuito-shape"
+MINILM = ROOT.parent / "shared" / "models" / "tweet-sentiment-minilm"
 SHORT = [
     "me encanta este lugar 😍",
     "odio los lunes",
@@ -81,13 +91,15 @@ def long_text(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(150))
 
 
-def build_random_model(shape_dir: Path, out: Path, seed: int = 0) -> Path:
-    """A model of the shape in `shape_dir` with seeded random weights, plus its tokenizer."""
+def build_random_model(shape_dir: Path, out: Path, seed: int = 0, **shape: int) -> Path:
+    """A model of the shape in `shape_dir` (with `shape` changed) with seeded random weights, plus
+    its tokenizer."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
     config = AutoConfig.from_pretrained(shape_dir)
+    config.update(shape)
     AutoModelForSequenceClassification.from_config(config).save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (shape_dir / name).is_file():
@@ -463,6 +475,134 @@ def measure_protocol(model: Path, requests: int, rounds: int = 10) -> dict[str, 
     return figures
 
 
+def distinct_texts(count: int, offset: int) -> list[str]:
+    """`count` short tweets, none the same (identical texts are computed once), preprocessed to
+    about the same length so that a batch of them pads little."""
+    return [f"{SHORT[index % len(SHORT)]} {offset + index}" for index in range(count)]
+
+
+def cpu_ms_per_request(server: Client, bodies: list[dict[str, Any]] | int) -> float:
+    """The server's CPU (user + system, all its threads) per request of `bodies` to /analyze (a
+    count: that many GET /health, the floor of any route), sent one by one on a new connection
+    (uvicorn closes one left idle while the other servers were measured)."""
+    server.connection = None
+    before = server.server.cpu_seconds()
+    if isinstance(bodies, int):
+        for _ in range(bodies):
+            server.request("GET", "/health")
+    else:
+        for body in bodies:
+            analyze(server, body)
+    count = bodies if isinstance(bodies, int) else len(bodies)
+    return (server.server.cpu_seconds() - before) / count * 1000
+
+
+def model_calls(server: Client) -> float:
+    """Model calls made so far: the count of /metrics' `sentiment_batch_size` histogram."""
+    response = server.server.request("GET", "/metrics")
+    for line in response.body.decode().splitlines():
+        if line.startswith("sentiment_batch_size_count"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def wait_for_variant(server: Client, timeout_s: float = 300) -> None:
+    """Until the model serves what it will keep serving: its prepacked variant is made in a child
+    after the first answer and swapped in (measuring before would mix two sessions)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        server.connection = None
+        _, memory = server.request("GET", "/memory")
+        if all(item.get("prepacked") != "coming" for item in memory["loaded"]):
+            return
+        time.sleep(0.5)
+    raise TimeoutError("the prepacked variant was not made in time")
+
+
+def measure_per_request(
+    models: list[Path], checkouts: dict[str, Path], rounds: int, seconds: float, cgroup_mb: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """--per-request: per model and checkout, CPU ms per request of each kind, alternated by round.
+    `cgroup_mb`: each server in a memory cgroup of its own with that limit as its budget (as on
+    Render, where the registry reads the cgroup's files too)."""
+    from bench.filebacked import memory_cgroup
+
+    results: dict[str, dict[str, Any]] = {}
+    for model in models:
+        env = {
+            "BACKEND": "onnx",
+            "MODEL_SENTIMENT_ES": str(model),
+            "NUM_THREADS": "1",
+            "MEMORY_BUDGET_MB": None if cgroup_mb else "8192",
+        }
+        servers: dict[str, Client] = {}
+        cgroups = contextlib.ExitStack()
+        try:
+            for name, root in checkouts.items():
+                log = Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
+                group = (
+                    cgroups.enter_context(memory_cgroup(cgroup_mb, f"per-request-{name}"))
+                    if cgroup_mb
+                    else None
+                )
+                servers[name] = Client(launch(log, root=root, cgroup=group, **env))
+            for server in servers.values():
+                server.server.wait_healthy(120)
+                analyze(server, {"text": SHORT[0]})
+                wait_for_variant(server)
+                analyze(server, {"texts": distinct_texts(16, 0)})
+            # Enough requests for ~`seconds` of CPU per kind and round (/proc counts in 10 ms ticks).
+            single_ms = statistics.median(
+                cpu_ms_per_request(server, [{"text": text} for text in distinct_texts(20, 100)])
+                for server in servers.values()
+            )
+            singles = max(20, int(seconds * 1000 / single_ms))
+            batches = max(3, singles // 16)
+            samples: dict[str, dict[str, list[float]]] = {
+                name: {
+                    "GET /health": [],
+                    "1 text": [],
+                    "16 texts in 1": [],
+                    "16 texts as 16": [],
+                    "model calls per 16": [],
+                }
+                for name in servers
+            }
+            for round_index in range(rounds):
+                order = (
+                    list(servers)[round_index % len(servers) :] + list(servers)[: round_index % len(servers)]
+                )
+                for name in order:
+                    server, offset = servers[name], 1000 * (round_index + 1)
+                    texts = distinct_texts(16 * batches, offset)
+                    kinds = samples[name]
+                    kinds["GET /health"].append(cpu_ms_per_request(server, max(200, singles)))
+                    kinds["1 text"].append(
+                        cpu_ms_per_request(
+                            server, [{"text": text} for text in distinct_texts(singles, offset)]
+                        )
+                    )
+                    groups = [texts[start : start + 16] for start in range(0, len(texts), 16)]
+                    calls_before = model_calls(server)
+                    kinds["16 texts in 1"].append(cpu_ms_per_request(server, [{"texts": g} for g in groups]))
+                    kinds["model calls per 16"].append((model_calls(server) - calls_before) / len(groups))
+                    kinds["16 texts as 16"].append(
+                        16 * cpu_ms_per_request(server, [{"text": text} for text in texts])
+                    )
+        finally:
+            for server in servers.values():
+                server.stop()
+            cgroups.close()
+        manifest = json.loads((model / "manifest.json").read_text())
+        recipe = (manifest.get("quantization") or {}).get("recipe", "fp32")
+        for name, kinds in samples.items():
+            figures: dict[str, Any] = {kind: round(statistics.median(ms), 2) for kind, ms in kinds.items()}
+            figures["16-in-1 / 16 singles"] = round(figures["16 texts in 1"] / figures["16 texts as 16"], 3)
+            figures["rounds (1 text)"] = [round(ms, 2) for ms in kinds["1 text"]]
+            results[f"{model.name} ({recipe}) {name}"] = figures
+    return results
+
+
 def next_ports(first: int | None) -> Iterator[int | None]:
     """--port, --port + 1, ... when given; else None: each server on a free port."""
     return itertools.count(first) if first else itertools.repeat(None)
@@ -494,7 +634,21 @@ def main() -> None:
     parser.add_argument("--threads", help="NUM_THREADS of the servers (default: detected)")
     parser.add_argument("--cpus", type=int, help="run the servers on this many cores")
     parser.add_argument("--protocol", type=int, help="requests: /predict's CPU and RSS beside /analyze's")
+    parser.add_argument("--per-request", help="exported model dirs, comma-separated: CPU per request")
+    parser.add_argument(
+        "--baseline", type=Path, help="--per-request: another checkout's server beside this one"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--per-request: alternated rounds")
+    parser.add_argument(
+        "--cpu-seconds", type=float, default=1.5, help="--per-request: CPU seconds per kind and round"
+    )
+    parser.add_argument(
+        "--cgroup-mb", type=int, help="--per-request: each server in a memory cgroup, its budget"
+    )
     args = parser.parse_args()
+    if args.per_request:
+        per_request(args)
+        return
     if args.protocol:
         args.backends = "onnx"
 
@@ -530,6 +684,44 @@ def main() -> None:
         summary["rss_ratio"] = round(results["onnx"]["rss_after_mb"] / results["torch"]["rss_after_mb"], 3)
         summary["latency_ratio"] = round(results["onnx"]["p50_ms"] / results["torch"]["p50_ms"], 3)
     print(json.dumps(summary))
+
+
+def tiny_model(work: Path) -> Path:
+    """MiniLM's tokenizer on a 1-layer, 32-wide encoder with random weights, exported fp32: its call
+    costs ~0.1 ms, so what a request costs is nearly all the service around the model."""
+    from service.export.build import export_model
+
+    source = build_random_model(
+        MINILM,
+        work / "tiny-src",
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    export_model("sentiment", "es", str(source), work / "tiny", recipe=None)
+    return work / "tiny"
+
+
+def per_request(args: argparse.Namespace) -> None:
+    """--per-request: the CPU flags, a table per model and checkout, then one JSON line."""
+    from service.sentiment.backends.prepacked import cpu_features
+
+    checkouts = {"this": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
+    flags = cpu_features()
+    print("cpu flags:", " ".join(flags))
+    with tempfile.TemporaryDirectory(prefix="bench-") as work:
+        models = [
+            tiny_model(Path(work)) if path == "tiny" else Path(path).resolve()
+            for path in args.per_request.split(",")
+        ]
+        results = measure_per_request(models, checkouts, args.rounds, args.cpu_seconds, args.cgroup_mb)
+    print(
+        f"{'server CPU ms per request':<44}" + "".join(f"{kind:>22}" for kind in next(iter(results.values())))
+    )
+    for name, figures in results.items():
+        print(f"{name:<44}" + "".join(f"{value!s:>22}" for value in figures.values()))
+    print(json.dumps({"cpu_flags": flags, "load_average": os.getloadavg(), **results}))
 
 
 def throughput(args: argparse.Namespace, models: dict[str, Path], work: Path) -> None:

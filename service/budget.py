@@ -9,8 +9,10 @@ the registry adds an allowance for those a running model reads (service/registry
 
 import contextlib
 import os
+import re
 import resource
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -103,8 +105,9 @@ class ProcFile:
     memory watchdog keeps reading RSS while the process has run out of them (EMFILE). Reopened in a
     forked child, since /proc/self was resolved by the process that opened it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, size: int = 4096) -> None:
         self.path = path
+        self.size = size  # bytes read: the whole file
         self._fd = -1
         self._pid = 0
         self._lock = threading.Lock()
@@ -118,7 +121,7 @@ class ProcFile:
                         os.close(self._fd)  # the parent's, inherited through fork
                     self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
                     self._pid = pid
-        return os.pread(self._fd, 4096, 0)
+        return os.pread(self._fd, self.size, 0)
 
     def close(self) -> None:
         with self._lock:
@@ -189,18 +192,27 @@ class ProcessMemory:
         return self.anon_mb + self.shmem_mb
 
 
-def process_memory(status: Path = Path("/proc/self/status")) -> ProcessMemory:
+SELF_STATUS = Path("/proc/self/status")
+# Read for every model call (the registry admits each one): from a kept descriptor, the 4 fields
+# picked out by one regex, ~5x faster than opening the file and splitting its ~55 lines.
+_STATUS = ProcFile(str(SELF_STATUS), 16 * 1024) if SELF_STATUS.exists() else None
+_STATUS_FIELDS = re.compile(rb"\n(VmRSS|RssAnon|RssFile|RssShmem):\s*(\d+)")  # never the first line
+
+
+def process_memory(status: Path | None = None) -> ProcessMemory:
+    """This process's memory (`status` None), or another's from its status file (zeros once it ended)."""
     fields = {"VmRSS": 0.0, "RssAnon": 0.0, "RssFile": 0.0, "RssShmem": 0.0}
     try:
-        lines = status.read_text().splitlines()
+        if status is not None:
+            text = status.read_bytes()
+        else:
+            text = _STATUS.read() if _STATUS is not None else SELF_STATUS.read_bytes()
     except OSError:
-        if status != Path("/proc/self/status"):  # a child that has ended
+        if status is not None:  # a child that has ended
             return ProcessMemory(0.0, 0.0, 0.0, 0.0)
-        lines = []
-    for line in lines:
-        name, _, value = line.partition(":")
-        if name in fields:
-            fields[name] = int(value.split()[0]) / 1024
+        text = b""
+    for name, kb in _STATUS_FIELDS.findall(text):
+        fields[name.decode()] = int(kb) / 1024
     if not fields["VmRSS"]:  # no /proc (macOS): all of RSS counts as anonymous, the safe side
         rss = rss_mb()
         return ProcessMemory(rss, rss, 0.0, 0.0)
@@ -256,37 +268,58 @@ def limited_cgroup(
     return None
 
 
-def _read_stat(path: Path) -> dict[str, int]:
+def _parse_stat(text: bytes) -> dict[str, int]:
     stats = {}
-    for line in path.read_text().splitlines():
-        name, _, value = line.partition(" ")
+    for line in text.splitlines():
+        name, _, value = line.partition(b" ")
         if value.strip().isdigit():
-            stats[name] = int(value)
+            stats[name.decode()] = int(value)
     return stats
 
 
-def _read_bytes(path: Path) -> int | None:
+def _parse_int(read: Callable[[str], bytes], name: str) -> int | None:
     try:
-        return int(path.read_text().strip())
+        return int(read(name).strip())
     except (OSError, ValueError):
         return None
+
+
+class _KeptFiles:
+    """The own cgroup's memory files, each read from a descriptor kept open (`ProcFile`): they are
+    read for every model call, and opening three files each time cost more than reading them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._files: dict[str, ProcFile] = {}
+
+    def read(self, name: str) -> bytes:
+        file = self._files.get(name)
+        if file is None:
+            file = self._files[name] = ProcFile(str(self.directory / name), 64 * 1024)
+        return file.read()
+
+
+@lru_cache(maxsize=1)
+def _own_files(group: CgroupDir) -> _KeptFiles:
+    return _KeptFiles(group.path)
 
 
 def cgroup_memory(group: CgroupDir | None) -> CgroupMemory | None:
     """The group's memory figures, or None when it has none to read."""
     if group is None:
         return None
+    read = _own_files(group).read if group is own_cgroup() else lambda name: (group.path / name).read_bytes()
     try:
-        stat = _read_stat(group.path / "memory.stat")
+        stat = _parse_stat(read("memory.stat"))
     except OSError:
         return None
     if group.version == 2:
-        current = _read_bytes(group.path / "memory.current")
-        peak = _read_bytes(group.path / "memory.peak")
+        current = _parse_int(read, "memory.current")
+        peak = _parse_int(read, "memory.peak")
         anon, file, shmem = stat.get("anon", 0), stat.get("file", 0), stat.get("shmem", 0)
     else:
-        current = _read_bytes(group.path / "memory.usage_in_bytes")
-        peak = _read_bytes(group.path / "memory.max_usage_in_bytes")
+        current = _parse_int(read, "memory.usage_in_bytes")
+        peak = _parse_int(read, "memory.max_usage_in_bytes")
         # total_* include the group's children (a variant being made by a child process).
         anon = stat.get("total_rss", stat.get("rss", 0))
         file = stat.get("total_cache", stat.get("cache", 0))

@@ -111,6 +111,22 @@ class Registry:
             self._release([entry])
 
     @contextmanager
+    def use_loaded(self, item: Loadable) -> Iterator[Any | None]:
+        """`use` for a caller that must not block (the event loop): the item if it is loaded now,
+        held likewise, else None at once; nothing is loaded and nothing waits."""
+        with self._lock:
+            entry = self._entries.get(item.key)
+            if entry is not None:
+                entry.in_use += 1
+        if entry is None:
+            yield None
+            return
+        try:
+            yield entry.value
+        finally:
+            self._release([entry])
+
+    @contextmanager
     def use_all(self, items: Sequence[Loadable], min_work_mb: float = 0.0) -> Iterator[list[Any]]:
         """Yield every item loaded at once (one request needing several models): all or none.
 
@@ -335,9 +351,10 @@ class Registry:
             # Short by less than running calls give back when they end (within a call, or an OCR
             # page): wait for them rather than unload idle models (each a reload, and its weights
             # re-read, when its turn comes) to run this work beside them.
-            short_mb = self.used_mb() + need_mb + allowance - self.budget.usable_mb
+            used = self.used_mb()  # one reading of memory per try: it is read for every model call
+            short_mb = used + need_mb + allowance - self.budget.usable_mb
             wait_for_running = 0 < short_mb <= self._running_calls_mb()
-            self._make_room(what, need_mb + allowance, evict=not wait_for_running)
+            self._make_room(what, need_mb + allowance, evict=not wait_for_running, used_mb=used)
             with self._lock:
                 self._reserved_mb += need_mb
                 if entry is not None:
@@ -460,10 +477,15 @@ class Registry:
         yet (service/ingress.py; those that arrived are in the unreclaimable memory)."""
         return self._used() + self._reserved_mb + self.running_file_mb + LEDGER.pending_mb
 
-    def _make_room(self, what: str, cost_mb: float, evict: bool = True, **details: Any) -> None:
-        """Evict LRU idle items (none if not `evict`) until `cost_mb` fits under the budget, or refuse."""
+    def _make_room(
+        self, what: str, cost_mb: float, evict: bool = True, used_mb: float | None = None, **details: Any
+    ) -> None:
+        """Evict LRU idle items (none if not `evict`) until `cost_mb` fits under the budget, or refuse.
+        `used_mb`: what the caller has just read (`used_mb()`), so memory is not read twice."""
         while True:
-            needed = self.used_mb() + cost_mb - self.budget.usable_mb
+            used = self.used_mb() if used_mb is None else used_mb
+            used_mb = None  # read afresh after an unload
+            needed = used + cost_mb - self.budget.usable_mb
             if needed <= 0:
                 return
             with self._lock:

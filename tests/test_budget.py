@@ -2,12 +2,14 @@
 it is spent on memory that cannot be reclaimed, read from the process and its cgroup."""
 
 import errno
+import os
 import resource
 from pathlib import Path
 
 import psutil
 import pytest
 
+from service import budget
 from service.budget import (
     DEFAULT_BUDGET_MB,
     cgroup_limit,
@@ -168,6 +170,23 @@ def test_real_process_memory_adds_up():
         0 < memory.anon_mb < memory.rss_mb
         and abs(memory.anon_mb + memory.file_mb + memory.shmem_mb - memory.rss_mb) < 1
     )
+
+
+def test_own_process_memory_read_fast_agrees_with_its_status_file():
+    """This process's figures come from a kept descriptor; another process's from its file."""
+    fast, slow = process_memory(), process_memory(Path(f"/proc/{os.getpid()}/status"))
+    assert abs(fast.rss_mb - slow.rss_mb) < 2 and abs(fast.anon_mb - slow.anon_mb) < 2
+    assert process_memory(Path("/proc/0/status")) == process_memory(Path("/nonexistent/status"))
+
+
+def test_the_own_cgroup_read_from_kept_descriptors_follows_its_files(tmp_path, monkeypatch):
+    root, proc = v2_tree(tmp_path, current_mb=470, anon_mb=120, file_mb=340)
+    own = limited_cgroup(root, proc)
+    monkeypatch.setattr(budget, "own_cgroup", lambda: own)
+    assert cgroup_memory(own).unreclaimable_mb == 130
+    v2_tree(tmp_path, current_mb=520, anon_mb=200, file_mb=300)  # the same files, rewritten
+    group = cgroup_memory(own)
+    assert (group.current_mb, group.anon_mb, group.peak_mb, group.unreclaimable_mb) == (520, 200, 540, 220)
 
 
 def test_cgroup_v2_figures_and_what_cannot_be_reclaimed(tmp_path):

@@ -595,3 +595,17 @@ def test_improve_makes_one_lighter_form_at_a_time_each_after_measuring_the_last(
         thread.join(10)
     assert peak["children"] == 1 and peak["used"] == 100 + 4 * 40 + 150
     assert [entry["prepacked"] for entry in registry.snapshot()] == ["in place"] * 4
+
+
+def test_an_admission_reads_memory_once():
+    """Every model call is admitted: memory (read from /proc and the cgroup) is read once a try."""
+    readings: list[float] = []
+
+    def used() -> float:
+        readings.append(100.0)
+        return 100.0
+
+    registry = Registry(Budget(1000, "test", 0), used=used)
+    with registry.reserve(50, "a batch"):
+        assert len(readings) == 1
+    assert len(readings) == 1

@@ -1,11 +1,12 @@
 """Micro-batching: concurrent `/analyze` requests for one model share one inference call.
 
 On a 0.1-CPU instance every model call pays a fixed cost and every padded token costs compute, so
-requests that arrive together are run together. Each request preprocesses in its own thread (a
-text that preprocessing empties stays that request's own 422), then queues its preprocessed texts
-for the model's one worker thread. The worker takes what has queued and, when company is likely
-(other requests are preprocessing, or the last batch held several), waits for more: at most
-BATCH_MAX_WAIT_MS after the first arrived, up to BATCH_MAX_SIZE texts. A lone client never waits.
+requests that arrive together are run together. Each request preprocesses in its own thread, or on
+the event loop (`analyze_async`; a text that preprocessing empties stays that request's own 422),
+then queues its preprocessed texts for the model's one worker thread. The worker takes what has
+queued and, when company is likely (other requests are preprocessing, or the last batch held
+several), waits for more: at most BATCH_MAX_WAIT_MS after the first arrived, up to BATCH_MAX_SIZE
+texts. A lone client never waits.
 Each caller gets exactly its own predictions. The queue is bounded in texts: when it is full,
 `/analyze` answers 503 + Retry-After at once instead of letting memory and latency grow.
 
@@ -15,6 +16,7 @@ them into calls that waste little padding, admits each call's working memory thr
 and when a call fails for memory (or would pass the budget) splits it in halves, down to single texts.
 """
 
+import asyncio
 import logging
 import math
 import threading
@@ -245,6 +247,10 @@ class Batcher:
             return jobs
 
     def _process(self, jobs: list[_Job]) -> None:
+        # A job whose caller gave up (cancelled: its request timed out) is not computed.
+        jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
         texts = [text for job in jobs for text in job.texts]
         try:
             # Held so the model cannot be unloaded mid-batch (its callers hold it too).
@@ -349,6 +355,13 @@ def queued_texts() -> int:
     """Texts waiting in the running app's queues (the queue-depth metric)."""
     pool = _pool
     return pool.queued() if pool is not None else 0
+
+
+async def analyze_async(batcher: Batcher, analyzer: Analyzer, texts: Sequence[str]) -> list[Prediction]:
+    """`analyze` on the event loop, with micro-batching on: the request's texts are preprocessed
+    here (microseconds a text) and the request awaits its batch without holding a pool thread.
+    Cancelled (a timeout), its texts are dropped unless their batch has started."""
+    return await asyncio.wrap_future(batcher.submit(analyzer.preprocess(texts)))
 
 
 def analyze(

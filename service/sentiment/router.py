@@ -1,5 +1,7 @@
-"""`POST /analyze` and `POST /analyze/file`: sync routes, so the blocking inference runs in the
-threadpool (a request waiting for its micro-batch blocks a pool thread, not the event loop)."""
+"""`POST /analyze` and `POST /analyze/file`. `/analyze` is async: on a loaded model with
+micro-batching on, a request preprocesses its texts on the event loop and awaits its batch, holding
+no pool thread; whatever may block (a load, language detection, inference without batching) runs in
+the threadpool (service/sentiment/service.py, `analyze_async`). `/analyze/file` is a sync route."""
 
 from collections.abc import Awaitable, Callable
 from typing import Annotated
@@ -30,7 +32,7 @@ from service.sentiment.schemas import (
     TokenResult,
     shape_problem,
 )
-from service.sentiment.service import analyze
+from service.sentiment.service import analyze_async
 
 
 def is_json(content_type: str | None) -> bool:
@@ -91,9 +93,10 @@ Answer = (
     "and how sure; a text whose language cannot be told gets an `error` in its place in a batch "
     "(a 422 for one `text`), or DEFAULT_LANG's model with `fallback: true`.",
 )
-def analyze_texts(request: AnalyzeRequest) -> Answer:
+async def analyze_texts(request: AnalyzeRequest) -> Answer:
     task, lang = request.task, request.lang
-    predictions = analyze(request.all_texts(), task, lang, request.all_contexts(), request.fallback)
+    contexts = request.all_contexts()
+    predictions = await analyze_async(request.all_texts(), task, lang, contexts, request.fallback)
     if lang == AUTO:
         return _auto_answer(request, predictions)
     tokens = bool(predictions) and isinstance(predictions[0], TokenPrediction)

@@ -313,3 +313,73 @@ def test_identical_texts_with_other_contexts_are_computed_apart():
     assert one != other and one == Pair(text, "Milei")
     assert list(dict.fromkeys([one, other, Pair(str(one), "Milei")])) == [one, other]
     assert one != str(one) and str(one) != one
+
+
+def test_a_loaded_model_s_requests_take_no_pool_thread(fake_app, monkeypatch):
+    """With micro-batching on and the model loaded, a request awaits its batch on the event loop: no
+    pool thread is held while it waits, and two thread hand-offs a request are saved. The load
+    itself (it may take seconds, or wait for memory) still runs in the pool."""
+    client = fake_app(FakeModel())
+    pooled: list[str] = []
+    real = service.run_in_threadpool
+
+    async def counting(function, *args, **kwargs):
+        pooled.append(function.__name__)
+        return await real(function, *args, **kwargs)
+
+    monkeypatch.setattr(service, "run_in_threadpool", counting)
+    assert client.post("/analyze", json={"text": "carga el modelo"}).status_code == 200
+    assert pooled == ["analyze"]
+    answer = client.post("/analyze", json={"texts": ["hola", "adiós"]})
+    single = client.post("/analyze", json={"text": "otra"})
+    assert [r["probas"] for r in answer.json()["results"]] == [expected("hola"), expected("adiós")]
+    assert single.json()["probas"] == expected("otra")
+    assert pooled == ["analyze"]
+    assert client.post("/analyze", json={"text": "☹☹☹☹"}).status_code == 422  # preprocessing's own refusal
+
+
+def test_a_cancelled_request_is_dropped_from_its_batch():
+    """A caller that gave up before its batch started (its request timed out) is not computed, and
+    the worker goes on serving the others."""
+    gate = threading.Event()
+    model = FakeModel(gate=gate)
+    registry, item = fake_registry(), fake_item(model)
+    batcher = Batcher(item, registry, max_size=1, max_wait_s=0.0, queue_max=8)
+    running = batcher.submit(["a"])
+    while not model.calls:  # the worker holds "a" in the (blocked) model
+        time.sleep(0.005)
+    dropped, kept = batcher.submit(["b"]), batcher.submit(["c"])
+    assert dropped.cancel()
+    gate.set()
+    assert [p.probas for p in kept.result(5)] == [expected("c")]
+    assert [p.probas for p in running.result(5)] == [expected("a")]
+    assert model.calls == [["a"], ["c"]]
+    batcher.stop(final=True).join(5)
+
+
+def test_a_request_that_timed_out_waiting_for_its_batch_is_not_computed(fake_app):
+    from service.ops.config import get_ops_settings
+
+    gate = threading.Event()
+    gate.set()
+    model = FakeModel(gate=gate)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REQUEST_TIMEOUT_S", "0.5")
+        get_ops_settings.cache_clear()
+        try:
+            client = fake_app(model, BATCH_MAX_SIZE="1", BATCH_MAX_WAIT_MS="0")
+            assert client.post("/analyze", json={"text": "carga"}).status_code == 200
+            gate.clear()
+            with ThreadPoolExecutor(1) as threads:
+                first = threads.submit(client.post, "/analyze", json={"text": "primero"})
+                while model.calls[-1] != ["primero"]:
+                    time.sleep(0.01)
+                late = client.post("/analyze", json={"text": "tarde"})  # queued behind it
+                gate.set()
+                first.result(10)  # timed out too, but its batch had started: computed, answer dropped
+        finally:
+            get_ops_settings.cache_clear()
+    assert late.status_code == 504 and late.json()["error"]["code"] == "timeout"
+    assert client.post("/analyze", json={"text": "después"}).json()["probas"] == expected("después")
+    assert [texts for texts in model.calls if "tarde" in texts] == []
+    assert model.calls[-2:] == [["primero"], ["después"]]

@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import emoji
 import pytest
 
+from service.sentiment import preprocessing
 from service.sentiment.preprocessing import preprocess_tweet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +45,17 @@ def test_matches_pysentimiento(lang: str, handles: bool) -> None:
     assert not mismatches, (
         f"{len(mismatches)} of {len(tweets())} tweets differ ({lang}); first ones:\n{shown}"
     )
+
+
+def test_a_text_without_emoji_characters_is_not_demojized_and_comes_out_the_same() -> None:
+    """demojize is skipped for a text holding none of `_EMOJI_CHARS`: that must mean no emoji."""
+    assert all(preprocessing._EMOJI_CHARS.intersection(key) for key in emoji.EMOJI_DATA)
+    for text in ("#1 y *2 de 3", "¡Qué día, señor! 12:30 #Madrid", "x\u200dy \ufe0f 1\u20e3 ©"):
+        for lang in LANGS:
+            skipped = preprocessing._EMOJI_CHARS.isdisjoint(text)
+            demojized = emoji.demojize(text, language=lang, delimiters=("|", "|"))
+            assert not skipped or demojized == text
+    assert preprocess_tweet("hola 1\u20e3", "es") == "hola  emoji tecla 1 emoji"  # a keycap still is
 
 
 def test_empty_results_and_unsupported_language() -> None:
