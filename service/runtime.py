@@ -9,6 +9,7 @@ faster (measured: 2 threads made ORT 2x and torch 10x slower here).
 import ctypes
 import gc
 import os
+import threading
 
 # glibc mallopt() parameter numbers.
 _M_MMAP_THRESHOLD = -3
@@ -78,14 +79,18 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
-def pause_gc() -> None:
-    """Turn the cyclic garbage collector off until `resume_gc`: the server's start (imports, the
-    default model's load) allocates hundreds of thousands of objects, and collecting them as they
-    come costs ~0.06 s of CPU at full speed, ~0.6 s of waiting at 0.1 CPU (MEMORY.md, issue 22)."""
+def pause_gc(at_most_s: float = 300.0) -> None:
+    """Turn the cyclic garbage collector off until `resume_gc`, or `at_most_s` seconds if nothing
+    calls it (an app without the lifespan that does): the server's start (imports, the default
+    model's load) allocates hundreds of thousands of objects, and collecting them as they come
+    costs ~0.06 s of CPU at full speed, ~0.6 s of waiting at 0.1 CPU (MEMORY.md, issue 22)."""
     global _gc_paused
     if gc.isenabled():
         gc.disable()
         _gc_paused = True
+        bound = threading.Timer(at_most_s, resume_gc)
+        bound.daemon = True
+        bound.start()
 
 
 def resume_gc() -> None:

@@ -130,6 +130,15 @@ def test_the_collector_paused_for_the_start_resumes_with_the_start_s_objects_fro
         assert gc.isenabled() and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+    runtime.pause_gc(at_most_s=0.2)  # nobody resumes it: it resumes itself
+    try:
+        deadline = time.monotonic() + 10
+        while not gc.isenabled() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gc.isenabled()
+    finally:
+        runtime.resume_gc()
+        gc.unfreeze()
 
 
 def test_deferred_routers_are_included_in_place_at_their_first_request(monkeypatch):
