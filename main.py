@@ -39,9 +39,9 @@ app = FastAPI(
 install_handlers(app)
 app.include_router(sentiment_router)
 # Not on the path to a spin-up's first answer: imported when first asked for (service/lazy_routers.py).
-include_later(app, "service.protocol.router")
-include_later(app, "service.ocr.router")
+include_later(app, "service.protocol.router", ("/", "/predict", "/info", "/models"))
+include_later(app, "service.ocr.router", ("/ocr",))
 app.include_router(system_router)
-include_later(app, "service.monitoring.router")
+include_later(app, "service.monitoring.router", ("/metrics", "/dashboard"))
 install_ops(app)  # before the metrics middleware, so that it counts the ops answers too
 app.add_middleware(MetricsMiddleware)

@@ -3,10 +3,12 @@
 The Hugging Face protocol, OCR and the dashboard's routes are not on the path to a spin-up's first
 `POST /analyze`, and importing them (their modules and pydantic models, the routes' validators) is
 ~0.035 s of CPU at full speed: ~0.35 s of waiting at Render's 0.1 CPU. `include_later` puts a
-stand-in where the router would be; the first request that reaches it (or the OpenAPI document,
-or a URL lookup) imports the router and puts its routes in the stand-in's place, in the order
-`include_router` would have given them, so routing, 405s, slash redirects and `/openapi.json` are
-what they were. Requests are matched on the event loop's thread only, which is the one that swaps.
+stand-in where the router would be, with the paths its routes are under; the first request for
+one of those (or the OpenAPI document, or a URL lookup) imports the router and puts its routes in
+the stand-in's place, in the order `include_router` would have given them, so routing, 405s, slash
+redirects and `/openapi.json` are what they were. A request for any other path (`/health`, polled
+while the model loads) passes the stand-in by without importing anything. Requests are matched on
+the event loop's thread only, which is the one that swaps.
 """
 
 import threading
@@ -15,17 +17,23 @@ from importlib import import_module
 from typing import Any
 
 from fastapi import FastAPI
+from starlette._utils import get_route_path
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
 
 class DeferredRouter(BaseRoute):
-    """Stands where the `router` attribute of `module` is included once something needs it."""
+    """Stands where the `router` attribute of `module` is included once something needs it; its
+    routes' paths are each one of `paths` ("/" is that path only) or under one of them."""
 
-    def __init__(self, app: FastAPI, module: str) -> None:
-        self.app, self.module = app, module
+    def __init__(self, app: FastAPI, module: str, paths: tuple[str, ...]) -> None:
+        self.app, self.module, self.paths = app, module, paths
         self.routes: list[BaseRoute] | None = None
         self._lock = threading.Lock()
+
+    def covers(self, path: str) -> bool:
+        """Whether `path` is one of this router's paths or under one of them."""
+        return any(path == p or (p != "/" and path.startswith(p.rstrip("/") + "/")) for p in self.paths)
 
     def include(self) -> list[BaseRoute]:
         """Import the router and put its routes where this stand-in is (once); its routes."""
@@ -43,6 +51,8 @@ class DeferredRouter(BaseRoute):
             return self.routes
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if not self.covers(get_route_path(scope)):
+            return Match.NONE, {}
         partial: tuple[Match, Scope] | None = None
         for route in self.include():
             match, child_scope = route.matches(scope)
@@ -64,9 +74,10 @@ class DeferredRouter(BaseRoute):
         raise NoMatchFound(name, path_params)
 
 
-def include_later(app: FastAPI, module: str) -> None:
-    """Include `module`'s `router` in `app` here, in order, when it is first needed."""
-    app.router.routes.append(DeferredRouter(app, module))
+def include_later(app: FastAPI, module: str, paths: tuple[str, ...]) -> None:
+    """Include `module`'s `router`, whose routes are all at or under `paths`, in `app` here, in
+    order, when it is first needed."""
+    app.router.routes.append(DeferredRouter(app, module, paths))
     if not getattr(app.openapi, "includes_deferred", False):
         app.openapi = _including_deferred(app, app.openapi)  # type: ignore[method-assign]
 

@@ -149,7 +149,10 @@ def test_deferred_routers_are_included_in_place_at_their_first_request(monkeypat
     def assemble(deferred: bool) -> FastAPI:
         app = FastAPI()
         app.include_router(sample_router("/first"))
-        include_later(app, SAMPLE) if deferred else app.include_router(import_module(SAMPLE).router)
+        if deferred:
+            include_later(app, SAMPLE, ("/deferred",))
+        else:
+            app.include_router(import_module(SAMPLE).router)
         app.include_router(sample_router("/last"))
         return app
 
@@ -157,7 +160,8 @@ def test_deferred_routers_are_included_in_place_at_their_first_request(monkeypat
     del sys.modules[SAMPLE]
     app = assemble(deferred=True)
     client = TestClient(app)
-    assert client.get("/first").json() == "/first" and SAMPLE not in sys.modules
+    assert client.get("/first").json() == "/first" and client.get("/last").json() == "/last"
+    assert client.get("/elsewhere").status_code == 404 and SAMPLE not in sys.modules  # passed by
     assert client.get("/deferred/7").json() == {"item": 7}
     assert client.post("/deferred/7").status_code == 405
     assert client.get("/deferred/7/", follow_redirects=False).status_code == 307
@@ -169,9 +173,24 @@ def test_deferred_routers_are_included_in_place_at_their_first_request(monkeypat
 def test_the_openapi_document_includes_what_is_deferred(monkeypatch):
     monkeypatch.delitem(sys.modules, SAMPLE, raising=False)
     app = FastAPI()
-    include_later(app, SAMPLE)
+    include_later(app, SAMPLE, ("/deferred",))
     assert "/deferred/{item}" in TestClient(app).get("/openapi.json").json()["paths"]
     assert app.url_path_for("deferred_item", item=3) == "/deferred/3"
+
+
+def test_the_app_s_deferred_routers_declare_every_path_they_serve_and_health_imports_none():
+    code = (
+        "import json, sys; from importlib import import_module; from fastapi.testclient import TestClient; "
+        "import main; from service.lazy_routers import DeferredRouter; "
+        "stands = [r for r in main.app.routes if isinstance(r, DeferredRouter)]; "
+        "TestClient(main.app).get('/health'); "
+        "imported = [s.module for s in stands if s.module in sys.modules]; "
+        "print(json.dumps([imported, sorted(s.module for s in stands), [(s.module, r.path) for s in stands "
+        "for r in import_module(s.module).router.routes if not s.covers(r.path)]]))"
+    )
+    imported, deferred, uncovered = json.loads(python(code))
+    assert imported == [] and deferred == sorted(DEFERRED)
+    assert uncovered == []
 
 
 SAMPLE = "tests.system.deferred_sample"
