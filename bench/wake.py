@@ -9,6 +9,13 @@ build output (and again on the disk that start left) in a cgroup like the free i
 disk) for --rounds rounds, so that both see the same machine load; a table of the first answers
 (wall and CPU seconds) and the load average close the run.
 
+    python -m bench.wake --steps DIR [--rounds 3]
+
+--steps: the server's path to its first answer in one process at full speed, in a build output
+DIR (`--work`'s `build-after`, or any dir `start.sh install` set up): CPU seconds per step (the
+imports in the server's order, the default model's load, its first call), the collector paused as
+`serve.py` pauses it; no cgroup, page cache as it is.
+
 --model: a transformers model dir to export as sentiment:es (default: RoBERTuito's shape with
 seeded random weights, built from ../shared/models/robertuito-shape). --ref: build that commit
 (a clean clone) instead of the working tree, for a before/after. Needs root (cgroups, drop_caches).
@@ -240,13 +247,21 @@ def main() -> None:
     parser.add_argument("--limit-mb", type=int, default=512)
     parser.add_argument("--work", type=Path, help="kept afterwards when given")
     parser.add_argument("--compare", metavar="REV", help="alternate the working tree with this commit")
-    parser.add_argument("--rounds", type=int, default=3, help="with --compare: rounds of alternation")
+    parser.add_argument("--rounds", type=int, default=3, help="with --compare or --steps: rounds")
+    parser.add_argument("--steps", type=Path, metavar="DIR", help="the CPU per step in this build output")
     parser.add_argument(
         "--prepacked",
         default="true,other-cpu,false",
         help="PREPACKED values to compare; other-cpu: true, the build's variant keyed for another CPU",
     )
     args = parser.parse_args()
+    if args.steps:
+        for _ in range(args.rounds):
+            command = [str(VENV / "bin" / "python"), "-c", STEPS]
+            env = _env(PYTHONPATH=".", **PINNED)
+            subprocess.run(command, cwd=args.steps, env=env, check=True)
+            print()
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-wake-"))
     work.mkdir(parents=True, exist_ok=True)
     model = args.model
@@ -277,6 +292,45 @@ def main() -> None:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({k: {f: v for f, v in r.items() if f != "processes"} for k, r in results.items()}))
+
+
+# What start.sh exports besides render.yaml's settings: with all of them, pinning reads no settings.
+PINNED = {
+    **{f"{name}_NUM_THREADS": "1" for name in ("OMP", "MKL", "OPENBLAS", "NUMEXPR")},
+    "TOKENIZERS_PARALLELISM": "false",
+    "CUDA_VISIBLE_DEVICES": "",
+}
+# Run in a build output: the server's imports in its order, then what its warm-up thread does.
+STEPS = """
+import resource
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+marks = [("interpreter and site", cpu())]
+from service import runtime
+runtime.pause_gc()
+import uvicorn.main, uvicorn.config
+marks.append(("uvicorn (and click)", cpu()))
+from service.fastapi_import import FastAPI
+marks.append(("FastAPI, starlette, pydantic", cpu()))
+import main
+marks.append(("the app's modules and eager routes", cpu()))
+import numpy, onnxruntime, tokenizers
+marks.append(("numpy, onnxruntime, tokenizers", cpu()))
+from service.config import get_settings
+from service.registry import get_registry
+from service.sentiment.service import model_item
+settings = get_settings()
+with get_registry().use(model_item(settings.default_task, settings.default_lang)) as analyzer:
+    marks.append(("the model: tokenizer, weights read, session, probe", cpu()))
+    runtime.resume_gc()
+    analyzer.model.predict_probas(["que buen dia hace hoy"])
+    marks.append(("its first call", cpu()))
+previous = marks[0][1]
+for name, at in marks:
+    print(f"{name:52s} {at - previous:6.3f} s  (total {at:.3f} s)")
+    previous = at
+"""
 
 
 def compare(args: argparse.Namespace, model: Path, work: Path) -> None:
