@@ -3,15 +3,15 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+# First: FastAPI's own models are deferred only when this is the first import of fastapi.
+from service.fastapi_import import FastAPI
 
+# isort: split
 from service.error_handlers import install_handlers
+from service.lazy_routers import include_later
 from service.monitoring.history import start_history, stop_history
 from service.monitoring.middleware import MetricsMiddleware
-from service.monitoring.router import router as monitoring_router
-from service.ocr.router import router as ocr_router
 from service.ops import install_ops, start_watchdog, stop_watchdog
-from service.protocol.router import router as protocol_router
 from service.sentiment.router import router as sentiment_router
 from service.startup import throughput
 from service.system.router import router as system_router
@@ -38,9 +38,10 @@ app = FastAPI(
 )
 install_handlers(app)
 app.include_router(sentiment_router)
-app.include_router(protocol_router)
-app.include_router(ocr_router)
+# Not on the path to a spin-up's first answer: imported when first asked for (service/lazy_routers.py).
+include_later(app, "service.protocol.router", ("/", "/predict", "/info", "/models"))
+include_later(app, "service.ocr.router", ("/ocr",))
 app.include_router(system_router)
-app.include_router(monitoring_router)
+include_later(app, "service.monitoring.router", ("/metrics", "/dashboard"))
 install_ops(app)  # before the metrics middleware, so that it counts the ops answers too
 app.add_middleware(MetricsMiddleware)

@@ -3,6 +3,18 @@ build output (and again on the disk that start left) in a cgroup like the free i
 (512 MB, 0.1 CPU), page cache dropped first, polled from outside.
 
     python -m bench.wake [--model DIR] [--ref REV] [--cpus 0.1] [--limit-mb 512] [--work DIR]
+    python -m bench.wake --compare REV [--rounds 3] [--prepacked true]
+
+--compare: build both the working tree and REV, then alternate their starts (fresh disk, kept
+disk) for --rounds rounds, so that both see the same machine load; a table of the first answers
+(wall and CPU seconds) and the load average close the run.
+
+    python -m bench.wake --steps DIR [--rounds 3]
+
+--steps: the server's path to its first answer in one process at full speed, in a build output
+DIR (`--work`'s `build-after`, or any dir `start.sh install` set up): CPU seconds per step (the
+imports in the server's order, the default model's load, its first call), the collector paused as
+`serve.py` pauses it; no cgroup, page cache as it is.
 
 --model: a transformers model dir to export as sentiment:es (default: RoBERTuito's shape with
 seeded random weights, built from ../shared/models/robertuito-shape). --ref: build that commit
@@ -234,12 +246,22 @@ def main() -> None:
     parser.add_argument("--cpus", type=float, default=0.1)
     parser.add_argument("--limit-mb", type=int, default=512)
     parser.add_argument("--work", type=Path, help="kept afterwards when given")
+    parser.add_argument("--compare", metavar="REV", help="alternate the working tree with this commit")
+    parser.add_argument("--rounds", type=int, default=3, help="with --compare or --steps: rounds")
+    parser.add_argument("--steps", type=Path, metavar="DIR", help="the CPU per step in this build output")
     parser.add_argument(
         "--prepacked",
         default="true,other-cpu,false",
         help="PREPACKED values to compare; other-cpu: true, the build's variant keyed for another CPU",
     )
     args = parser.parse_args()
+    if args.steps:
+        for _ in range(args.rounds):
+            command = [str(VENV / "bin" / "python"), "-c", STEPS]
+            env = _env(PYTHONPATH=".", **PINNED)
+            subprocess.run(command, cwd=args.steps, env=env, check=True)
+            print()
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-wake-"))
     work.mkdir(parents=True, exist_ok=True)
     model = args.model
@@ -247,6 +269,9 @@ def main() -> None:
         model = work / "source"
         if not (model / "config.json").is_file():
             build_random_model(SHAPE, model)
+    if args.compare:
+        compare(args, model, work)
+        return
     output = work / "build"
     shutil.rmtree(output, ignore_errors=True)
     print(f"build ({args.ref or 'working tree'}): {build(args.ref, model, output):.1f} s wall")
@@ -267,6 +292,86 @@ def main() -> None:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({k: {f: v for f, v in r.items() if f != "processes"} for k, r in results.items()}))
+
+
+# What start.sh exports besides render.yaml's settings: with all of them, pinning reads no settings.
+PINNED = {
+    **{f"{name}_NUM_THREADS": "1" for name in ("OMP", "MKL", "OPENBLAS", "NUMEXPR")},
+    "TOKENIZERS_PARALLELISM": "false",
+    "CUDA_VISIBLE_DEVICES": "",
+}
+# Run in a build output: the server's imports in its order, then what its warm-up thread does.
+STEPS = """
+import resource
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+marks = [("interpreter and site", cpu())]
+from service import runtime
+runtime.pause_gc()
+import uvicorn.main, uvicorn.config
+marks.append(("uvicorn (and click)", cpu()))
+from service.fastapi_import import FastAPI
+marks.append(("FastAPI, starlette, pydantic", cpu()))
+import main
+marks.append(("the app's modules and eager routes", cpu()))
+import numpy, onnxruntime, tokenizers
+marks.append(("numpy, onnxruntime, tokenizers", cpu()))
+from service.config import get_settings
+from service.registry import get_registry
+from service.sentiment.service import model_item
+settings = get_settings()
+with get_registry().use(model_item(settings.default_task, settings.default_lang)) as analyzer:
+    marks.append(("the model: tokenizer, weights read, session, probe", cpu()))
+    runtime.resume_gc()
+    analyzer.model.predict_probas(["que buen dia hace hoy"])
+    marks.append(("its first call", cpu()))
+previous = marks[0][1]
+for name, at in marks:
+    print(f"{name:52s} {at - previous:6.3f} s  (total {at:.3f} s)")
+    previous = at
+"""
+
+
+def compare(args: argparse.Namespace, model: Path, work: Path) -> None:
+    """The working tree and `args.compare` built, then started in alternation, `args.rounds` times."""
+    sides = {"after": None, "before": args.compare}
+    outputs = {}
+    for side, ref in sides.items():
+        outputs[side] = work / f"build-{side}"
+        shutil.rmtree(outputs[side], ignore_errors=True)
+        print(f"build {side} ({ref or 'working tree'}): {build(ref, model, outputs[side]):.1f} s wall")
+    rows: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for round_ in range(args.rounds):
+            for side in sides if round_ % 2 == 0 else reversed(sides):
+                for prepacked in args.prepacked.split(","):
+                    run_dir = work / f"run-{side}-{prepacked}"
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                    shutil.copytree(outputs[side], run_dir, symlinks=True)
+                    if prepacked == "other-cpu":
+                        as_if_built_on_another_cpu(run_dir)
+                    value = "true" if prepacked == "other-cpu" else prepacked
+                    for disk in ("fresh", "kept"):
+                        name = f"{side} PREPACKED={prepacked} {disk} disk"
+                        figures = start(run_dir, model, args.cpus, args.limit_mb, PREPACKED=value)
+                        figures["load_avg"] = os.getloadavg()[0]
+                        report(f"{name} (round {round_ + 1})", figures)
+                        rows.setdefault(name, []).append(figures)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print("\n| start | runs | /health s (CPU s) | first answer s (CPU s) | median short s | anon MB | load |")
+    print("|---|---|---|---|---|---|---|")
+    for name, runs in rows.items():
+        cells = [
+            ", ".join(f"{r['health_s']:.1f} ({r['health_cpu_s']:.2f})" for r in runs),
+            ", ".join(f"{r['first_answer_s']:.1f} ({r['first_answer_cpu_s']:.2f})" for r in runs),
+            ", ".join(f"{r['median_short_s']:.3f}" for r in runs),
+            ", ".join(f"{r['anon_mb']:.1f}" for r in runs),
+            ", ".join(f"{r['load_avg']:.1f}" for r in runs),
+        ]
+        print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
 
 
 def as_if_built_on_another_cpu(run_dir: Path) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from service import hardware
+from service import hardware, runtime
 from service.config import get_settings
 from service.hardware import HardwareConfig
 from service.registry import get_registry
@@ -38,14 +38,17 @@ def warm_up() -> None:
     ADMISSION_WAIT_S) instead of failing or starting another."""
 
     def run() -> None:
-        check_budget()
-        settings = get_settings()
         try:
-            with get_registry().use(model_item(settings.default_task, settings.default_lang)) as analyzer:
-                wake_log(f"the default model {settings.default_task}:{settings.default_lang} loaded")
-        except Exception as error:  # the requests that need it get the reason in their 503
-            logger.warning("warm-up: the default model did not load: %s", error)
-            return
+            check_budget()
+            settings = get_settings()
+            try:
+                with get_registry().use(model_item(settings.default_task, settings.default_lang)) as analyzer:
+                    wake_log(f"the default model {settings.default_task}:{settings.default_lang} loaded")
+            except Exception as error:  # the requests that need it get the reason in their 503
+                logger.warning("warm-up: the default model did not load: %s", error)
+                return
+        finally:
+            runtime.resume_gc()  # paused by the server command (serve.py) until the model is in
         answered = getattr(analyzer.model, "answered", None)
         del analyzer  # an evicted model is not kept alive by this wait
         if answered is not None:
@@ -73,7 +76,12 @@ def throughput() -> Iterator[HardwareConfig]:
             cache.running(settings.result_cache_entries, settings.result_cache_mb, registry),
             batching.running(config, registry),
         ):
-            warm_up() if settings.warm_up else check_budget()
+            if settings.warm_up:
+                warm_up()
+            else:
+                check_budget()
+                runtime.resume_gc()
             yield config
     finally:
+        runtime.resume_gc()  # a warm-up that never ran its load
         hardware.reset()

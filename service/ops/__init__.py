@@ -1,38 +1,27 @@
 """Operations and hardening: API key, rate limit, body and time limits, the memory watchdog.
 
 Everything here is pure ASGI middleware or a background thread; `main.py` calls `install_ops`
-and starts and stops the watchdog in its lifespan. Graceful shutdown is `serve.py` (the server
-command) and `supervise.sh` (the restart loop start.sh runs it in).
+(`install.py`) and starts and stops the watchdog in its lifespan. Graceful shutdown is `serve.py`
+(the server command) and `supervise.sh` (the restart loop start.sh runs it in).
+
+Importing the package imports nothing else: `python -m service.ops.serve` imports it before its
+own first line runs, which pauses the garbage collector for the rest of the start.
 """
 
-from fastapi import FastAPI
+from importlib import import_module
+from typing import Any
 
-from service.ops.admission import AdmissionMiddleware
-from service.ops.bodylimit import BodyLimitMiddleware
-from service.ops.openapi import document_ops_responses
-from service.ops.ratelimit import RateLimitMiddleware
-from service.ops.redaction import install as redact_logs
-from service.ops.security import ApiKeyMiddleware
-from service.ops.timeout import TimeoutMiddleware
-from service.ops.watchdog import start_watchdog, stop_watchdog
+_EXPORTS = {
+    "install_ops": "service.ops.install",
+    "start_watchdog": "service.ops.watchdog",
+    "stop_watchdog": "service.ops.watchdog",
+}
 
 
-def install_ops(app: FastAPI) -> None:
-    """Add the ops middlewares; call it before adding middleware that must see their answers.
-
-    Each `add_middleware` wraps the ones before it, so from the outside a request meets: the API
-    key (a failed check spends its address's rate-limit bucket), the rate limit (keyed on the key
-    it checked, so requests without it cannot spend its quota), the watchdog's admission, the
-    timeout (which covers reading the body), then the body limit. Log records are redacted from
-    here on, whatever writes them (`redaction.py`): uvicorn's access log carries request targets.
-    """
-    redact_logs()
-    app.add_middleware(BodyLimitMiddleware)
-    app.add_middleware(TimeoutMiddleware)
-    app.add_middleware(AdmissionMiddleware)
-    app.add_middleware(RateLimitMiddleware)
-    app.add_middleware(ApiKeyMiddleware)
-    document_ops_responses(app)
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)
 
 
 __all__ = ["install_ops", "start_watchdog", "stop_watchdog"]

@@ -25,10 +25,7 @@ import threading
 import time
 from types import FrameType
 
-import uvicorn.main
-from uvicorn.config import HTTP_PROTOCOLS
-
-from service.ops.connections import BACKLOG, RepeatedErrorFilter, raise_descriptor_limit
+from service import runtime
 
 GUARDED_H11 = "service.ops.connections:GuardedH11Protocol"
 
@@ -58,6 +55,10 @@ def _busy_threads() -> list[threading.Thread]:
 
 def harden(argv: list[str]) -> list[str]:
     """Install the hardening defaults; `argv` with the proxy trust and backlog added unless given."""
+    from uvicorn.config import HTTP_PROTOCOLS
+
+    from service.ops.connections import BACKLOG, RepeatedErrorFilter, raise_descriptor_limit
+
     HTTP_PROTOCOLS["h11"] = HTTP_PROTOCOLS["auto"] = GUARDED_H11
     raise_descriptor_limit()
     flood = RepeatedErrorFilter()
@@ -75,6 +76,11 @@ def harden(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    # Until the default model's first answer (service/startup.py); what this imports is imported
+    # here, after the pause, not at the top of the module.
+    runtime.pause_gc()
+    import uvicorn.main
+
     signal.signal(signal.SIGTERM, _exit_zero)  # uvicorn installs its own while serving
     sys.argv = harden(sys.argv)
     try:

@@ -2,6 +2,7 @@
 the app imports nothing the first answer does not need, the default model loads in the background
 while /health answers, and a request that arrives meanwhile waits for that load."""
 
+import gc
 import json
 import os
 import shutil
@@ -9,10 +10,15 @@ import subprocess
 import sys
 import threading
 import time
+from importlib import import_module
 from pathlib import Path
 
 import pytest
+from fastapi import APIRouter, FastAPI
+from fastapi.testclient import TestClient
 
+from service import runtime
+from service.lazy_routers import include_later
 from tests.support import ROOT
 
 # Stands in for python: records its arguments, says its version, and "serves" by exiting 1 (so
@@ -74,16 +80,126 @@ HEAVY = (
     *("onnxruntime", "numpy", "tokenizers", "torch", "transformers"),
     *("PIL", "pypdfium2", "spacy", "tesserocr"),
 )
+DEFERRED = ("service.protocol.router", "service.ocr.router", "service.monitoring.router")
 
 
 def test_the_app_imports_nothing_heavy_before_its_first_answer_needs_it():
     """Importing the app (what runs before the port opens) leaves the model stack and OCR's to the
-    warm-up thread and the routes that need them."""
-    code = f"import json, sys, main; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    warm-up thread and the routes that need them, and the routers the first answer does not use
+    to their first request."""
+    code = f"import json, sys, main; print(json.dumps([m for m in {HEAVY + DEFERRED!r} if m in sys.modules]))"
+    assert json.loads(python(code)) == []
+
+
+def python(code: str) -> str:
+    """The last line `code` prints in a fresh interpreter at the project's root."""
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
     )
-    assert json.loads(done.stdout.splitlines()[-1]) == []
+    return done.stdout.splitlines()[-1]
+
+
+def test_fastapi_own_models_are_built_at_first_use_and_the_app_s_at_import():
+    code = (
+        "import json, main; from fastapi.openapi.models import OpenAPI; from pydantic import BaseModel; "
+        "from service.sentiment.schemas import AnalyzeRequest; "
+        "before = OpenAPI.__pydantic_complete__; main.app.openapi(); "
+        "print(json.dumps([before, OpenAPI.__pydantic_complete__, AnalyzeRequest.__pydantic_complete__, "
+        "'defer_build' in BaseModel.model_config]))"
+    )
+    assert json.loads(python(code)) == [False, True, True, False]
+
+
+def test_the_server_command_imports_fastapi_only_after_pausing_the_collector():
+    """`python -m service.ops.serve` imports the `service` and `service.ops` packages before its
+    own code runs: neither may import FastAPI, or the pause (in its `main`) would come too late."""
+    code = "import json, sys, service.ops.serve; print(json.dumps('fastapi' in sys.modules))"
+    assert json.loads(python(code)) is False
+
+
+def test_the_collector_paused_for_the_start_resumes_with_the_start_s_objects_frozen():
+    assert gc.isenabled()
+    runtime.resume_gc()  # not paused: nothing to undo
+    assert gc.get_freeze_count() == 0
+    runtime.pause_gc()
+    try:
+        assert not gc.isenabled()
+    finally:
+        runtime.resume_gc()
+    try:
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    runtime.pause_gc(at_most_s=0.2)  # nobody resumes it: it resumes itself
+    try:
+        deadline = time.monotonic() + 10
+        while not gc.isenabled() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gc.isenabled()
+    finally:
+        runtime.resume_gc()
+        gc.unfreeze()
+
+
+def test_deferred_routers_are_included_in_place_at_their_first_request(monkeypatch):
+    """A deferred router: not imported until asked for, then routed (405s too) and documented in
+    the order `include_router` gives, as the same app with every router included at once."""
+    monkeypatch.delitem(sys.modules, SAMPLE, raising=False)
+
+    def assemble(deferred: bool) -> FastAPI:
+        app = FastAPI()
+        app.include_router(sample_router("/first"))
+        if deferred:
+            include_later(app, SAMPLE, ("/deferred",))
+        else:
+            app.include_router(import_module(SAMPLE).router)
+        app.include_router(sample_router("/last"))
+        return app
+
+    eager = assemble(deferred=False)
+    del sys.modules[SAMPLE]
+    app = assemble(deferred=True)
+    client = TestClient(app)
+    assert client.get("/first").json() == "/first" and client.get("/last").json() == "/last"
+    assert client.get("/elsewhere").status_code == 404 and SAMPLE not in sys.modules  # passed by
+    assert client.get("/deferred/7").json() == {"item": 7}
+    assert client.post("/deferred/7").status_code == 405
+    assert client.get("/deferred/7/", follow_redirects=False).status_code == 307
+    assert client.get("/last").json() == "/last"
+    assert app.openapi() == eager.openapi()
+    assert [getattr(r, "path", None) for r in app.routes] == [getattr(r, "path", None) for r in eager.routes]
+
+
+def test_the_openapi_document_includes_what_is_deferred(monkeypatch):
+    monkeypatch.delitem(sys.modules, SAMPLE, raising=False)
+    app = FastAPI()
+    include_later(app, SAMPLE, ("/deferred",))
+    assert "/deferred/{item}" in TestClient(app).get("/openapi.json").json()["paths"]
+    assert app.url_path_for("deferred_item", item=3) == "/deferred/3"
+
+
+def test_the_app_s_deferred_routers_declare_every_path_they_serve_and_health_imports_none():
+    code = (
+        "import json, sys; from importlib import import_module; from fastapi.testclient import TestClient; "
+        "import main; from service.lazy_routers import DeferredRouter; "
+        "stands = [r for r in main.app.routes if isinstance(r, DeferredRouter)]; "
+        "TestClient(main.app).get('/health'); "
+        "imported = [s.module for s in stands if s.module in sys.modules]; "
+        "print(json.dumps([imported, sorted(s.module for s in stands), [(s.module, r.path) for s in stands "
+        "for r in import_module(s.module).router.routes if not s.covers(r.path)]]))"
+    )
+    imported, deferred, uncovered = json.loads(python(code))
+    assert imported == [] and deferred == sorted(DEFERRED)
+    assert uncovered == []
+
+
+SAMPLE = "tests.system.deferred_sample"
+
+
+def sample_router(path: str) -> APIRouter:
+    router = APIRouter()
+    router.add_api_route(path, lambda: path, methods=["GET"])
+    return router
 
 
 @pytest.fixture
