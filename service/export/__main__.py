@@ -9,8 +9,8 @@
 passes its kind's accuracy gate against its own fp32 export or falls back to the next recipe, fp32
 last (service/export/gate.py); it prints the gate's line. With --data (a folder with test_text.txt /
 test_labels.txt; text tasks) the manifest also records accuracy against gold and the fp32 export.
---calibration: texts (one a line, up to 600 used) for a recipe that calibrates; by default the
-shipped gate texts of the other languages (service/export/calibrate.py).
+--calibration: texts (one a line, up to 600 used) for a recipe that calibrates (the default's
+SmoothQuant); by default the shipped gate texts of --lang (service/export/calibrate.py).
 The export stack (requirements-export.txt) is imported only when exporting: --list-missing runs
 with the runtime's packages alone, before start.sh installs it.
 """

@@ -42,7 +42,7 @@ def export_model(
     keeps its kind's thresholds against the fp32 export on the gate texts (service/export/gate.py);
     else the next recipe of the fallback chain is tried, fp32 last. `gate=False` keeps `recipe`
     unchecked: for benchmarks of one recipe. `calibration`: a file of texts (one a line) for a recipe
-    that calibrates (service/export/calibrate.py); by default the other languages' gate texts."""
+    that calibrates (service/export/calibrate.py); by default the gate texts of its language."""
     config, tokenizer = load_source(source)
     if data is not None and task in TOKEN_TASKS:
         raise ExportError("--data holds gold labels per text: ner/pos are checked against fp32 by the gate")

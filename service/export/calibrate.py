@@ -2,10 +2,11 @@
 
 The texts go through the service's own path (preprocessing, tokenizer.json, one text per call)
 on the fp32 reference the export has just written, so the maxima are those of what the model will
-be fed. By default a model is calibrated on the shipped gate texts of the *other* languages
-(service/export/gate_texts/): the gate then measures texts calibration has not seen. A user
-calibrates on their own texts with `python -m service.export ... --calibration FILE` (one text a
-line) or CALIBRATION_TEXTS=FILE in the build's environment (docs/int8-recipes.md).
+be fed. By default a model is calibrated on the shipped gate texts of its language
+(service/export/gate_texts/), tweets like those it will serve: the gate then measures the texts
+calibration saw (one maximum per channel, nothing fitted to answers); the shared sets of the
+benchmark are the held-out check. Measured against other choices in docs/int8-recipes.md. A user
+calibrates on their own texts with `python -m service.export ... --calibration FILE` (one a line).
 """
 
 import tempfile
@@ -19,7 +20,7 @@ import onnxruntime as ort
 
 from service.config import PAIR_TASKS
 from service.evaluate import load_analyzer
-from service.export.gate import TEXTS_DIR, read_texts
+from service.export.gate import read_texts
 from service.sentiment.analyzer import Pair
 
 Feed = dict[str, np.ndarray]
