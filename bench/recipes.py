@@ -181,7 +181,8 @@ def table(
             cells += ["—"] * 4
         g = gates.get(key)
         cells += [f"{100 * g[lang][0]:.1f} % / {100 * g[lang][1]:+.2f}" if g else "—" for lang in langs]
-        cells += [f"{g['MB']:.1f}", "passes" if g["passes"] else "fails"] if g else ["—", "reference"]
+        verdict = "reference" if key == FP32 else "not run"
+        cells += [f"{g['MB']:.1f}", "passes" if g["passes"] else "fails"] if g else ["—", verdict]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
