@@ -1,7 +1,7 @@
 """Export a model to the self-contained INT8 ONNX dir that the onnx backend serves.
 
     python -m service.export --task T --lang L [--source DIR_OR_HUB_ID] [--out DIR] [--data DIR]
-                             [--no-quantize | --recipe NAME]
+                             [--no-quantize | --recipe NAME] [--calibration FILE]
     python -m service.export --list-missing     # EXPORT_MODELS targets without an exported dir
     python -m service.export --gate-lines       # each exported EXPORT_MODELS target's gate line
 
@@ -9,6 +9,8 @@
 passes its kind's accuracy gate against its own fp32 export or falls back to the next recipe, fp32
 last (service/export/gate.py); it prints the gate's line. With --data (a folder with test_text.txt /
 test_labels.txt; text tasks) the manifest also records accuracy against gold and the fp32 export.
+--calibration: texts (one a line, up to 600 used) for a recipe that calibrates (the default's
+SmoothQuant); by default the shipped gate texts of --lang (service/export/calibrate.py).
 The export stack (requirements-export.txt) is imported only when exporting: --list-missing runs
 with the runtime's packages alone, before start.sh installs it.
 """
@@ -59,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--recipe",
         help="the INT8 recipe tried first (default: quantize.py's DEFAULT_RECIPE); the gate may fall back",
     )
+    parser.add_argument("--calibration", type=Path, help="texts, one a line, for a recipe that calibrates")
     args = parser.parse_args(argv)
     if args.list_missing:
         print("\n".join(list_missing()))
@@ -88,7 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--source {source} is already an exported dir; pass the transformers model it came from"
         )
     try:
-        manifest = export_model(args.task, args.lang, source, out, args.data, recipe)
+        manifest = export_model(
+            args.task, args.lang, source, out, args.data, recipe, calibration=args.calibration
+        )
     except ExportError as error:
         print(f"export: error: {error}", file=sys.stderr)
         return 2

@@ -16,6 +16,8 @@ import onnx
 
 from service.config import TOKEN_TASKS
 from service.evaluate import EvaluationError, evaluate
+from service.export import calibrate
+from service.export.calibrate import Feed
 from service.export.gate import Gate
 from service.export.manifest import MAX_LENGTH, MODEL_FILE, build_manifest, write_manifest
 from service.export.onnx_export import ExportError, export_fp32, load_source
@@ -32,13 +34,15 @@ def export_model(
     data: Path | None = None,
     recipe: str | None = DEFAULT_RECIPE,
     gate: bool = True,
+    calibration: Path | None = None,
 ) -> dict[str, Any]:
     """Export `source` to `out` with `recipe` (None: fp32); with `data`, record accuracy vs fp32.
 
     With `gate` (what the CLI and start.sh always do), a quantized candidate is served only if it
     keeps its kind's thresholds against the fp32 export on the gate texts (service/export/gate.py);
     else the next recipe of the fallback chain is tried, fp32 last. `gate=False` keeps `recipe`
-    unchecked: for benchmarks of one recipe."""
+    unchecked: for benchmarks of one recipe. `calibration`: a file of texts (one a line) for a recipe
+    that calibrates (service/export/calibrate.py); by default the gate texts of its language."""
     config, tokenizer = load_source(source)
     if data is not None and task in TOKEN_TASKS:
         raise ExportError("--data holds gold labels per text: ner/pos are checked against fp32 by the gate")
@@ -58,10 +62,13 @@ def export_model(
         manifest = finish(reference, quantization=None)  # optimum's dir made servable: the fp32 reference
         checker = _gate(task, lang, manifest["problem_type"], reference) if gate and recipe else None
         attempts: list[dict[str, Any]] = []
+        inputs: list[Feed] = []  # calibration inputs, computed once if a candidate needs them
         for candidate in fallback_chain(recipe) if checker else [recipe]:
             staged = Path(tmp) / f"out-{candidate or 'fp32'}"
             staged.mkdir()
-            quantization = _stage(fp32, staged / MODEL_FILE, candidate)
+            if candidate and RECIPES[candidate].smooth and not inputs:
+                inputs = _calibration(reference, task, lang, calibration)
+            quantization = _stage(fp32, staged / MODEL_FILE, candidate, inputs)
             manifest = finish(staged, quantization=quantization)
             if checker is None or candidate is None:
                 break
@@ -80,13 +87,22 @@ def export_model(
     return manifest
 
 
-def _stage(fp32: Path, out: Path, recipe: str | None) -> dict[str, Any] | None:
+def _stage(fp32: Path, out: Path, recipe: str | None, inputs: list[Feed]) -> dict[str, Any] | None:
     """Write `recipe`'s graph of `fp32` to `out` (None: fp32 itself); the manifest's quantization."""
     if recipe is None:
         save(onnx.load(fp32), out)
         return None
-    kept = quantize(fp32, out, RECIPES[recipe])
-    return describe(recipe) | ({"fp32_matmuls": kept} if kept else {})
+    kept = quantize(fp32, out, RECIPES[recipe], inputs if RECIPES[recipe].smooth else ())
+    extra = {"calibration_inputs": len(inputs)} if RECIPES[recipe].smooth else {}
+    return describe(recipe) | ({"fp32_matmuls": kept} if kept else {}) | extra
+
+
+def _calibration(reference: Path, task: str, lang: str, texts: Path | None) -> list[Feed]:
+    try:
+        lines = calibrate.read_file(texts) if texts else calibrate.default_texts(lang)
+        return calibrate.feeds(reference, task, lang, lines)
+    except (OSError, ValueError, EvaluationError) as error:
+        raise ExportError(f"calibration: {error}") from error
 
 
 def _gate(task: str, lang: str, problem_type: str, reference: Path) -> Gate:

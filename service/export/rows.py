@@ -1,0 +1,156 @@
+"""Per-row INT8: int8 GEMMs whose activation scales never depend on the other texts of a call.
+
+Each constant-weight MatMul becomes `MatMulIntegerToFloat` (onnxruntime's U8S8 GEMM: VNNI or AMX
+where the CPU has them, AVX2 otherwise) between
+- its input quantized row by row (one token of one text: scale = max |x| of that row / 127, uint8
+  around 128), computed in the graph at run time, and
+- its weights, int8 per output channel (8 bits, or 7: an AVX2 CPU without VNNI multiplies uint8
+  by int8 pairwise into 16 bits with saturation (VPMADDUBSW), which 255 * 127 * 2 overflows; within
+  +-63 no pair can, so every x86 CPU computes the same integers, at some accuracy: measured).
+The output is rescaled by the row's scale. A row's numbers depend on that row alone, so a text's
+answer is the same alone or among any mates (padding rows included), unlike dynamic INT8's one
+scale per call. MatMuls that read one input share its quantization (q, k and v).
+
+`smooth` (SmoothQuant, Xiao et al. 2023) moves part of each input channel's range into the
+weights: x / s and s * W, s = max|x|^a / max|W|^(1-a) per input channel, from calibration
+maxima. A few channels of a transformer's activations are 10-100x the others and set every row's
+scale; dividing them down keeps the other channels' precision. The factors are fixed at export,
+so they keep the per-row property. Measured in docs/int8-recipes.md.
+"""
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+_MS_DOMAIN = "com.microsoft"
+_ZERO_POINT = 128
+
+
+def weight_groups(model: onnx.ModelProto, exclude: str | None = None) -> dict[str, list[onnx.NodeProto]]:
+    """The MatMuls with a constant 2-D weight, by the activation tensor they read."""
+    tables = {t.name: t for t in model.graph.initializer}
+    groups: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        table = tables.get(node.input[1]) if node.op_type == "MatMul" else None
+        if table is not None and len(table.dims) == 2 and not (exclude and re.search(exclude, node.name)):
+            groups.setdefault(node.input[0], []).append(node)
+    return groups
+
+
+def smooth(model: onnx.ModelProto, maxima: Mapping[str, np.ndarray], alpha: float) -> None:
+    """Divide each group's input by s per channel (one Mul) and multiply its weights' rows by s."""
+    tables = {t.name: t for t in model.graph.initializer}
+    inserted: dict[str, list[onnx.NodeProto]] = {}
+    for tensor, nodes in weight_groups(model).items():
+        if tensor not in maxima:
+            continue
+        weights = [numpy_helper.to_array(tables[n.input[1]]).astype(np.float32) for n in nodes]
+        weight_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
+        factors = np.maximum(maxima[tensor], 1e-5) ** alpha / np.maximum(weight_max, 1e-5) ** (1 - alpha)
+        factors = np.clip(factors, 1e-2, 1e2).astype(np.float32)
+        inverse = f"{tensor}_smooth_inverse"
+        model.graph.initializer.append(numpy_helper.from_array(1 / factors, inverse))
+        smoothed = f"{tensor}_smoothed"
+        inserted[tensor] = [helper.make_node("Mul", [tensor, inverse], [smoothed], name=smoothed)]
+        for node, weight in zip(nodes, weights, strict=True):
+            table = tables[node.input[1]]
+            table.CopyFrom(numpy_helper.from_array(weight * factors[:, None], table.name))
+            node.input[0] = smoothed
+    _insert_after(model, inserted)
+
+
+def quantize_rows(model: onnx.ModelProto, weight_bits: int = 8, exclude: str | None = None) -> None:
+    """Every constant-weight MatMul but `exclude`'s -> per-row uint8 input x per-channel int8 weights."""
+    limit = 2 ** (weight_bits - 1) - 1
+    tables = {t.name: t for t in model.graph.initializer}
+    constants = {
+        "rows_inverse_127": np.array(1 / 127, np.float32),
+        "rows_epsilon": np.array(1e-12, np.float32),
+        "rows_one": np.array(1.0, np.float32),
+        "rows_zero_point": np.array(_ZERO_POINT, np.uint8),
+        "rows_last_axis": np.array([-1], np.int64),
+    }
+    model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in constants.items())
+    replaced: dict[str, list[onnx.NodeProto]] = {}
+    inserted: dict[str, list[onnx.NodeProto]] = {}
+    for tensor, nodes in weight_groups(model, exclude).items():
+        scale, quantized = f"{tensor}_row_scale", f"{tensor}_rows_q8"
+        inserted[tensor] = _row_quantization(tensor, scale, quantized, _opset(model))
+        for node in nodes:
+            table = tables[node.input[1]]
+            weight = numpy_helper.to_array(table).astype(np.float32)
+            column_scale = (np.maximum(np.abs(weight).max(axis=0), 1e-12) / limit).astype(np.float32)
+            q8 = np.clip(np.round(weight / column_scale), -limit, limit).astype(np.int8)
+            model.graph.initializer.remove(table)
+            model.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(q8, f"{table.name}_q8"),
+                    numpy_helper.from_array(column_scale, f"{table.name}_scale"),
+                ]
+            )
+            output = node.output[0]
+            replaced[node.name] = [
+                helper.make_node(
+                    "MatMulIntegerToFloat",
+                    [quantized, f"{table.name}_q8", "rows_one", f"{table.name}_scale", "rows_zero_point"],
+                    [f"{output}_per_row"],
+                    name=f"{node.name}_int8",
+                    domain=_MS_DOMAIN,
+                ),
+                helper.make_node(
+                    "Mul", [f"{output}_per_row", scale], [output], name=f"{node.name}_row_scale"
+                ),
+            ]
+    nodes = [new for node in model.graph.node for new in replaced.get(node.name, [node])]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    _insert_after(model, inserted)
+    if not any(opset.domain == _MS_DOMAIN for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(_MS_DOMAIN, 1))
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _row_quantization(tensor: str, scale: str, quantized: str, opset: int) -> list[onnx.NodeProto]:
+    """scale = max(|x| of the row) / 127; q = uint8(round(x / scale) + 128): nothing across rows."""
+    # ReduceMax takes its axes as an input from opset 18, as an attribute before
+    axes: tuple[list[str], dict[str, Any]] = (["rows_last_axis"], {}) if opset >= 18 else ([], {"axes": [-1]})
+    steps = [
+        ("Abs", [tensor], "abs", {}),
+        ("ReduceMax", [f"{tensor}_rows_abs", *axes[0]], "max", {"keepdims": 1, **axes[1]}),
+        ("Max", [f"{tensor}_rows_max", "rows_epsilon"], "eps", {}),
+        ("Mul", [f"{tensor}_rows_eps", "rows_inverse_127"], "scale", {}),
+        ("Div", [tensor, scale], "div", {}),
+        ("QuantizeLinear", [f"{tensor}_rows_div", "rows_one", "rows_zero_point"], "q8", {}),
+    ]
+    outputs = {"scale": scale, "q8": quantized}
+    return [
+        helper.make_node(
+            op, inputs, [outputs.get(step, f"{tensor}_rows_{step}")], name=f"{tensor}_rows_{step}", **kw
+        )
+        for op, inputs, step, kw in steps
+    ]
+
+
+def _insert_after(model: onnx.ModelProto, inserted: dict[str, list[onnx.NodeProto]]) -> None:
+    """Insert each tensor's new nodes right after the node that makes it (first for a graph input),
+    in one pass: rebuilding the node list copies the nodes, so edit them before, never after."""
+    graph_inputs = [
+        new for tensor, news in inserted.items() for new in news if not _made_by_a_node(model, tensor)
+    ]
+    nodes = [*graph_inputs]
+    for node in model.graph.node:
+        nodes.append(node)
+        nodes.extend(new for output in node.output for new in inserted.get(output, []))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def _made_by_a_node(model: onnx.ModelProto, tensor: str) -> bool:
+    return any(tensor in node.output for node in model.graph.node)
