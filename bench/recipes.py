@@ -36,7 +36,7 @@ from bench.serving import build_random_model
 from service.evaluate import guess_lang, load_analyzer, predict, read_labelled, score
 from service.export.build import export_model
 from service.export.manifest import model_bytes
-from service.export.quantize import DEFAULT_RECIPE, RECIPES
+from service.export.quantize import DEFAULT_RECIPE, RECIPES, VNNI_RECIPE
 from service.sentiment.analyzer import Analyzer
 from service.sentiment.backends.prepacked import cpu_features
 
@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, action="append", help="labelled set(s) (default: both shared sets)"
     )
-    parser.add_argument("--recipes", default=f"weight-only,{DEFAULT_RECIPE}", help="comma-separated names")
+    parser.add_argument("--recipes", default=f"{DEFAULT_RECIPE},{VNNI_RECIPE}", help="comma-separated names")
     parser.add_argument(
         "--scale-model", type=Path, help="a shape dir (config + tokenizer), e.g. robertuito-shape"
     )

@@ -19,7 +19,7 @@ from bench.standins import build_standin
 from service.config import LANGS
 from service.evaluate import compare_texts, compare_tokens
 from service.export import gate
-from service.export.quantize import DEFAULT_RECIPE, FALLBACK, PREVIOUS_DEFAULT, fallback_chain
+from service.export.quantize import DEFAULT_RECIPE, VNNI_RECIPE, fallback_chain
 from service.sentiment.preprocessing import preprocess_tweet
 from service.sentiment.schemas import Entity, Prediction, TokenPrediction
 from tests.support import ROOT, app_client
@@ -103,11 +103,14 @@ def test_thresholds_are_at_least_the_gate_before_them() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("recipe", [DEFAULT_RECIPE, VNNI_RECIPE])
 @pytest.mark.parametrize(("task", "lang", "kind"), KINDS)
-def test_a_model_that_passes_keeps_the_default_recipe(standins, task: str, lang: str, kind: str) -> None:
-    meta = manifest(standins.exported(task, lang, DEFAULT_RECIPE))
+def test_a_model_that_passes_keeps_the_recipe_asked_for(
+    standins, task: str, lang: str, kind: str, recipe: str
+) -> None:
+    meta = manifest(standins.exported(task, lang, recipe))
     record = meta["gate"]
-    assert meta["quantization"]["recipe"] == DEFAULT_RECIPE == record["recipe"]
+    assert meta["quantization"]["recipe"] == recipe == record["recipe"]
     assert (record["kind"], record["passed"], record["texts"]) == (kind, True, len(gate.read_texts(lang)))
     assert record["why"] == "the first recipe passed" and len(record["attempts"]) == 1
     assert all(t.holds(record["figures"]) for t in gate.THRESHOLDS[kind])
@@ -126,10 +129,10 @@ def export(
 @pytest.fixture(scope="module")
 def fallback(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """A stand-in whose first layer's FFN weights 8 bits cannot copy, exported offline from the
-    previous default: the default's SmoothQuant moves that outlier out of the weights, and passes."""
+    default (int8-rows-ffn-nbits's SmoothQuant moves that outlier out of the weights, and passes)."""
     root = tmp_path_factory.mktemp("hostile")
     source = build_standin("sentiment", "es", root / "hf", tiny=True, int8_hostile=1)
-    result = export(source, root / "sentiment-es", "sentiment", "es", "--recipe", PREVIOUS_DEFAULT)
+    result = export(source, root / "sentiment-es", "sentiment", "es", "--recipe", DEFAULT_RECIPE)
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "sentiment-es", result
 
@@ -140,11 +143,11 @@ def test_a_model_that_fails_falls_back_and_says_why(fallback) -> None:
     meta = manifest(out)
     record = meta["gate"]
     attempts = {a["recipe"]: a for a in record["attempts"]}
-    assert list(attempts) == fallback_chain(PREVIOUS_DEFAULT)[:3]
-    assert not attempts[PREVIOUS_DEFAULT]["passed"] and not attempts["weight-only-fp32-emb"]["passed"]
-    assert attempts[PREVIOUS_DEFAULT]["figures"]["label_agreement"] < 0.97
+    assert list(attempts) == fallback_chain(DEFAULT_RECIPE)[:3]
+    assert not attempts[DEFAULT_RECIPE]["passed"] and not attempts["weight-only-fp32-emb"]["passed"]
+    assert attempts[DEFAULT_RECIPE]["figures"]["label_agreement"] < 0.97
     assert record["passed"] and record["recipe"] == meta["quantization"]["recipe"] == "weight-only-fp32-worst"
-    assert record["why"].startswith(f"{PREVIOUS_DEFAULT}: label_agreement ")
+    assert record["why"].startswith(f"{DEFAULT_RECIPE}: label_agreement ")
     assert "/roberta/encoder/layer.0/intermediate/dense/MatMul" in meta["quantization"]["fp32_matmuls"]
     line = result.stdout.splitlines()[-1]
     assert (
@@ -186,7 +189,7 @@ def test_when_no_recipe_passes_fp32_is_exported_and_says_why(standins, tmp_path,
     assert sorted(meta["files"]) == ["model.onnx", "model.onnx.data", "tokenizer.json"]
     record = meta["gate"]
     assert (record["recipe"], record["passed"], record["figures"]) == ("fp32", True, None)
-    assert [a["recipe"] for a in record["attempts"]] == list(FALLBACK[:-1])
+    assert [a["recipe"] for a in record["attempts"]] == fallback_chain(DEFAULT_RECIPE)[:-1]
     assert gate.gate_line("sentiment:es", meta).startswith(
         "gate sentiment:es: fp32 [single_label, 300 texts: "
     )

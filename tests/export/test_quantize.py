@@ -17,8 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 from service.export.quantize import (
     DEFAULT_RECIPE,
     FALLBACK,
-    PREVIOUS_DEFAULT,
     RECIPES,
+    VNNI_RECIPE,
     describe,
     fallback_chain,
     fp32_matmuls,
@@ -58,7 +58,7 @@ def test_the_matmul_gets_the_recipes_block_size_and_accuracy_level(
     fp32, tmp_path, block_size, accuracy_level
 ):
     recipe = dataclasses.replace(
-        RECIPES[PREVIOUS_DEFAULT], block_size=block_size, accuracy_level=accuracy_level
+        RECIPES[DEFAULT_RECIPE], block_size=block_size, accuracy_level=accuracy_level
     )
     out = tmp_path / "model.onnx"
     assert quantize(fp32, out, recipe) == []  # no MatMul left fp32
@@ -86,8 +86,9 @@ def test_the_manifest_records_the_shipped_block_size_and_accuracy_level():
 
 
 def test_the_fallback_chain_starts_at_the_recipe_asked_for_and_ends_in_fp32():
-    assert fallback_chain(DEFAULT_RECIPE) == list(FALLBACK)
-    assert FALLBACK[:2] == (DEFAULT_RECIPE, PREVIOUS_DEFAULT)  # the new default, then the previous one
+    assert fallback_chain(VNNI_RECIPE) == list(FALLBACK)
+    assert FALLBACK[:2] == (VNNI_RECIPE, DEFAULT_RECIPE)  # per-row falls back to the default
+    assert fallback_chain(DEFAULT_RECIPE) == list(FALLBACK[1:])
     assert fallback_chain("weight-only-fp32-emb") == ["weight-only-fp32-emb", "weight-only-fp32-worst", None]
     assert fallback_chain("mixed-attention") == ["mixed-attention", *FALLBACK]
     assert all(name in RECIPES for name in FALLBACK[:-1]) and FALLBACK[-1] is None

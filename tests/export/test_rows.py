@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.export import calibrate, rows
 from service.export.calibrate import channel_maxima
-from service.export.quantize import DEFAULT_RECIPE, RECIPES, quantize
+from service.export.quantize import RECIPES, VNNI_RECIPE, quantize
 
 K, N, VOCAB = 256, 64, 50
 
@@ -113,7 +113,7 @@ def test_a_smoothing_recipe_needs_calibration_inputs(fp32, tmp_path):
 
 
 def test_the_default_smooths_and_keeps_the_ffn_outputs_weight_only():
-    recipe = RECIPES[DEFAULT_RECIPE]
+    recipe = RECIPES[VNNI_RECIPE]
     assert recipe.rows and recipe.smooth > 0 and recipe.weight_only
     assert recipe.rows_exclude is not None and "output/dense" in recipe.rows_exclude
 

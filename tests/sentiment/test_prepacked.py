@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service.sentiment.backends import file_pages, prepacked
-from service.sentiment.backends.onnx_backend import OnnxModel, read_manifest
+from service.sentiment.backends.onnx_backend import OnnxModel, read_manifest, saturation_warning
 from tests.support import configured
 
 pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
@@ -182,3 +182,19 @@ def test_mapped_size_of_a_models_files(tmp_path):
     assert file_pages.mapped_mb(prefix, smaps) == 101
     assert file_pages.mapped_mb(Path("/models/es"), smaps) == 101  # the variant is inside the model dir
     assert file_pages.mapped_mb(Path("/models/en"), smaps) == 0
+
+
+def test_a_per_row_int8_model_on_a_cpu_without_vnni_or_amx_is_said_to_lose_accuracy() -> None:
+    """AVX2's int8 products saturate with 8-bit weights: the model was gated elsewhere."""
+    rows = {"quantization": {"recipe": "int8-rows-ffn-nbits", "rows": True, "row_weight_bits": 8}}
+    avx2 = ["avx", "avx2", "fma"]
+    warning = saturation_warning(rows, avx2)
+    assert warning is not None and "int8-rows-ffn-nbits" in warning and "--recipe weight-only" in warning
+    assert saturation_warning(rows, [*avx2, "avx512_vnni"]) is None
+    assert saturation_warning(rows, [*avx2, "avxvnni"]) is None
+    assert saturation_warning(rows, [*avx2, "amx_int8"]) is None
+    assert saturation_warning(rows, ["asimd", "asimddp"]) is None  # not an x86 kernel
+    seven_bit = {"quantization": {**rows["quantization"], "row_weight_bits": 7}}
+    assert saturation_warning(seven_bit, avx2) is None
+    assert saturation_warning({"quantization": {"recipe": "weight-only"}}, avx2) is None
+    assert saturation_warning({"quantization": None}, avx2) is None

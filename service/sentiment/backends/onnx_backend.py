@@ -114,7 +114,30 @@ def open_session(
         )
         served = Served(plain, False, choice.reason, file_pages.mapped_mb(model_dir.resolve()), coming=wanted)
     _log_served(model_dir, served)
+    warning = saturation_warning(manifest, prepacked.cpu_features())
+    if warning is not None:
+        logger.warning("onnx %s: %s", model_dir, warning)
     return session, served
+
+
+# CPU flags whose int8 dot products do not saturate (MLAS's VNNI and AMX kernels).
+_EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avxvnni", "amx_int8"})
+
+
+def saturation_warning(manifest: dict[str, Any], features: list[str]) -> str | None:
+    """Why a per-row INT8 model with 8-bit weights (service/export/rows.py) answers worse here: an
+    x86 CPU without VNNI or AMX runs it on AVX2's VPMADDUBSW, whose int16 sums saturate (the MiniLM
+    fell from 98.6 % to 94.9 % label agreement; docs/int8-recipes.md). None when that does not apply."""
+    recipe = manifest.get("quantization") or {}
+    if not recipe.get("rows") or recipe.get("row_weight_bits", 8) != 8:
+        return None
+    if "avx2" not in features or _EXACT_INT8_FLAGS.intersection(features):
+        return None
+    return (
+        f"its recipe {recipe.get('recipe')} was gated where int8 products are exact (VNNI/AMX); this "
+        "CPU has AVX2 only, whose int8 products saturate and lose accuracy: export it on this CPU (its gate "
+        "then falls back) or with --recipe weight-only"
+    )
 
 
 def _open_variant(
