@@ -254,57 +254,46 @@ class Registry:
         One at a time: the room is checked before the child starts and its memory is only
         measured once it grows, so children started together would each see the same room."""
         with self._improve_lock:
-            return self._improve(key, value, make, swap, extra_mb, what)
-
-    def _improve(
-        self,
-        key: str,
-        value: Any,
-        make: Callable[[], str | None],
-        swap: Callable[[], float | None],
-        extra_mb: float,
-        what: str,
-    ) -> bool:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None or entry.value is not value:
-                return False
-            entry.in_use += 1
-        started = time.time()
-        try:
-            try:
-                with self.reserve(entry.cost_mb + extra_mb, what, wait=False):
-                    pass  # room now; the child's memory is measured while it runs, not reserved
-            except (OverBudget, TooLarge) as refused:
-                entry.details["prepacked"] = f"not now: {refused.message}"
-                logger.warning("%s: not made now: %s", what, refused.message)
-                return False
-            failure = make()
-            if failure is not None:
-                entry.details["prepacked"] = f"not made: {failure}"
-                logger.warning("%s: not made: %s", what, failure)
-                return False
-            with self._load_lock:  # it measures memory: no load beside it
-                before = self._used()
-                file_mb = swap()
-                if file_mb is None:
-                    entry.details["prepacked"] = "made, but not usable here"
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is None or entry.value is not value:
                     return False
-                gc.collect()
-                runtime.trim_heap()
-                freed = max(before - self._used(), 0.0)
-            with self._lock:
-                entry.cost_mb = max(entry.cost_mb - freed, 0.0)
-                self._measured_cost[key] = entry.cost_mb
-                entry.file_mb = file_mb
-                entry.details["prepacked"] = "in place"
-            events.emit("load", f"{what} in {time.time() - started:.1f} s", -freed, at=started)
-            return True
-        finally:
-            with self._lock:
-                entry.in_use -= 1
-                entry.last_used = time.time()
-                self._released.notify_all()
+                entry.in_use += 1
+            started = time.time()
+            try:
+                try:
+                    with self.reserve(entry.cost_mb + extra_mb, what, wait=False):
+                        pass  # room now; the child's memory is measured while it runs, not reserved
+                except (OverBudget, TooLarge) as refused:
+                    entry.details["prepacked"] = f"not now: {refused.message}"
+                    logger.warning("%s: not made now: %s", what, refused.message)
+                    return False
+                failure = make()
+                if failure is not None:
+                    entry.details["prepacked"] = f"not made: {failure}"
+                    logger.warning("%s: not made: %s", what, failure)
+                    return False
+                with self._load_lock:  # it measures memory: no load beside it
+                    before = self._used()
+                    file_mb = swap()
+                    if file_mb is None:
+                        entry.details["prepacked"] = "made, but not usable here"
+                        return False
+                    gc.collect()
+                    runtime.trim_heap()
+                    freed = max(before - self._used(), 0.0)
+                with self._lock:
+                    entry.cost_mb = max(entry.cost_mb - freed, 0.0)
+                    self._measured_cost[key] = entry.cost_mb
+                    entry.file_mb = file_mb
+                    entry.details["prepacked"] = "in place"
+                events.emit("load", f"{what} in {time.time() - started:.1f} s", -freed, at=started)
+                return True
+            finally:
+                with self._lock:
+                    entry.in_use -= 1
+                    entry.last_used = time.time()
+                    self._released.notify_all()
 
     def warn_if_no_room(self, what: str, extra_mb: float = 0.0) -> bool:
         """Log, naming MEMORY_BUDGET_MB, when `what` (plus `extra_mb` to come) leaves no room for
