@@ -110,6 +110,19 @@ def photo_12mp() -> Image.Image:
     return photo
 
 
+def cer(expected: str, actual: str) -> float:
+    """Character error rate: edit distance over the expected length, whitespace collapsed (difflib's
+    ratio is no measure of it: on a page of repeated lines it pairs the wrong ones)."""
+    a, b = " ".join(expected.split()), " ".join(actual.split())
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1] / max(len(a), 1)
+
+
 def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)

@@ -34,6 +34,7 @@ from PIL import Image
 from bench.documents import (
     LANG_LINES,
     LayeredPage,
+    cer,
     encode,
     language_page,
     layered_pdf,
@@ -151,19 +152,6 @@ def documents(pages: int, lang: str) -> None:
     _compare(f"batch of 10 mixed PDFs x {per_file} p, words", batch, OcrOptions(lang=lang, words=True))
 
 
-def _cer(expected: str, actual: str) -> float:
-    """Character error rate: edit distance over the expected length, whitespace collapsed (difflib's
-    ratio is no measure of it: on a page of repeated lines it pairs the wrong ones)."""
-    a, b = " ".join(expected.split()), " ".join(actual.split())
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, 1):
-        current = [i]
-        for j, char_b in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
-        previous = current
-    return previous[-1] / max(len(a), 1)
-
-
 def engines(codes: list[str], rounds: int, lines: int, dpi: int) -> None:
     """Each engine loaded into a fresh worker through the registry, then one page per language,
     scanned at `dpi` (the page is printed at 150 dpi and scaled: below 150, a poorer scan)."""
@@ -190,7 +178,7 @@ def engines(codes: list[str], rounds: int, lines: int, dpi: int) -> None:
                 _, pages = engine.worker.run(OcrJob(pdf, "pdf", ReadOptions()), code, settings)
                 cpu = _worker_cpu_s() - cpu
                 errors = [
-                    _cer("\n".join(lines_), page.text) for lines_, page in zip(truth, pages, strict=True)
+                    cer("\n".join(lines_), page.text) for lines_, page in zip(truth, pages, strict=True)
                 ]
                 peak = _worker_peak_mb()
             registry.unload(item.key)  # its last engine: the worker process ends, the next starts afresh

@@ -7,6 +7,7 @@ from PIL import Image
 
 # The generators shared with the benchmarks, re-exported for the tests that import them from here.
 from bench.documents import DEJAVU as DEJAVU
+from bench.documents import cer as cer
 from bench.documents import encode as encode
 from bench.documents import font as font
 from bench.documents import pdf_of as pdf_of
@@ -28,18 +29,6 @@ needs_dejavu = pytest.mark.skipif(
     not DEJAVU.is_file(),
     reason=f"accented text needs a full TrueType font: apt-get install fonts-dejavu-core ({DEJAVU})",
 )
-
-
-def cer(expected: str, actual: str) -> float:
-    """Character error rate: edit distance over the expected length, whitespace collapsed."""
-    a, b = " ".join(expected.split()), " ".join(actual.split())
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, 1):
-        current = [i]
-        for j, char_b in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
-        previous = current
-    return previous[-1] / max(len(a), 1)
 
 
 def pdf_from_objects(objects: list[bytes], trailer: bytes = b"") -> bytes:
