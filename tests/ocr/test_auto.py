@@ -16,18 +16,15 @@ from PIL import Image
 
 from bench.documents import LANG_LINES, encode, pdf_of, text_page
 from bench.server import multipart
-from service import startup
-from service.budget import Budget
 from service.exceptions import ModelUnavailable
 from service.ocr import tessdata
 from service.ocr.config import OcrSettings, get_ocr_settings
 from service.ocr.tessdata import resolve_tessdata
-from service.registry import Loadable, Registry
 from service.sentiment import service
 from service.sentiment.analyzer import Analyzer
 from tests.ocr.conftest import needs_auto_tessdata
 from tests.ocr.samples import needs_dejavu
-from tests.sentiment.fakes import LABELS, FakeModel, fake_probas
+from tests.sentiment.fakes import LABELS, FakeModel, fake_probas, install_weighted_models
 from tests.support import app_client, needs_minilm
 
 FRENCH = [
@@ -255,24 +252,7 @@ def test_pages_needing_more_models_than_the_budget_holds_are_503_never_half_an_a
     """The pages' models go through /analyze's all-or-none admission: with room for one language
     model, a document in two languages is refused whole and nothing is unloaded for it."""
     models = {lang: FakeModel() for lang in LANGS}
-    used, loads = {"mb": 50.0}, []
-
-    class Weighted(Analyzer):
-        def close(self) -> None:
-            used["mb"] -= 100
-
-    def model_item(task: str, lang: str) -> Loadable:
-        def load() -> Analyzer:
-            loads.append(lang)
-            used["mb"] += 100
-            return Weighted(models[lang], task, lang, "torch")
-
-        return Loadable(key=f"{task}:{lang}", load=load, estimate_mb=lambda: 100.0)
-
-    registry = Registry(Budget(200, "test", 0), used=lambda: used["mb"], admission_wait_s=5)
-    monkeypatch.setattr(service, "model_item", model_item)
-    monkeypatch.setattr(service, "get_registry", lambda: registry)
-    monkeypatch.setattr(startup, "get_registry", lambda: registry)  # micro-batching's too, as the app starts
+    loads = install_weighted_models(monkeypatch, models, budget_mb=200, admission_wait_s=5)
     client, _ = per_lang(models)
     spanish = pdf_of([page(LANG_LINES["es"])])
     assert ocr(client, spanish, lang="auto", analyze="true").status_code == 200

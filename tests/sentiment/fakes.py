@@ -4,6 +4,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from service.budget import Budget
 from service.registry import Loadable, Registry
@@ -62,3 +63,36 @@ def fake_registry(budget_mb: float = 4096, rss_mb: float = 100.0) -> Registry:
 
 def fake_item(model: FakeModel, key: str = "sentiment:es") -> Loadable:
     return Loadable(key=key, load=lambda: Analyzer(model, "sentiment", "es", "onnx"), estimate_mb=lambda: 1.0)
+
+
+def install_weighted_models(
+    monkeypatch: Any, models: dict[str, FakeModel], budget_mb: float, admission_wait_s: float
+) -> list[str]:
+    """The language models of `models` through a registry of `budget_mb` that counts 100 MB per
+    loaded one (50 MB before any), installed as the sentiment service's and micro-batching's; the
+    languages loaded, in order."""
+    from service import startup
+    from service.sentiment import service
+
+    used = {"mb": 50.0}
+    loads: list[str] = []
+
+    class Weighted(Analyzer):
+        def close(self) -> None:
+            used["mb"] -= 100
+
+    def model_item(task: str, lang: str) -> Loadable:
+        def load() -> Analyzer:
+            loads.append(lang)
+            used["mb"] += 100
+            return Weighted(models[lang], task, lang, "torch")
+
+        return Loadable(key=f"{task}:{lang}", load=load, estimate_mb=lambda: 100.0)
+
+    registry = Registry(
+        Budget(budget_mb, "test", 0), used=lambda: used["mb"], admission_wait_s=admission_wait_s
+    )
+    monkeypatch.setattr(service, "model_item", model_item)
+    monkeypatch.setattr(service, "get_registry", lambda: registry)
+    monkeypatch.setattr(startup, "get_registry", lambda: registry)  # micro-batching's too, as the app starts
+    return loads

@@ -10,13 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench.langid import own_texts
-from service import startup
-from service.budget import Budget
-from service.registry import Loadable, Registry
 from service.sentiment import service
 from service.sentiment.analyzer import Analyzer
 from service.sentiment.language import Detector
-from tests.sentiment.fakes import LABELS, FakeModel, fake_probas
+from tests.sentiment.fakes import LABELS, FakeModel, fake_probas, install_weighted_models
 from tests.support import configured, needs_data, needs_minilm, read_labelled
 
 ES = "¡Qué buen día hace hoy, me encanta esta ciudad!"
@@ -228,25 +225,7 @@ def budgeted(fake_app, monkeypatch) -> Callable[[float], tuple[TestClient, list[
 
     def make(budget_mb: float) -> tuple[TestClient, list[str]]:
         models = {lang: FakeModel(delay_s=0.01) for lang in ("es", "en", "it", "pt")}
-        used = {"mb": 50.0}
-        loads: list[str] = []
-
-        class Weighted(Analyzer):
-            def close(self) -> None:
-                used["mb"] -= 100
-
-        def model_item(task: str, lang: str) -> Loadable:
-            def load() -> Analyzer:
-                loads.append(lang)
-                used["mb"] += 100
-                return Weighted(models[lang], task, lang, "torch")
-
-            return Loadable(key=f"{task}:{lang}", load=load, estimate_mb=lambda: 100.0)
-
-        registry = Registry(Budget(budget_mb, "test", 0), used=lambda: used["mb"], admission_wait_s=30)
-        monkeypatch.setattr(service, "model_item", model_item)
-        monkeypatch.setattr(service, "get_registry", lambda: registry)
-        monkeypatch.setattr(startup, "get_registry", lambda: registry)  # micro-batching's too
+        loads = install_weighted_models(monkeypatch, models, budget_mb, admission_wait_s=30)
         return fake_app(FakeModel(), MICRO_BATCHING="true"), loads
 
     return make
