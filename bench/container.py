@@ -27,7 +27,7 @@ from pathlib import Path
 from bench import hostile_files
 from bench.documents import encode, text_page
 from bench.hostile import NAMES as HOSTILE
-from bench.server import ROOT, Response, free_port, http_request, multipart
+from bench.server import ROOT, Loopback, free_port, multipart
 from bench.swarm import Job, Swarm
 
 CONTAINERFILE = ROOT / "container" / "Containerfile"
@@ -103,21 +103,10 @@ def _link_or_copy(source: str, target: str) -> None:
 
 
 @dataclass
-class Container:
+class Container(Loopback):
     id: str
     port: int
     started: float  # perf_counter just before `podman run`
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes = b"",
-        headers: dict[str, str] | None = None,
-        timeout: float = 60,
-    ) -> Response:
-        """One request on its own connection to the published port."""
-        return http_request(self.port, method, path, body, headers, timeout)
 
     def exec(self, *command: str, timeout: float = 60) -> str:
         return podman("exec", self.id, *command, timeout=timeout).stdout

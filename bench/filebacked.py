@@ -32,14 +32,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.server import launch
+from bench.server import Sampler, launch
 from bench.serving import SHORT, Client, analyze, bench_args, long_text, ocr, start_server
 
 MB = 1024 * 1024
@@ -72,30 +71,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-class AnonSampler:
+class AnonSampler(Sampler):
     """The largest RssAnon and VmRSS of a process, sampled every 20 ms while the block runs."""
 
     def __init__(self, pid: int) -> None:
         self.pid, self.anon_max, self.rss_max = pid, 0.0, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            try:
-                status = proc_status(self.pid)
-            except OSError:
-                return
-            self.anon_max = max(self.anon_max, status["RssAnon"])
-            self.rss_max = max(self.rss_max, status["VmRSS"])
-
-    def __enter__(self) -> "AnonSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> bool:
+        try:
+            status = proc_status(self.pid)
+        except OSError:
+            return False
+        self.anon_max = max(self.anon_max, status["RssAnon"])
+        self.rss_max = max(self.rss_max, status["VmRSS"])
+        return True
 
 
 def mixed_requests(server: Client, requests: int, seed: int = 0) -> int:

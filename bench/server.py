@@ -18,11 +18,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import psutil
 
@@ -80,8 +82,50 @@ class Response:
         return json.loads(self.body)
 
 
+class Loopback:
+    """Something listening on 127.0.0.1:`port` (the real server, the container's published port)."""
+
+    port: int
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> "Response":
+        """One request on its own connection (`Connection: close`)."""
+        return http_request(self.port, method, path, body, headers, timeout)
+
+
+class Sampler:
+    """Calls `sample` every `interval_s` on a thread of its own while the `with` block runs, so
+    a peak between the measurement's own reads is seen."""
+
+    interval_s = 0.02
+
+    def sample(self) -> bool:
+        """One reading; False ends the sampling (the process read is gone)."""
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s) and self.sample():
+            pass
+
+    def __enter__(self) -> Self:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @dataclass
-class Server:
+class Server(Loopback):
     process: subprocess.Popen[bytes]
     port: int
     log: Path
@@ -98,17 +142,6 @@ class Server:
 
     def connect(self, timeout: float = 30) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes = b"",
-        headers: dict[str, str] | None = None,
-        timeout: float = 60,
-    ) -> Response:
-        """One request on its own connection (`Connection: close`)."""
-        return http_request(self.port, method, path, body, headers, timeout)
 
     def worker_pids(self) -> list[int]:
         """The python processes serving: the process itself, or the supervisor's children."""

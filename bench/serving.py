@@ -42,14 +42,13 @@ import random
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.server import Server, launch, multipart
+from bench.server import Sampler, Server, launch, multipart
 from bench.swarm import Job, Swarm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,26 +200,16 @@ def tweet(rng: random.Random) -> str:
     return long_text(rng)[:280] if rng.random() < 0.25 else rng.choice(SHORT)
 
 
-class RssSampler:
+class RssSampler(Sampler):
     """The server's highest RSS while a measurement runs, sampled every 20 ms."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.max_mb = server.rss_mb()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.max_mb = max(self.max_mb, self.server.rss_mb())
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> bool:
+        self.max_mb = max(self.max_mb, self.server.rss_mb())
+        return True
 
 
 def start_server(env: dict[str, str], port: int | None, cpus: int | None) -> Client:

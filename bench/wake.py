@@ -33,21 +33,17 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from bench.filebacked import memory_cgroup
-from bench.server import ROOT, Server, free_port, launch
+from bench.filebacked import cpu_seconds, memory_cgroup
+from bench.server import ROOT, Sampler, Server, free_port, launch
 from bench.serving import SHORT, build_random_model
 
 SHAPE = ROOT.parent / "shared" / "models" / "robertuito-shape"
-if not SHAPE.is_dir():  # a helper's worktree sits one level deeper than the project's checkout
-    SHAPE = Path("/work/shared/models/robertuito-shape")
-TICKS = os.sysconf("SC_CLK_TCK")
 # render.yaml's environment, with the Spanish model only (the English one is another shape).
 RENDER_ENV = {
     "BACKEND": "onnx",
@@ -122,35 +118,23 @@ def cgroup_cpu_s(usage: Path) -> float:
     return int(stat["usage_usec"]) / 1e6
 
 
-class Processes:
+class Processes(Sampler):
     """Each process of the cgroup: when it was first seen, its command and its last CPU seconds."""
+
+    interval_s = 0.01
 
     def __init__(self, procs: Path, started: float) -> None:
         self.procs, self.started = procs, started
         self.seen: dict[int, dict[str, Any]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            for pid in map(int, self.procs.read_text().split()):
-                with suppress(OSError, ValueError, IndexError):
-                    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    cpu = (int(stat[11]) + int(stat[12])) / TICKS
-                    entry = self.seen.get(pid)
-                    if entry is None:
-                        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                        entry = self.seen[pid] = {"at_s": time.perf_counter() - self.started, "cmd": command}
-                    entry["cmd"] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                    entry["cpu_s"] = cpu
-
-    def __enter__(self) -> "Processes":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> bool:
+        for pid in map(int, self.procs.read_text().split()):
+            with suppress(OSError, ValueError, IndexError):
+                cpu = cpu_seconds(pid)
+                entry = self.seen.setdefault(pid, {"at_s": time.perf_counter() - self.started})
+                entry["cmd"] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                entry["cpu_s"] = cpu
+        return True
 
 
 def drop_caches() -> None:
