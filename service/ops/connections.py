@@ -25,6 +25,11 @@ asyncio accepts up to the listen backlog per loop tick before any of those conne
 `connection_made` (three ticks later), so the cap leaves room for a few such bursts, and serve.py
 keeps the backlog small (BACKLOG). Should accept still fail for want of descriptors, asyncio logs
 each failure, up to a backlog's worth per tick: `RepeatedErrorFilter` keeps that to a line a minute.
+asyncio also hands that one number to listen(2), but the kernel's queue of connections not yet
+accepted must hold a burst while the loop is busy: past a full queue the kernel answers with SYN
+cookies, and a client whose handshake's last ACK was dropped has its next segments fail the
+cookie's check, a connection reset instead of an answer (300 clients at once: 28-50 resets of 300).
+`QueuedServer` lengthens the queue to LISTEN_QUEUE once uvicorn listens, the accepts a tick kept.
 uvicorn's own `--limit-concurrency` counts the same connections but still accepts and keeps the
 excess open until its headers arrive (which a stalled client never sends), and answers text/plain.
 """
@@ -33,11 +38,13 @@ import asyncio
 import json
 import logging
 import resource
+import socket
 import time
 from collections.abc import Callable
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import Server
 
 from service.ops.config import get_ops_settings
 
@@ -53,6 +60,9 @@ BURSTS_IN_FLIGHT = 4
 MAX_HEAD_BYTES = 16 * 1024
 # The listen backlog serve.py sets (uvicorn's default is 2048): also the most asyncio accepts a tick.
 BACKLOG = 64
+# The kernel's queue of connections not yet accepted (listen(2); somaxconn may lower it). Each one
+# queued holds at most its receive window of kernel memory (~64 KB): 32 MB at worst.
+LISTEN_QUEUE = 512
 # At the cap, a connection that has not sent a request or kept up with the body rate for this long
 # makes room for a new one.
 SHED_AFTER_S = 1.0
@@ -77,6 +87,18 @@ def raise_descriptor_limit() -> int:
         except (ValueError, OSError) as error:
             logger.warning("could not raise RLIMIT_NOFILE from %d to %d: %s", soft, hard, error)
     return soft
+
+
+class QueuedServer(Server):
+    """uvicorn's server with its listening sockets' kernel queue lengthened to LISTEN_QUEUE once it
+    listens: asyncio gave listen(2) the backlog, the most it accepts a tick."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        for server in getattr(self, "servers", []):  # none when the port could not be bound
+            for listening in server.sockets:
+                with listening.dup() as duplicate:  # the same socket; asyncio's wrapper has no listen()
+                    duplicate.listen(LISTEN_QUEUE)
 
 
 def canned(status: int, reason: str, code: str, message: str, **headers: str) -> bytes:

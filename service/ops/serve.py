@@ -11,8 +11,9 @@ interpreter alive until it returned (its threads are not daemons), so the exit i
 
 It also sets the defaults that hold against hostile clients (`harden`): h11 is the guarded
 protocol of ops/connections.py (header deadline, connection cap), the descriptor limit is raised,
-the listen backlog is small, what a client can make it log once per connection (a failed accept,
-a malformed request) is logged once a minute, and X-Forwarded-For is believed only from
+asyncio accepts few connections a tick while the kernel's accept queue holds a burst, what a
+client can make it log once per connection (a failed accept, a malformed request) is logged once
+a minute, and X-Forwarded-For is believed only from
 FORWARDED_ALLOW_IPS (uvicorn's own default trusts 127.0.0.1, so anyone on the host, or a local
 proxy that passes the header on, could pick the address the rate limit sees).
 """
@@ -55,11 +56,15 @@ def _busy_threads() -> list[threading.Thread]:
 
 def harden(argv: list[str]) -> list[str]:
     """Install the hardening defaults; `argv` with the proxy trust and backlog added unless given."""
+    from importlib import import_module
+
     from uvicorn.config import HTTP_PROTOCOLS
 
-    from service.ops.connections import BACKLOG, RepeatedErrorFilter, raise_descriptor_limit
+    from service.ops.connections import BACKLOG, QueuedServer, RepeatedErrorFilter, raise_descriptor_limit
 
     HTTP_PROTOCOLS["h11"] = HTTP_PROTOCOLS["auto"] = GUARDED_H11
+    # What `uvicorn.main.run` starts (the module: the package's `uvicorn.main` is the CLI command).
+    import_module("uvicorn.main").Server = QueuedServer
     raise_descriptor_limit()
     flood = RepeatedErrorFilter()
     logging.getLogger("asyncio").addFilter(flood)

@@ -7,11 +7,13 @@ descriptors, asyncio logged each failed accept (230 MB in 25 s) and the watchdog
 /proc (issue 10).
 """
 
+import asyncio
 import json
 import logging
 import os
 import resource
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -20,9 +22,11 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
+import uvicorn
 
 from bench.server import ROOT, Server, free_port, serve_args, server_env
-from service.ops.connections import RepeatedErrorFilter
+from service.ops import serve
+from service.ops.connections import BACKLOG, LISTEN_QUEUE, QueuedServer, RepeatedErrorFilter
 
 pytestmark = pytest.mark.slow  # real servers, exports or browsers: not the quick tier
 
@@ -209,3 +213,45 @@ def test_a_repeated_error_is_logged_once_a_minute_with_how_many_were_dropped():
     next_one = record(accept)
     assert only_some.filter(next_one)
     assert "(100000 more like this in the last 61 s not logged)" in next_one.getMessage()
+
+
+def kernel_queue(listening: socket.socket) -> int:
+    """The most connections the kernel queues for accept(2) on a listening TCP socket: tcp_info's
+    tcpi_sacked holds it while the socket listens."""
+    return struct.unpack_from("I", listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32), 28)[0]
+
+
+def test_the_kernel_queues_a_burst_while_asyncio_accepts_a_backlog_a_tick():
+    """asyncio gives listen(2) the number it accepts a tick; with a queue of 64, 300 clients at once
+    got SYN cookies and 28-50 of them a connection reset (tests/ops/test_ingress.py's burst)."""
+
+    async def app(scope, receive, send) -> None:
+        raise AssertionError("no request is sent")
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, backlog=BACKLOG, lifespan="off", log_level="error")
+    config.load()
+    server = QueuedServer(config)
+    server.lifespan = config.lifespan_class(config)
+
+    async def queues() -> list[int]:
+        await server.startup()
+        try:
+            return [kernel_queue(listening) for listening in server.servers[0].sockets]
+        finally:
+            await server.shutdown()
+
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert BACKLOG < LISTEN_QUEUE
+    assert asyncio.run(queues()) == [min(LISTEN_QUEUE, somaxconn)]
+
+
+def test_the_server_command_starts_the_queued_server(monkeypatch: pytest.MonkeyPatch):
+    from uvicorn.config import HTTP_PROTOCOLS
+
+    cli = sys.modules["uvicorn.main"]
+    monkeypatch.setattr(cli, "Server", cli.Server)  # restored after the test, as are the protocols
+    for name in ("h11", "auto"):
+        monkeypatch.setitem(HTTP_PROTOCOLS, name, HTTP_PROTOCOLS[name])
+    argv = serve.harden(["serve", "main:app"])
+    assert cli.Server is QueuedServer
+    assert argv[argv.index("--backlog") + 1] == str(BACKLOG)
