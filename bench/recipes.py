@@ -2,6 +2,7 @@
 
     python -m bench.recipes [--recipes weight-only,int8-rows] [--scale-model DIR] [--rounds 4]
                             [--source DIR] [--data DIR ...] [--texts 96] [--calibration FILE]
+                            [--profile]
 
 Prints this CPU's kernel-selecting flags, then one row per model: fp32 and each recipe, every one
 exported by `export_model` as `python -m service.export` ships it (gate off: each recipe as is).
@@ -17,9 +18,12 @@ exported by `export_model` as `python -m service.export` ships it (gate off: eac
   the same tweets at scale, and how many differ by more than 1e-6.
 - Anonymous memory: RssAnon added by loading the scale model in a fresh process (plain model, no
   prepacked variant) and answering 16 texts, after `malloc_trim`.
+- --profile: where each scale model's time goes, onnxruntime's per-node profile summed by operator
+  type (ms per text, one per call and in sorted calls of 16): what to cut next.
 """
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -139,6 +143,42 @@ def at_scale(dirs: dict[str, Path], texts: list[str], rounds: int) -> dict[str, 
     return results
 
 
+def op_profile(model_dir: Path, texts: list[str], top: int = 8) -> dict[str, list[tuple[str, float, float]]]:
+    """Kernel ms per text and % by operator type, one per call and batched (the service's session
+    options; the first call's allocations included)."""
+    import onnxruntime as ort
+
+    from service.sentiment.backends.onnx_backend import session_options
+
+    analyzer = load_analyzer(model_dir, "sentiment", "es")
+    result = {}
+    for mode in ("single", "batched"):
+        options = session_options(1)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(model_dir / f"profile-{mode}")
+        session = ort.InferenceSession(
+            str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        analyzer.model.session = session
+        if mode == "single":
+            for text in texts:
+                analyzer.model.predict_probas([text])
+        else:
+            ordered = sorted(texts, key=len)
+            for i in range(0, len(ordered), BATCH):
+                analyzer.model.predict_probas(ordered[i : i + BATCH])
+        profile = Path(session.end_profiling())
+        events = json.loads(profile.read_text())
+        profile.unlink()
+        by_op: collections.Counter[str] = collections.Counter()
+        for event in events:
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                by_op[event["args"]["op_name"]] += event["dur"]
+        total = sum(by_op.values()) or 1
+        result[mode] = [(op, us / 1000 / len(texts), 100 * us / total) for op, us in by_op.most_common(top)]
+    return result
+
+
 _ANON_CHILD = """
 import json, sys
 from service.runtime import trim_heap
@@ -211,6 +251,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--texts", type=int, default=96)
     parser.add_argument("--no-gate", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="per-operator profile of each scale model")
     parser.add_argument(
         "--calibration", type=Path, help="texts (one a line) to calibrate on, instead of the gate texts"
     )
@@ -232,15 +273,21 @@ def main() -> None:
         gates = {} if args.no_gate else gate(args.source, data, names, work, args.calibration)
         scale: dict[str, Any] = {}
         anon: dict[str, float] = {}
+        profiles: dict[str, Any] = {}
         if args.scale_model:
             source = str(build_random_model(args.scale_model, work / "random-model"))
             dirs = {name or FP32: export(source, work / f"scale-{name or FP32}", name) for name in names}
             texts = preprocessed("xlmt_spanish", args.texts)
             scale = at_scale(dirs, texts, args.rounds)
             anon = {name: anon_mb(path, texts) for name, path in dirs.items()}
+            profiles = {name: op_profile(path, texts) for name, path in dirs.items() if args.profile}
     print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print(json.dumps({"flags": flags, "gate": gates, "scale": scale, "anon_mb": anon}, default=str))
     print(table(names, gates, scale, anon))
+    for name, modes in profiles.items():
+        for mode, shares in modes.items():
+            shown = ", ".join(f"{op} {ms:.2f} ({share:.0f} %)" for op, ms, share in shares)
+            print(f"profile {name} {mode}, kernel ms per text: {shown}")
 
 
 if __name__ == "__main__":
