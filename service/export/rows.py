@@ -5,8 +5,9 @@ where the CPU has them, AVX2 otherwise) between
 - its input quantized row by row (one token of one text: scale = max |x| of that row / 127, uint8
   around 128), computed in the graph at run time, and
 - its weights, int8 per output channel (8 bits, or 7: an AVX2 CPU without VNNI multiplies uint8
-  by int8 pairwise into 16 bits with saturation (VPMADDUBSW), which 255 * 127 * 2 overflows; within
-  +-63 no pair can, so every x86 CPU computes the same integers, at some accuracy: measured).
+  by int8 pairwise into 16 bits with saturation (VPMADDUBSW), which 255 * 127 * 2 overflows; with
+  weights within +-64, or activations within 1..127, no pair can (`saturation_free`), so every
+  x86 CPU computes the same integers, at some accuracy: measured).
 The output is rescaled by the row's scale. A row's numbers depend on that row alone, so a text's
 answer is the same alone or among any mates (padding rows included), unlike dynamic INT8's one
 scale per call. MatMuls that read one input share its quantization (q, k and v).
@@ -27,7 +28,63 @@ import onnx
 from onnx import helper, numpy_helper
 
 _MS_DOMAIN = "com.microsoft"
-_ZERO_POINT = 128
+_PAIR_SUM = 32767  # AVX2's VPMADDUBSW: a_k * w_k + a_k+1 * w_k+1 saturates to int16 beyond this
+
+
+def weight_limit(bits: int) -> int:
+    """The largest |int8 weight| of `bits` bits: 127 for 8; for 7, 64 (one step past 7 bits' 63,
+    still saturation-free against 8-bit activations: 2 * 255 * 64 = 32640)."""
+    return 127 if bits == 8 else 2 ** (bits - 1)
+
+
+def activation_limit(bits: int) -> int:
+    """The largest |quantized activation| of `bits` bits: uint8 within 1 + 2 * limit around limit + 1."""
+    return 2 ** (bits - 1) - 1
+
+
+def pair_limit(activation_bits: int) -> int:
+    """The largest |w_k| + |w_k+1| (k even: the pair VPMADDUBSW adds) that cannot saturate."""
+    return _PAIR_SUM // (2 * activation_limit(activation_bits) + 1)
+
+
+def saturation_free(weight_bits: int, activation_bits: int, pairs: bool = False) -> bool:
+    """Whether no pair of products can leave int16 on AVX2 (largest uint8 activation x largest weights)."""
+    return pairs or 2 * weight_limit(weight_bits) <= pair_limit(activation_bits)
+
+
+def quantize_weights(
+    weight: np.ndarray, limit: int, pairs: int | None = None, steps: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weights per output channel and their scales. Plain: scale = max |w| / limit. With
+    `pairs` (the largest |w_k| + |w_k+1| allowed, k even: the pair VPMADDUBSW adds), each channel
+    takes, of `steps` scales from its 8-bit one up to one where no pair needs it, the one whose
+    copy is closest once every pair over `pairs` is shrunk to fit: a channel's few large pairs
+    lose a little, its other weights keep 8-bit steps."""
+    scale = np.maximum(np.abs(weight).max(axis=0) / limit, 1e-12)
+    if pairs is None:
+        return np.clip(np.round(weight / scale), -limit, limit).astype(np.int8), scale.astype(np.float32)
+    padded = np.vstack([weight, np.zeros((len(weight) % 2, weight.shape[1]), weight.dtype)])
+    widest = np.maximum((np.abs(padded[0::2]) + np.abs(padded[1::2])).max(axis=0) / pairs, scale)
+    best, best_error = None, np.full(weight.shape[1], np.inf)
+    best_scale = scale
+    for t in np.linspace(0, 1, steps):
+        candidate = (scale * (widest / scale) ** t).astype(np.float32)
+        q = _fit_pairs(np.clip(np.round(padded / candidate), -limit, limit), pairs)
+        error = ((q * candidate - padded) ** 2).sum(axis=0)
+        better = error < best_error
+        best = q if best is None else np.where(better, q, best)
+        best_scale, best_error = np.where(better, candidate, best_scale), np.where(better, error, best_error)
+    return best[: len(weight)].astype(np.int8), best_scale.astype(np.float32)
+
+
+def _fit_pairs(q: np.ndarray, pairs: int) -> np.ndarray:
+    """Shrink each pair (rows 2j, 2j+1) whose |sum| of magnitudes is over `pairs`, in proportion."""
+    total = np.abs(q[0::2]) + np.abs(q[1::2])
+    shrink = np.where(total > pairs, pairs / np.maximum(total, 1), 1.0)
+    fitted = q.copy()
+    for start in (0, 1):
+        fitted[start::2] = np.sign(q[start::2]) * np.floor(np.abs(q[start::2]) * shrink)
+    return fitted
 
 
 def weight_groups(model: onnx.ModelProto, exclude: str | None = None) -> dict[str, list[onnx.NodeProto]]:
@@ -63,15 +120,23 @@ def smooth(model: onnx.ModelProto, maxima: Mapping[str, np.ndarray], alpha: floa
     _insert_after(model, inserted)
 
 
-def quantize_rows(model: onnx.ModelProto, weight_bits: int = 8, exclude: str | None = None) -> None:
-    """Every constant-weight MatMul but `exclude`'s -> per-row uint8 input x per-channel int8 weights."""
-    limit = 2 ** (weight_bits - 1) - 1
+def quantize_rows(
+    model: onnx.ModelProto,
+    weight_bits: int = 8,
+    exclude: str | None = None,
+    activation_bits: int = 8,
+    pairs: bool = False,
+) -> None:
+    """Every constant-weight MatMul but `exclude`'s -> per-row uint8 input x per-channel int8 weights;
+    `pairs`: weights scaled so that no adjacent pair can saturate AVX2 (weight_scales)."""
+    limit, levels = weight_limit(weight_bits), activation_limit(activation_bits)
+    pair_sum = pair_limit(activation_bits) if pairs else None
     tables = {t.name: t for t in model.graph.initializer}
     constants = {
-        "rows_inverse_127": np.array(1 / 127, np.float32),
+        "rows_inverse_levels": np.array(1 / levels, np.float32),
         "rows_epsilon": np.array(1e-12, np.float32),
         "rows_one": np.array(1.0, np.float32),
-        "rows_zero_point": np.array(_ZERO_POINT, np.uint8),
+        "rows_zero_point": np.array(levels + 1, np.uint8),
         "rows_last_axis": np.array([-1], np.int64),
     }
     model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in constants.items())
@@ -83,8 +148,7 @@ def quantize_rows(model: onnx.ModelProto, weight_bits: int = 8, exclude: str | N
         for node in nodes:
             table = tables[node.input[1]]
             weight = numpy_helper.to_array(table).astype(np.float32)
-            column_scale = (np.maximum(np.abs(weight).max(axis=0), 1e-12) / limit).astype(np.float32)
-            q8 = np.clip(np.round(weight / column_scale), -limit, limit).astype(np.int8)
+            q8, column_scale = quantize_weights(weight, limit, pair_sum)
             model.graph.initializer.remove(table)
             model.graph.initializer.extend(
                 [
@@ -118,14 +182,14 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def _row_quantization(tensor: str, scale: str, quantized: str, opset: int) -> list[onnx.NodeProto]:
-    """scale = max(|x| of the row) / 127; q = uint8(round(x / scale) + 128): nothing across rows."""
+    """scale = max(|x| of the row) / levels; q = uint8(round(x / scale) + levels + 1): nothing across rows."""
     # ReduceMax takes its axes as an input from opset 18, as an attribute before
     axes: tuple[list[str], dict[str, Any]] = (["rows_last_axis"], {}) if opset >= 18 else ([], {"axes": [-1]})
     steps = [
         ("Abs", [tensor], "abs", {}),
         ("ReduceMax", [f"{tensor}_rows_abs", *axes[0]], "max", {"keepdims": 1, **axes[1]}),
         ("Max", [f"{tensor}_rows_max", "rows_epsilon"], "eps", {}),
-        ("Mul", [f"{tensor}_rows_eps", "rows_inverse_127"], "scale", {}),
+        ("Mul", [f"{tensor}_rows_eps", "rows_inverse_levels"], "scale", {}),
         ("Div", [tensor, scale], "div", {}),
         ("QuantizeLinear", [f"{tensor}_rows_div", "rows_one", "rows_zero_point"], "q8", {}),
     ]

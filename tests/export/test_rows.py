@@ -2,8 +2,9 @@
 
 A tiny graph (an embedding Gather, then two MatMuls) checks what rows.py writes: every constant-weight
 MatMul becomes MatMulIntegerToFloat, a row's answer is bit-identical alone and among other rows,
-7-bit weights stay within +-63, SmoothQuant's rescaling alone leaves the function unchanged, and a
-recipe that smooths refuses to run without calibration inputs.
+7-bit weights or activations and pair-fitted 8-bit weights cannot saturate AVX2's pairwise int16
+sums, SmoothQuant's rescaling alone leaves the function unchanged, and a recipe that smooths
+refuses to run without calibration inputs.
 """
 
 import dataclasses
@@ -18,6 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 from service.export import calibrate, rows
 from service.export.calibrate import channel_maxima
 from service.export.quantize import RECIPES, VNNI_RECIPE, quantize
+
+PAIRED = "int8-rows-pairs"
 
 K, N, VOCAB = 256, 64, 50
 
@@ -87,12 +90,68 @@ def test_a_rows_answer_is_identical_alone_and_among_other_rows(fp32, tmp_path):
     assert np.array_equal(run(out, loud)[0], together[0])
 
 
-def test_seven_bit_weights_stay_within_63(fp32, tmp_path):
-    out = tmp_path / "model.onnx"
-    quantize(fp32, out, RECIPES["int8-rows-7bit"], FEEDS)
+def int8_weights(fp32: Path, out: Path, recipe: str) -> list[np.ndarray]:
+    quantize(fp32, out, RECIPES[recipe], FEEDS)
     model = onnx.load(out)
+    return [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.INT8]
+
+
+def worst_pair_product(weights: np.ndarray, activation: int = 255) -> int:
+    """The largest |a_k w_k + a_k+1 w_k+1| (k even) a uint8 activation row can make: what AVX2's
+    VPMADDUBSW must fit in int16."""
+    w = weights.astype(np.int64)
+    return int(activation * (np.abs(w[0::2]) + np.abs(w[1::2])).max())
+
+
+def test_seven_bit_weights_stay_within_64_where_no_pair_saturates(fp32, tmp_path):
+    weights = int8_weights(fp32, tmp_path / "model.onnx", "int8-rows-7bit")
+    assert len(weights) == 2 and max(int(np.abs(w).max()) for w in weights) == 64
+    assert max(worst_pair_product(w) for w in weights) <= 32767
+    assert rows.saturation_free(7, 8) and rows.saturation_free(8, 7) and not rows.saturation_free(8, 8)
+
+
+def test_pair_limited_weights_cannot_saturate_and_most_channels_keep_8_bits(fp32, tmp_path):
+    eight = int8_weights(fp32, tmp_path / "eight.onnx", "int8-rows")
+    paired = int8_weights(fp32, tmp_path / "paired.onnx", PAIRED)
+    assert max(worst_pair_product(w) for w in eight) > 32767  # plain 8 bits can saturate AVX2
+    for weights in paired:
+        assert worst_pair_product(weights) <= 32767
+        assert np.mean(np.abs(weights).max(axis=0) >= 100) > 0.5  # 7 bits would stop at 64
+    assert rows.saturation_free(8, 8, pairs=True)
+
+
+def test_pair_fitting_is_never_worse_than_coarsening_the_channel_and_leaves_other_channels_alone():
+    rng = np.random.default_rng(5)
+    weight = rng.normal(scale=0.5, size=(4096, 4)).astype(np.float32)
+    weight[0:2, :2] = [[5.0, 5.0], [0.0, 0.0]]  # the channel's 8-bit step: 5 / 127
+    weight[10:12, 0] = 2.7  # a pair just over the bound at that step (69 + 69 > 128): shrink it
+    weight[10:12, 1] = 5.0  # a pair far over (127 + 127): shrinking costs more than a coarser step
+    weight[:, 2:] *= 0.3
+    weight[20:22, 2:] = [[3.0], [0.0]]  # channels whose largest weight has a small neighbour
+    q, scale = rows.quantize_weights(weight, 127, rows.pair_limit(8))
+    assert worst_pair_product(q) <= 32767
+    for column in range(2):
+        coarse = np.abs(weight[10:12, column]).sum() / rows.pair_limit(8)  # the whole channel fitted
+        coarsened = np.round(weight[:, column] / coarse) * coarse
+        copies = (q[:, column] * scale[column], coarsened)
+        errors = [((copy - weight[:, column]) ** 2).sum() for copy in copies]
+        assert errors[0] < errors[1] if column == 0 else errors[0] <= errors[1]
+    assert scale[0] < 2 * 2.7 / rows.pair_limit(8) and scale[1] > 1.5 * 5 / 127
+    q8, scale8 = rows.quantize_weights(weight, 127)
+    assert np.array_equal(q[:, 2:], q8[:, 2:]) and np.array_equal(scale[2:], scale8[2:])  # no big pairs
+
+
+def test_seven_bit_activations_stay_within_1_to_127_and_cannot_saturate_8_bit_weights(fp32):
+    model = onnx.load(fp32)
+    rows.quantize_rows(model, activation_bits=7)
+    model.graph.output.append(helper.make_tensor_value_info("embedded_rows_q8", TensorProto.UINT8, None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out, q = session.run(None, {"ids": IDS})
+    assert q.min() == 1 and q.max() == 127  # each row's largest |x| lands on 64 -+ 63
     weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.INT8]
-    assert len(weights) == 2 and max(int(np.abs(w).max()) for w in weights) == 63
+    assert max(worst_pair_product(w, activation=127) for w in weights) <= 32767
+    reference = run(fp32, IDS)
+    assert np.abs(out - reference).max() / np.abs(reference).max() < 0.15
 
 
 def test_smoothing_alone_keeps_the_function_and_divides_the_outlier_channel(fp32):
@@ -112,10 +171,11 @@ def test_a_smoothing_recipe_needs_calibration_inputs(fp32, tmp_path):
     quantize(fp32, tmp_path / "model.onnx", dataclasses.replace(RECIPES["int8-rows"], smooth=0.0))
 
 
-def test_the_default_smooths_and_keeps_the_ffn_outputs_weight_only():
+def test_the_per_row_rung_smooths_keeps_the_ffn_outputs_weight_only_and_cannot_saturate():
     recipe = RECIPES[VNNI_RECIPE]
     assert recipe.rows and recipe.smooth > 0 and recipe.weight_only
     assert recipe.rows_exclude is not None and "output/dense" in recipe.rows_exclude
+    assert rows.saturation_free(recipe.row_weight_bits, recipe.row_activation_bits, recipe.row_pairs)
 
 
 @pytest.mark.parametrize("lang", ["es", "en", "it", "pt"])

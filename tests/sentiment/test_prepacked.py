@@ -189,12 +189,13 @@ def test_a_per_row_int8_model_on_a_cpu_without_vnni_or_amx_is_said_to_lose_accur
     rows = {"quantization": {"recipe": "int8-rows-ffn-nbits", "rows": True, "row_weight_bits": 8}}
     avx2 = ["avx", "avx2", "fma"]
     warning = saturation_warning(rows, avx2)
-    assert warning is not None and "int8-rows-ffn-nbits" in warning and "--recipe weight-only" in warning
+    assert warning is not None and "int8-rows-ffn-nbits" in warning
+    assert "--recipe int8-rows-ffn-pairs" in warning and "weight-only" in warning
     assert saturation_warning(rows, [*avx2, "avx512_vnni"]) is None
     assert saturation_warning(rows, [*avx2, "avxvnni"]) is None
     assert saturation_warning(rows, [*avx2, "amx_int8"]) is None
     assert saturation_warning(rows, ["asimd", "asimddp"]) is None  # not an x86 kernel
-    seven_bit = {"quantization": {**rows["quantization"], "row_weight_bits": 7}}
-    assert saturation_warning(seven_bit, avx2) is None
+    for safe in ({"row_weight_bits": 7}, {"row_activation_bits": 7}, {"row_pairs": True}):
+        assert saturation_warning({"quantization": {**rows["quantization"], **safe}}, avx2) is None
     assert saturation_warning({"quantization": {"recipe": "weight-only"}}, avx2) is None
     assert saturation_warning({"quantization": None}, avx2) is None

@@ -125,18 +125,22 @@ _EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avxvnni", "amx_int8"})
 
 
 def saturation_warning(manifest: dict[str, Any], features: list[str]) -> str | None:
-    """Why a per-row INT8 model with 8-bit weights (service/export/rows.py) answers worse here: an
-    x86 CPU without VNNI or AMX runs it on AVX2's VPMADDUBSW, whose int16 sums saturate (the MiniLM
-    fell from 98.6 % to 94.9 % label agreement; docs/int8-recipes.md). None when that does not apply."""
+    """Why a per-row INT8 model with plain 8-bit weights and activations (service/export/rows.py)
+    answers worse here: an x86 CPU without VNNI or AMX runs it on AVX2's VPMADDUBSW, whose int16
+    pair sums saturate (the MiniLM fell from 98.6 % to 94.9 % label agreement; docs/int8-recipes.md).
+    None when that does not apply: 7-bit weights or activations, or 8-bit weights whose adjacent
+    pairs were fitted under the bound (`row_pairs`), compute the same integers on every x86 CPU."""
     recipe = manifest.get("quantization") or {}
-    if not recipe.get("rows") or recipe.get("row_weight_bits", 8) != 8:
+    if not recipe.get("rows") or recipe.get("row_pairs"):
+        return None
+    if recipe.get("row_weight_bits", 8) != 8 or recipe.get("row_activation_bits", 8) != 8:
         return None
     if "avx2" not in features or _EXACT_INT8_FLAGS.intersection(features):
         return None
     return (
         f"its recipe {recipe.get('recipe')} was gated where int8 products are exact (VNNI/AMX); this "
         "CPU has AVX2 only, whose int8 products saturate and lose accuracy: export it on this CPU (its gate "
-        "then falls back) or with --recipe weight-only"
+        "then falls back), or with --recipe int8-rows-ffn-pairs (no saturation) or weight-only"
     )
 
 
