@@ -20,6 +20,10 @@ export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-$NUM_THREADS}"
 export NUMEXPR_NUM_THREADS="${NUMEXPR_NUM_THREADS:-$NUM_THREADS}"  # all of service/runtime.py's: no settings read to pin
 export OMP_THREAD_LIMIT="${OMP_THREAD_LIMIT:-$NUM_THREADS}"
 export TOKENIZERS_PARALLELISM=false
+# Pydantic looks for plugins in every installed package's entry points when it builds its first
+# model: ~200 metadata files read on a cold disk before the first answer, for plugins this service
+# does not use (MEMORY.md, issue 22). Set it empty to let pydantic load plugins again.
+export PYDANTIC_DISABLE_PLUGINS="${PYDANTIC_DISABLE_PLUGINS-__all__}"
 export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-1048576}"
 [ "${USE_GPU:-false}" = "true" ] || export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES-}"

@@ -283,6 +283,7 @@ PINNED = {
     **{f"{name}_NUM_THREADS": "1" for name in ("OMP", "MKL", "OPENBLAS", "NUMEXPR")},
     "TOKENIZERS_PARALLELISM": "false",
     "CUDA_VISIBLE_DEVICES": "",
+    "PYDANTIC_DISABLE_PLUGINS": "__all__",
 }
 # Run in a build output: the server's imports in its order, then what its warm-up thread does.
 STEPS = """
