@@ -21,8 +21,9 @@ from service import runtime
 from service.lazy_routers import include_later
 from tests.support import ROOT
 
-# Stands in for python: records its arguments (and whether pydantic plugins are off), says its version, and "serves" by exiting 1 (so
-# supervise.sh ends at once: it restarts only a worker that exits 0).
+# Stands in for python: records its arguments and whether pydantic's plugins are off, says its
+# version, and "serves" by exiting 1 (so supervise.sh ends at once: it restarts only a worker that
+# exits 0).
 FAKE_PYTHON = """#!/usr/bin/env bash
 echo "$* [plugins: ${PYDANTIC_DISABLE_PLUGINS-unset}]" >> "$TRACE"
 [ "$1" = "-V" ] && echo "Python 3.11.7"
