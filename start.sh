@@ -99,11 +99,13 @@ if [ "$mode" = "install" ] || [ "$(cat "$setup_stamp" 2>/dev/null)" != "$(setup_
     python -m service.export --gate-lines
   fi
   # What the first request would otherwise pay for on the serving machine, made once here: the
-  # project's bytecode (hash-checked, so a copy of the build output with new mtimes still uses it),
+  # project's bytecode (hash-checked, so a copy of the build output with new mtimes still uses it)
+  # and the code of the dataclasses on the server's path (service/dataclass_code.py),
   # and each model's prepacked variant, keyed by this CPU's kernels: the server maps it when it
   # serves on the same kind of CPU, else makes its own after its first answer
   # (service/sentiment/backends/prepacked.py).
   python -m compileall -q -j 0 --invalidation-mode checked-hash main.py service >/dev/null || true
+  python -m service.dataclass_code >/dev/null || true # the dataclass methods' code, as compileall's .pyc
   if [ "$mode" = "install" ] && [ "${BACKEND:-onnx}" = "onnx" ] && [ "${PREPACKED:-true}" != "false" ]; then
     python -m service.sentiment.backends.prepacked --configured ||
       echo "start.sh: a prepacked variant could not be made; the server makes it after its first answer" >&2

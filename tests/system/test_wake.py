@@ -65,6 +65,7 @@ def test_start_runs_no_python_before_the_server_once_the_build_set_up(tmp_path):
     build = traced(checkout, env, tmp_path, "install")
     assert any("service.export --list-missing" in line for line in build)
     assert any("compileall" in line for line in build)
+    assert any("-m service.dataclass_code" in line for line in build)
     assert any("service.sentiment.backends.prepacked --configured" in line for line in build)
 
     start = traced(checkout, env, tmp_path)
