@@ -294,6 +294,11 @@ def cpu():
 marks = [("interpreter and site", cpu())]
 from service import runtime
 runtime.pause_gc()
+try:
+    from service import dataclass_code
+    dataclass_code.install()
+except ImportError:  # a build from before it
+    pass
 import uvicorn.main, uvicorn.config
 marks.append(("uvicorn (and click)", cpu()))
 from service.fastapi_import import FastAPI
