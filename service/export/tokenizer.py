@@ -40,7 +40,7 @@ def save_tokenizer_json(tokenizer: PreTrainedTokenizerBase, out_dir: Path, max_l
 
 def _merges_as_strings(saved: str) -> str:
     """`saved` with a BPE's merges as "a b" strings instead of ["a", "b"] pairs, when that says the
-    same: `tokenizers` reads the strings in ~0.02 s less of every server start (RoBERTuito's 30k
+    same: `tokenizers` reads the strings ~0.012 s faster at every server start (RoBERTuito's 30k
     merges; MEMORY.md, issue 22). Pairs stay when a symbol has a space (a string cannot say where
     it splits) or the strings would read back as another tokenizer."""
     tokenizer = json.loads(saved)

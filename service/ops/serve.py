@@ -25,7 +25,7 @@ import threading
 import time
 from types import FrameType
 
-from service import dataclass_code, runtime
+from service import runtime
 
 GUARDED_H11 = "service.ops.connections:GuardedH11Protocol"
 
@@ -79,6 +79,8 @@ def main() -> None:
     # Until the default model's first answer (service/startup.py); what this imports is imported
     # here, after the pause, not at the top of the module.
     runtime.pause_gc()
+    from service import dataclass_code
+
     dataclass_code.install()  # before anything defines a dataclass
     import uvicorn.main
 
