@@ -20,6 +20,10 @@ export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-$NUM_THREADS}"
 export NUMEXPR_NUM_THREADS="${NUMEXPR_NUM_THREADS:-$NUM_THREADS}"  # all of service/runtime.py's: no settings read to pin
 export OMP_THREAD_LIMIT="${OMP_THREAD_LIMIT:-$NUM_THREADS}"
 export TOKENIZERS_PARALLELISM=false
+# Pydantic looks for plugins in every installed package's entry points when it builds its first
+# model: ~200 metadata files read on a cold disk before the first answer, for plugins this service
+# does not use (MEMORY.md, issue 22). Set it empty to let pydantic load plugins again.
+export PYDANTIC_DISABLE_PLUGINS="${PYDANTIC_DISABLE_PLUGINS-__all__}"
 export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-1048576}"
 [ "${USE_GPU:-false}" = "true" ] || export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES-}"
@@ -95,11 +99,13 @@ if [ "$mode" = "install" ] || [ "$(cat "$setup_stamp" 2>/dev/null)" != "$(setup_
     python -m service.export --gate-lines
   fi
   # What the first request would otherwise pay for on the serving machine, made once here: the
-  # project's bytecode (hash-checked, so a copy of the build output with new mtimes still uses it),
+  # project's bytecode (hash-checked, so a copy of the build output with new mtimes still uses it)
+  # and the code of the dataclasses on the server's path (service/dataclass_code.py),
   # and each model's prepacked variant, keyed by this CPU's kernels: the server maps it when it
   # serves on the same kind of CPU, else makes its own after its first answer
   # (service/sentiment/backends/prepacked.py).
   python -m compileall -q -j 0 --invalidation-mode checked-hash main.py service >/dev/null || true
+  python -m service.dataclass_code >/dev/null || true # the dataclass methods' code, as compileall's .pyc
   if [ "$mode" = "install" ] && [ "${BACKEND:-onnx}" = "onnx" ] && [ "${PREPACKED:-true}" != "false" ]; then
     python -m service.sentiment.backends.prepacked --configured ||
       echo "start.sh: a prepacked variant could not be made; the server makes it after its first answer" >&2

@@ -242,7 +242,7 @@ def main() -> None:
     if args.steps:
         for _ in range(args.rounds):
             command = [str(VENV / "bin" / "python"), "-c", STEPS]
-            env = _env(PYTHONPATH=".", **PINNED)
+            env = start_env(args.steps, _env(PYTHONPATH=".", **PINNED))
             subprocess.run(command, cwd=args.steps, env=env, check=True)
             print()
         return
@@ -278,12 +278,22 @@ def main() -> None:
     print(json.dumps({k: {f: v for f, v in r.items() if f != "processes"} for k, r in results.items()}))
 
 
-# What start.sh exports besides render.yaml's settings: with all of them, pinning reads no settings.
+# What start.sh exports besides render.yaml's settings (older builds' too): pinning reads no settings.
 PINNED = {
     **{f"{name}_NUM_THREADS": "1" for name in ("OMP", "MKL", "OPENBLAS", "NUMEXPR")},
     "TOKENIZERS_PARALLELISM": "false",
     "CUDA_VISIBLE_DEVICES": "",
 }
+
+
+def start_env(build: Path, env: dict[str, str]) -> dict[str, str]:
+    """`env` with what the build's start.sh exports at its top (its `export` lines, evaluated as it
+    would): --steps runs each build as its own server command would run."""
+    script = 'eval "$(grep -E "^export " start.sh)"; env -0'
+    done = subprocess.run(["bash", "-c", script], cwd=build, env=env, capture_output=True, check=True)
+    return dict(item.split("=", 1) for item in done.stdout.decode().split("\0") if "=" in item)
+
+
 # Run in a build output: the server's imports in its order, then what its warm-up thread does.
 STEPS = """
 import resource
@@ -293,6 +303,11 @@ def cpu():
 marks = [("interpreter and site", cpu())]
 from service import runtime
 runtime.pause_gc()
+try:
+    from service import dataclass_code
+    dataclass_code.install()
+except ImportError:  # a build from before it
+    pass
 import uvicorn.main, uvicorn.config
 marks.append(("uvicorn (and click)", cpu()))
 from service.fastapi_import import FastAPI

@@ -84,6 +84,9 @@ def main() -> None:
     # Until the default model's first answer (service/startup.py); what this imports is imported
     # here, after the pause, not at the top of the module.
     runtime.pause_gc()
+    from service import dataclass_code
+
+    dataclass_code.install()  # before anything defines a dataclass
     import uvicorn.main
 
     signal.signal(signal.SIGTERM, _exit_zero)  # uvicorn installs its own while serving

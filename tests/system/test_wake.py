@@ -21,10 +21,11 @@ from service import runtime
 from service.lazy_routers import include_later
 from tests.support import ROOT
 
-# Stands in for python: records its arguments, says its version, and "serves" by exiting 1 (so
-# supervise.sh ends at once: it restarts only a worker that exits 0).
+# Stands in for python: records its arguments and whether pydantic's plugins are off, says its
+# version, and "serves" by exiting 1 (so supervise.sh ends at once: it restarts only a worker that
+# exits 0).
 FAKE_PYTHON = """#!/usr/bin/env bash
-echo "$*" >> "$TRACE"
+echo "$* [plugins: ${PYDANTIC_DISABLE_PLUGINS-unset}]" >> "$TRACE"
 [ "$1" = "-V" ] && echo "Python 3.11.7"
 case "$*" in *service.ops.serve*) exit 1 ;; esac
 exit 0
@@ -64,6 +65,7 @@ def test_start_runs_no_python_before_the_server_once_the_build_set_up(tmp_path):
     build = traced(checkout, env, tmp_path, "install")
     assert any("service.export --list-missing" in line for line in build)
     assert any("compileall" in line for line in build)
+    assert any("-m service.dataclass_code" in line for line in build)
     assert any("service.sentiment.backends.prepacked --configured" in line for line in build)
 
     start = traced(checkout, env, tmp_path)
@@ -74,6 +76,15 @@ def test_start_runs_no_python_before_the_server_once_the_build_set_up(tmp_path):
     assert any("service.export --list-missing" in line for line in again)
     # But the prepacked variant is the server's to make, after its first answer.
     assert not any("prepacked" in line for line in again)
+
+
+def test_the_server_starts_with_pydantic_plugins_off_unless_the_environment_says_otherwise(tmp_path):
+    checkout, env = fake_checkout(tmp_path)
+    traced(checkout, env, tmp_path, "install")
+    (server,) = traced(checkout, env, tmp_path)
+    assert server.endswith("[plugins: __all__]")
+    (server,) = traced(checkout, {**env, "PYDANTIC_DISABLE_PLUGINS": ""}, tmp_path)
+    assert server.endswith("[plugins: ]")
 
 
 HEAVY = (
@@ -108,6 +119,23 @@ def test_fastapi_own_models_are_built_at_first_use_and_the_app_s_at_import():
         "'defer_build' in BaseModel.model_config]))"
     )
     assert json.loads(python(code)) == [False, True, True, False]
+
+
+def test_routes_are_declared_without_importing_pydantic_v1_and_v1_models_are_still_refused():
+    """FastAPI asks of every route's types whether they are pydantic v1 models; the app's routes are
+    declared without importing `pydantic.v1` for that, and once something has imported it a v1 model
+    is refused as FastAPI refuses it."""
+    code = (
+        "import json, sys, warnings; warnings.simplefilter('ignore'); import main; "
+        "imported = 'pydantic.v1' in sys.modules; "
+        "from fastapi import FastAPI; from pydantic import v1; "
+        "M = type('M', (v1.BaseModel,), {'__annotations__': {'x': int}}); app = FastAPI(); "
+        "error = None\n"
+        "try:\n    app.router.add_api_route('/m', lambda: None, response_model=M)\n"
+        "except Exception as caught:\n    error = type(caught).__name__\n"
+        "print(json.dumps([imported, error]))"
+    )
+    assert json.loads(python(code)) == [False, "PydanticV1NotSupportedError"]
 
 
 def test_the_server_command_imports_fastapi_only_after_pausing_the_collector():
