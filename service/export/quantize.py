@@ -18,7 +18,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,25 @@ class Recipe:
     smooth: float = 0.0  # rows: SmoothQuant strength from calibration maxima (0: calibration-free)
 
 
+# The per-row recipes (rows.py) are variants of these two.
+_ROWS = Recipe(
+    "per-row INT8 activations x per-channel 8-bit weights (MatMulIntegerToFloat), SmoothQuant 0.8, "
+    "blockwise embeddings",
+    dynamic=None,
+    embeddings="blockwise",
+    rows=True,
+    smooth=0.8,
+)
+_ROWS_FFN_NBITS = Recipe(
+    "per-row INT8 (SmoothQuant 0.5) on every MatMul but the FFN outputs, those weight-only 8-bit "
+    "(MatMulNBits), blockwise embeddings",
+    dynamic=None,
+    weight_only=True,
+    embeddings="blockwise",
+    rows=True,
+    rows_exclude=FFN_OUT,
+    smooth=0.5,
+)
 RECIPES: dict[str, Recipe] = {
     "avx2": Recipe("optimum avx2 preset: dynamic, per-tensor weights", preset="avx2", per_channel=False),
     "vnni-per-channel": Recipe("optimum avx512_vnni preset: dynamic, per-channel weights"),
@@ -101,66 +120,30 @@ RECIPES: dict[str, Recipe] = {
         weight_only=True,
         embeddings="blockwise",
     ),
-    "int8-rows": Recipe(
-        "per-row INT8 activations x per-channel 8-bit weights (MatMulIntegerToFloat), SmoothQuant 0.8, "
-        "blockwise embeddings",
-        dynamic=None,
-        embeddings="blockwise",
-        rows=True,
-        smooth=0.8,
-    ),
-    "int8-rows-7bit": Recipe(
-        "int8-rows with 7-bit weights: no AVX2 saturation, the same integers on every x86 CPU",
-        dynamic=None,
-        embeddings="blockwise",
-        rows=True,
-        smooth=0.8,
+    "int8-rows": _ROWS,
+    "int8-rows-7bit": replace(
+        _ROWS,
+        summary="int8-rows with 7-bit weights: no AVX2 saturation, the same integers on every x86 CPU",
         row_weight_bits=7,
     ),
-    "int8-rows-pairs": Recipe(
-        "int8-rows with 8-bit weights fitted so that no adjacent pair saturates AVX2's VPMADDUBSW",
-        dynamic=None,
-        embeddings="blockwise",
-        rows=True,
-        smooth=0.8,
+    "int8-rows-pairs": replace(
+        _ROWS,
+        summary="int8-rows with 8-bit weights fitted so that no adjacent pair saturates AVX2's VPMADDUBSW",
         row_pairs=True,
     ),
-    "int8-rows-plain": Recipe(
-        "int8-rows without SmoothQuant: calibration-free",
-        dynamic=None,
-        embeddings="blockwise",
-        rows=True,
-    ),
-    "int8-rows-ffn-nbits": Recipe(
-        "per-row INT8 (SmoothQuant 0.5) on every MatMul but the FFN outputs, those weight-only 8-bit "
-        "(MatMulNBits), blockwise embeddings",
-        dynamic=None,
-        weight_only=True,
-        embeddings="blockwise",
-        rows=True,
-        rows_exclude=FFN_OUT,
-        smooth=0.5,
-    ),
-    "int8-rows-ffn-pairs": Recipe(
-        "int8-rows-ffn-nbits with 8-bit weights fitted so that no adjacent pair saturates AVX2's "
+    "int8-rows-plain": replace(_ROWS, summary="int8-rows without SmoothQuant: calibration-free", smooth=0.0),
+    "int8-rows-ffn-nbits": _ROWS_FFN_NBITS,
+    "int8-rows-ffn-pairs": replace(
+        _ROWS_FFN_NBITS,
+        summary="int8-rows-ffn-nbits with 8-bit weights fitted so that no adjacent pair saturates AVX2's "
         "VPMADDUBSW: the same integers on every x86 CPU",
-        dynamic=None,
-        weight_only=True,
-        embeddings="blockwise",
-        rows=True,
-        rows_exclude=FFN_OUT,
-        smooth=0.5,
         row_pairs=True,
     ),
-    "int8-rows-ffn-pairs-nbits-qkv": Recipe(
-        "int8-rows-ffn-pairs with the q/k/v projections weight-only 8-bit too: per-row INT8 on the "
-        "attention output and FFN input MatMuls only",
-        dynamic=None,
-        weight_only=True,
-        embeddings="blockwise",
-        rows=True,
+    "int8-rows-ffn-pairs-nbits-qkv": replace(
+        _ROWS_FFN_NBITS,
+        summary="int8-rows-ffn-pairs with the q/k/v projections weight-only 8-bit too: per-row INT8 on "
+        "the attention output and FFN input MatMuls only",
         rows_exclude=QKV_AND_FFN_OUT,
-        smooth=0.5,
         row_pairs=True,
     ),
     "mixed-qkv": Recipe(
