@@ -199,6 +199,18 @@ class Server(Loopback):
                 time.sleep(0.1)
         raise TimeoutError(f"the server did not answer /health within {timeout_s:.0f} s:\n{self.log_tail()}")
 
+    def wait_for_variant(self, timeout_s: float = 300) -> None:
+        """Until every loaded model serves what it will keep serving: a model loaded plain has its
+        prepacked variant made in a child process (in the server's cgroup, if any) after its first
+        answer, then swapped in; measuring before would mix two sessions, and count the child."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            loaded = self.request("GET", "/memory").json()["loaded"]
+            if all(item.get("prepacked") != "coming" for item in loaded):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the prepacked variant was not made within {timeout_s:.0f} s")
+
     def stop(self, timeout_s: float = 20.0) -> int | None:
         """SIGINT (uvicorn's graceful shutdown, which lets tracers write their files), then SIGKILL
         to whatever is left of the process group (a supervisor's workers included)."""

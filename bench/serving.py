@@ -495,19 +495,6 @@ def model_calls(server: Client) -> float:
     return 0.0
 
 
-def wait_for_variant(server: Client, timeout_s: float = 300) -> None:
-    """Until the model serves what it will keep serving: its prepacked variant is made in a child
-    after the first answer and swapped in (measuring before would mix two sessions)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        server.connection = None
-        _, memory = server.request("GET", "/memory")
-        if all(item.get("prepacked") != "coming" for item in memory["loaded"]):
-            return
-        time.sleep(0.5)
-    raise TimeoutError("the prepacked variant was not made in time")
-
-
 def measure_per_request(
     models: list[Path], checkouts: dict[str, Path], rounds: int, seconds: float, cgroup_mb: int | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -538,7 +525,8 @@ def measure_per_request(
             for server in servers.values():
                 server.server.wait_healthy(120)
                 analyze(server, {"text": SHORT[0]})
-                wait_for_variant(server)
+                server.server.wait_for_variant()
+                server.connection = None  # left idle meanwhile: uvicorn may have closed it
                 analyze(server, {"texts": distinct_texts(16, 0)})
             # Enough requests for ~`seconds` of CPU per kind and round (/proc counts in 10 ms ticks).
             single_ms = statistics.median(

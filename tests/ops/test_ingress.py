@@ -280,17 +280,6 @@ class Target:
         )
         return response.status, time.monotonic() - started
 
-    def wait_for_variant(self, timeout_s: float = 120) -> None:
-        """Wait until the loaded model's prepacked variant, made in a child process in this cgroup
-        after its first answer, is no longer coming."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            (loaded,) = self.server.request("GET", "/memory").json()["loaded"]
-            if loaded["prepacked"] != "coming":
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"the variant still coming after {timeout_s} s")
-
     def settle(self, timeout_s: float = 15) -> None:
         """Wait until the server has stopped working through what was sent (its CPU time flat)."""
         deadline, last = time.monotonic() + timeout_s, self.server.cpu_seconds()
@@ -322,7 +311,7 @@ def target(tmp_path_factory, onnx_minilm_int8: Path) -> Iterator[Target]:
         )
         target = Target(server, cgroup)
         assert target.analyze()[0] == 200  # the model is loaded before anything is measured,
-        target.wait_for_variant()  # and in its final form: the child making its variant is gone
+        server.wait_for_variant(120)  # and in its final form: the child making its variant is gone
         yield target
 
 
