@@ -128,7 +128,7 @@ def quantize_rows(
     pairs: bool = False,
 ) -> None:
     """Every constant-weight MatMul but `exclude`'s -> per-row uint8 input x per-channel int8 weights;
-    `pairs`: weights scaled so that no adjacent pair can saturate AVX2 (weight_scales)."""
+    `pairs`: weights scaled so that no adjacent pair can saturate AVX2 (`quantize_weights`)."""
     limit, levels = weight_limit(weight_bits), activation_limit(activation_bits)
     pair_sum = pair_limit(activation_bits) if pairs else None
     tables = {t.name: t for t in model.graph.initializer}

@@ -37,6 +37,10 @@ from service.sentiment.schemas import (
 from service.sentiment.tokens import require_spacy
 
 MB = 1024 * 1024
+# What `analyze` answers: one model's predictions, or per text its language's (lang `auto`).
+Predictions = (
+    list[Prediction] | list[TokenPrediction] | list[AutoPrediction | AutoTokenPrediction | TextError]
+)
 # RSS a backend's imports add the first time a model loads (measured: torch + transformers +
 # pysentimiento ~300 MB; onnxruntime + tokenizers + numpy ~45 MB), then weights x overhead.
 _IMPORT_MB = {"torch": 300.0, "onnx": 45.0}
@@ -230,7 +234,7 @@ def analyze(
     lang: str,
     contexts: Sequence[str] | None = None,
     fallback: bool = False,
-) -> list[Prediction] | list[TokenPrediction] | list[AutoPrediction | AutoTokenPrediction | TextError]:
+) -> Predictions:
     """Analyze raw texts with the (task, lang) model, loading it on first use.
 
     Preprocessing runs in the caller's thread, inference in the model's micro-batches; the model
@@ -251,7 +255,7 @@ async def analyze_async(
     lang: str,
     contexts: Sequence[str] | None = None,
     fallback: bool = False,
-) -> list[Prediction] | list[TokenPrediction] | list[AutoPrediction | AutoTokenPrediction | TextError]:
+) -> Predictions:
     """`analyze` for an async route. With micro-batching on and the model loaded, the request
     never takes a pool thread: two thread hand-offs less per request (the route's and its response
     check's), which cost more CPU than a bare route. Whatever may block (a load, language
