@@ -61,7 +61,8 @@ MAX_HEAD_BYTES = 16 * 1024
 # The listen backlog serve.py sets (uvicorn's default is 2048): also the most asyncio accepts a tick.
 BACKLOG = 64
 # The kernel's queue of connections not yet accepted (listen(2); somaxconn may lower it). Each one
-# queued holds at most its receive window of kernel memory (~64 KB): 32 MB at worst.
+# queued holds what its client sent up to its receive buffer (tcp_rmem's default, 128 KB here):
+# 500 queued 2 MB senders held 62 MB of kernel memory, outside the process's RSS (MEMORY.md).
 LISTEN_QUEUE = 512
 # At the cap, a connection that has not sent a request or kept up with the body rate for this long
 # makes room for a new one.
