@@ -181,22 +181,15 @@ def op_profile(model_dir: Path, texts: list[str], top: int = 8) -> dict[str, lis
 
 _ANON_CHILD = """
 import json, sys
+from service.budget import process_memory
 from service.runtime import trim_heap
-from bench.recipes import rss_anon_mb
-before = rss_anon_mb()
+before = process_memory().anon_mb
 from service.evaluate import load_analyzer
 analyzer = load_analyzer(sys.argv[1], "sentiment", "es")
 analyzer.model.predict_probas(json.loads(sys.argv[2]))
 trim_heap()
-print(json.dumps(rss_anon_mb() - before))
+print(json.dumps(process_memory().anon_mb - before))
 """
-
-
-def rss_anon_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def anon_mb(model_dir: Path, texts: list[str]) -> float:
