@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.wake import start_env
 from service import dataclass_code
 from tests.support import ROOT
 
@@ -84,15 +85,15 @@ def test_a_cache_of_another_python_is_not_read(fresh: Path) -> None:
     assert dataclass_code.install(cache) == 0
 
 
-# What start.sh exports: with it, importing `service` reads no settings (service/runtime.py).
-START_ENV = {
-    **{f"{name}_NUM_THREADS": "1" for name in ("OMP", "MKL", "OPENBLAS", "NUMEXPR")},
-    "TOKENIZERS_PARALLELISM": "false",
-    "MALLOC_ARENA_MAX": "2",
-    "MALLOC_MMAP_THRESHOLD_": "1048576",
-    "CUDA_VISIBLE_DEVICES": "",
+# What start.sh exports (its `export` lines): with it, importing `service` reads no settings
+# (service/runtime.py).
+RUN = {
+    "cwd": ROOT,
+    "env": start_env(ROOT, dict(os.environ)),
+    "capture_output": True,
+    "text": True,
+    "check": True,
 }
-RUN = {"cwd": ROOT, "env": {**os.environ, **START_ENV}, "capture_output": True, "text": True, "check": True}
 
 
 def test_the_server_command_defines_no_dataclass_before_its_main_installs_the_code() -> None:
