@@ -6,8 +6,12 @@ On SIGTERM (a deploy) uvicorn stops accepting, lets in-flight requests finish fo
 --timeout-graceful-shutdown seconds, runs the lifespan's shutdown, and then raises the signal
 again so that its default action kills the process: exit status 143 (-15), which supervisors
 and platforms read as a crash. Here that second SIGTERM lands in a handler that exits 0.
-A sync route still running in a threadpool thread after the graceful timeout would keep the
-interpreter alive until it returned (its threads are not daemons), so the exit is forced then.
+The process then ends with `os._exit`, after atexit's handlers, never through the interpreter's
+finalization (`leave`): a sync route still running in a threadpool thread after the graceful
+timeout would keep the interpreter alive until it returned (its threads are not daemons), and a
+daemon thread inside onnxruntime (a model loading, a prepacked variant being swapped in) would be
+ended by finalization with pthread_exit, which aborts the process in onnxruntime's C++ frames
+(exit 134) before Python 3.14.
 
 It also sets the defaults that hold against hostile clients (`harden`): h11 is the guarded
 protocol of ops/connections.py (header deadline, connection cap), the descriptor limit is raised,
@@ -18,6 +22,7 @@ FORWARDED_ALLOW_IPS (uvicorn's own default trusts 127.0.0.1, so anyone on the ho
 proxy that passes the header on, could pick the address the rate limit sees).
 """
 
+import atexit
 import logging
 import os
 import signal
@@ -25,6 +30,7 @@ import sys
 import threading
 import time
 from types import FrameType
+from typing import NoReturn
 
 from service import runtime
 
@@ -52,6 +58,19 @@ def _busy_threads() -> list[threading.Thread]:
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join(timeout=max(deadline - time.monotonic(), 0))
     return [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+
+
+def leave(code: int) -> NoReturn:
+    """End the process with `code` as finalization would, minus what finalization does to threads:
+    busy worker threads get THREAD_GRACE_S, then atexit's handlers run (logging's flush among
+    them) and the process ends where every thread stands."""
+    busy = _busy_threads()
+    if busy:
+        logger.warning("exiting with %d worker thread(s) still running abandoned work", len(busy))
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def harden(argv: list[str]) -> list[str]:
@@ -96,14 +115,7 @@ def main() -> None:
         code = 0
     except SystemExit as stop:
         code = _exit_code(stop)
-    busy = _busy_threads()
-    if busy:
-        logger.warning("exiting with %d worker thread(s) still running abandoned work", len(busy))
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    leave(code)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ supervise.sh starts a fresh one; a SIGTERM to supervise.sh ends it all with 0.
 """
 
 import signal
+import subprocess
+import sys
 import time
 from contextlib import suppress
 
@@ -79,6 +81,48 @@ def test_work_still_running_at_the_graceful_timeout_does_not_hold_the_exit(tmp_p
         assert server.process.wait(timeout=10) == 0
         assert time.monotonic() - signalled < 4  # 1 s graceful + 1 s for idle threads + slack
     assert "still running abandoned work" in server.output()
+
+
+# A daemon thread building onnxruntime sessions over and over while the process leaves after
+# `delay` seconds: where the interpreter's finalization ends the thread, it is mostly inside
+# onnxruntime's C++ frames, and the process aborts (134) in about a third of the runs.
+LEAVE_WITH_A_SESSION_BEING_BUILT = """
+import sys, threading, time
+import numpy as np, onnx, onnxruntime
+from onnx import TensorProto, helper, numpy_helper
+from service.ops import serve
+
+weights = numpy_helper.from_array(np.ones((1024, 1024), np.float32), "w")
+nodes = [helper.make_node("MatMul", [f"x{i}", "w"], [f"x{i + 1}"]) for i in range(8)]
+shape = [None, 1024]
+graph = helper.make_graph(
+    nodes, "g", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, shape)],
+    [helper.make_tensor_value_info("x8", TensorProto.FLOAT, shape)], [weights],
+)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+def build():
+    while True:
+        onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+
+threading.Thread(target=build, daemon=True).start()
+time.sleep(float(sys.argv[1]))
+serve.leave(0)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.4, 0.8])
+def test_leaving_with_a_daemon_thread_inside_onnxruntime_exits_0(delay: float) -> None:
+    """As the warm-up's load or a variant's swap may be at a SIGTERM (CI once saw exit 134)."""
+    run = subprocess.run(
+        [sys.executable, "-c", LEAVE_WITH_A_SESSION_BEING_BUILT, str(delay)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "terminate called" not in run.stderr
 
 
 def test_a_recycled_worker_is_replaced_and_sigterm_ends_the_loop_with_0(tmp_path):
