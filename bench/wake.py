@@ -21,7 +21,10 @@ host (virtio balloon free page reporting), so the start's first touch of each pa
 fault in the host, charged to the start as CPU. `warm` first touches the pages the start will take
 (reads the run dir into the page cache, touches ANON_MB of anonymous memory, drops both just before
 the start command): the same start without most of those host faults. `cold,warm` alternates the
-two, so that the difference is the host's share, which this VM pays and Render's may not.
+two, so that the difference is the host's share, which this VM pays and Render's may not. Where the
+kernel counts what it reported (this VM's `page_reporting` module), each start also says how many MB
+went back to the host from just before its caches were dropped to its first answer: this VM
+reports in passes now and then, so some starts (cold or warm) pay for much more than others.
 
 --model: a transformers model dir to export as sentiment:es (default: RoBERTuito's shape with
 seeded random weights, built from ../shared/models/robertuito-shape). --ref: build that commit
@@ -137,11 +140,11 @@ class Processes(Sampler):
 
     def sample(self) -> bool:
         for pid in map(int, self.procs.read_text().split()):
-            with suppress(OSError, ValueError, IndexError):
+            with suppress(OSError, ValueError, IndexError):  # gone meanwhile: seen when it lived
                 cpu = cpu_seconds(pid)
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
                 entry = self.seen.setdefault(pid, {"at_s": time.perf_counter() - self.started})
-                entry["cmd"] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                entry["cpu_s"] = cpu
+                entry |= {"cmd": cmd, "cpu_s": cpu}
         return True
 
 
@@ -176,6 +179,18 @@ def warm_host_pages(run_dir: Path, anon_mb: int = ANON_MB) -> int:
     return touched // 2**20 + anon_mb
 
 
+# This VM's kernel counts the free memory it has reported to the host (free page reporting).
+REPORTED_KIB = Path("/sys/module/page_reporting/parameters/reported_kib")
+
+
+def host_reported_kib() -> int | None:
+    """KiB of free memory this VM has given back to its host so far; None where not counted."""
+    try:
+        return int(REPORTED_KIB.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def start(
     run_dir: Path, model: Path, cpus: float | None, limit_mb: int, host: str = "cold", **env: str
 ) -> dict[str, Any]:
@@ -184,6 +199,7 @@ def start(
     figures: dict[str, Any] = {}
     port = free_port()
     with memory_cgroup(limit_mb) as memory, cpu_cgroup(cpus) as (cpu_dirs, usage):
+        reported = host_reported_kib()
         if host == "warm":
             figures["host_warm_mb"] = warm_host_pages(run_dir)
         else:
@@ -200,6 +216,8 @@ def start(
         try:
             with Processes(memory / "cgroup.procs", server.started) as processes:
                 figures |= _first_answers(server, usage)
+                if reported is not None:
+                    figures["host_reported_mb"] = round((host_reported_kib() or 0) / 1024 - reported / 1024)
                 figures |= _steady(server)
             figures["processes"] = [
                 {"at_s": round(p["at_s"], 2), "cpu_s": p.get("cpu_s", 0.0), "cmd": p["cmd"][:110]}
@@ -421,8 +439,11 @@ def _alternated(items: list[str], round_: int) -> list[str]:
 
 def table(rows: dict[str, list[dict[str, Any]]]) -> None:
     """The starts' figures as MEMORY.md's table: one row per kind of start, one value per run."""
-    print("\n| start | runs | /health s (CPU s) | first answer s (CPU s) | median short s | anon MB | load |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| start | runs | /health s (CPU s) | first answer s (CPU s) | median short s | anon MB | load "
+        "| MB given back to the host |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name, runs in rows.items():
         cells = [
             ", ".join(f"{r['health_s']:.1f} ({r['health_cpu_s']:.2f})" for r in runs),
@@ -430,6 +451,7 @@ def table(rows: dict[str, list[dict[str, Any]]]) -> None:
             ", ".join(f"{r['median_short_s']:.3f}" for r in runs),
             ", ".join(f"{r['anon_mb']:.1f}" for r in runs),
             ", ".join(f"{r['load_avg']:.1f}" for r in runs),
+            ", ".join(str(r.get("host_reported_mb", "-")) for r in runs),
         ]
         print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
 
