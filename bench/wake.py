@@ -3,7 +3,7 @@ build output (and again on the disk that start left) in a cgroup like the free i
 (512 MB, 0.1 CPU), page cache dropped first, polled from outside.
 
     python -m bench.wake [--model DIR] [--ref REV] [--cpus 0.1] [--limit-mb 512] [--work DIR]
-    python -m bench.wake --compare REV [--rounds 3] [--prepacked true] [--host-pages cold,warm]
+    python -m bench.wake --compare REV [--rounds 3] [--prepacked true]
 
 --compare: build both the working tree and REV, then alternate their starts (fresh disk, kept
 disk) for --rounds rounds, so that both see the same machine load; a table of the first answers
@@ -16,15 +16,11 @@ DIR (`--work`'s `build-after`, or any dir `start.sh install` set up): CPU second
 imports in the server's order, the default model's load, its first call), the collector paused as
 `serve.py` pauses it; no cgroup, page cache as it is.
 
---host-pages: `cold` (default) starts as a spin-up here does: this VM gives free pages back to its
-host (virtio balloon free page reporting), so the start's first touch of each page it takes is a
-fault in the host, charged to the start as CPU. `warm` first touches the pages the start will take
-(reads the run dir into the page cache, touches ANON_MB of anonymous memory, drops both just before
-the start command): the same start without most of those host faults. `cold,warm` alternates the
-two, so that the difference is the host's share, which this VM pays and Render's may not. Where the
-kernel counts what it reported (this VM's `page_reporting` module), each start also says how many MB
-went back to the host from just before its caches were dropped to its first answer: this VM
-reports in passes now and then, so some starts (cold or warm) pay for much more than others.
+Where the kernel counts the free memory it reports to its host (this VM's `page_reporting` module:
+its virtio balloon gives free pages back, and the first touch of such a page is a fault in the host,
+charged to the guest task that touches it), each start also says how many MB went back to the host
+from just before its caches were dropped to its first answer: 150-900 MB per start here, which
+does not say what those faults cost (MEMORY.md, issue 22, helper wake4).
 
 --model: a transformers model dir to export as sentiment:es (default: RoBERTuito's shape with
 seeded random weights, built from ../shared/models/robertuito-shape). --ref: build that commit
@@ -38,7 +34,6 @@ the steady state once the prepacked variant is in place (median of short tweets,
 
 import argparse
 import json
-import mmap
 import os
 import shutil
 import statistics
@@ -153,32 +148,6 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-# Anonymous MB touched by --host-pages warm, beyond the run dir's files: more than a start's
-# anonymous memory (~80 MB with the variant, ~165 MB without).
-ANON_MB = 256
-
-
-def warm_host_pages(run_dir: Path, anon_mb: int = ANON_MB) -> int:
-    """Make the host back the free pages the next start will take, then free them (page cache
-    dropped): the run dir's files read into the page cache and `anon_mb` of anonymous memory
-    touched, both given back just before the start, so that its first touches find pages the host
-    has not taken back yet (the guest's free lists hand out the most recently freed pages first).
-    Returns the MB touched."""
-    drop_caches()
-    touched = 0
-    buffer = bytearray(1 << 20)
-    for path in sorted(run_dir.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            with path.open("rb", buffering=0) as handle:
-                while count := handle.readinto(buffer):
-                    touched += count
-    with mmap.mmap(-1, anon_mb << 20) as anonymous:
-        for offset in range(0, len(anonymous), mmap.PAGESIZE):
-            anonymous[offset] = 1
-    drop_caches()
-    return touched // 2**20 + anon_mb
-
-
 # This VM's kernel counts the free memory it has reported to the host (free page reporting).
 REPORTED_KIB = Path("/sys/module/page_reporting/parameters/reported_kib")
 
@@ -191,19 +160,13 @@ def host_reported_kib() -> int | None:
         return None
 
 
-def start(
-    run_dir: Path, model: Path, cpus: float | None, limit_mb: int, host: str = "cold", **env: str
-) -> dict[str, Any]:
-    """`bash start.sh` in `run_dir` inside the cgroups; the first answer's timeline and the steady
-    state. `host`: `cold`, or `warm` (`warm_host_pages` just before)."""
+def start(run_dir: Path, model: Path, cpus: float | None, limit_mb: int, **env: str) -> dict[str, Any]:
+    """`bash start.sh` in `run_dir` inside the cgroups; the first answer's timeline and the steady state."""
     figures: dict[str, Any] = {}
     port = free_port()
     with memory_cgroup(limit_mb) as memory, cpu_cgroup(cpus) as (cpu_dirs, usage):
         reported = host_reported_kib()
-        if host == "warm":
-            figures["host_warm_mb"] = warm_host_pages(run_dir)
-        else:
-            drop_caches()
+        drop_caches()
         server = launch(
             run_dir / "wake.log",
             program=["bash", "start.sh"],
@@ -298,9 +261,6 @@ def main() -> None:
         default="true,other-cpu,false",
         help="PREPACKED values to compare; other-cpu: true, the build's variant keyed for another CPU",
     )
-    parser.add_argument(
-        "--host-pages", default="cold", help="cold, warm or cold,warm: the host's page faults (above)"
-    )
     args = parser.parse_args()
     args.rounds = args.rounds or (3 if args.compare or args.steps else 1)
     if args.steps:
@@ -327,19 +287,18 @@ def main() -> None:
     try:
         for round_ in range(args.rounds):
             for prepacked in args.prepacked.split(","):
-                for host in _alternated(args.host_pages.split(","), round_):
-                    run_dir = work / f"run-prepacked-{prepacked}"
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                    shutil.copytree(output, run_dir, symlinks=True)
-                    if prepacked == "other-cpu":
-                        as_if_built_on_another_cpu(run_dir)
-                    value = "true" if prepacked == "other-cpu" else prepacked
-                    for disk in ("fresh", "kept"):
-                        name = f"PREPACKED={prepacked} {disk} disk, host pages {host}"
-                        figures = start(run_dir, model, args.cpus, args.limit_mb, host, PREPACKED=value)
-                        figures["load_avg"] = os.getloadavg()[0]
-                        report(f"{name} (round {round_ + 1})", figures)
-                        results.setdefault(name, []).append(figures)
+                run_dir = work / f"run-prepacked-{prepacked}"
+                shutil.rmtree(run_dir, ignore_errors=True)
+                shutil.copytree(output, run_dir, symlinks=True)
+                if prepacked == "other-cpu":
+                    as_if_built_on_another_cpu(run_dir)
+                value = "true" if prepacked == "other-cpu" else prepacked
+                for disk in ("fresh", "kept"):
+                    name = f"PREPACKED={prepacked} {disk} disk"
+                    figures = start(run_dir, model, args.cpus, args.limit_mb, PREPACKED=value)
+                    figures["load_avg"] = os.getloadavg()[0]
+                    report(f"{name} (round {round_ + 1})", figures)
+                    results.setdefault(name, []).append(figures)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -411,30 +370,24 @@ def compare(args: argparse.Namespace, model: Path, work: Path) -> None:
     rows: dict[str, list[dict[str, Any]]] = {}
     try:
         for round_ in range(args.rounds):
-            for side in _alternated(list(sides), round_):
+            for side in sides if round_ % 2 == 0 else reversed(sides):
                 for prepacked in args.prepacked.split(","):
-                    for host in _alternated(args.host_pages.split(","), round_):
-                        run_dir = work / f"run-{side}-{prepacked}"
-                        shutil.rmtree(run_dir, ignore_errors=True)
-                        shutil.copytree(outputs[side], run_dir, symlinks=True)
-                        if prepacked == "other-cpu":
-                            as_if_built_on_another_cpu(run_dir)
-                        value = "true" if prepacked == "other-cpu" else prepacked
-                        for disk in ("fresh", "kept"):
-                            name = f"{side} PREPACKED={prepacked} {disk} disk, host pages {host}"
-                            figures = start(run_dir, model, args.cpus, args.limit_mb, host, PREPACKED=value)
-                            figures["load_avg"] = os.getloadavg()[0]
-                            report(f"{name} (round {round_ + 1})", figures)
-                            rows.setdefault(name, []).append(figures)
+                    run_dir = work / f"run-{side}-{prepacked}"
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                    shutil.copytree(outputs[side], run_dir, symlinks=True)
+                    if prepacked == "other-cpu":
+                        as_if_built_on_another_cpu(run_dir)
+                    value = "true" if prepacked == "other-cpu" else prepacked
+                    for disk in ("fresh", "kept"):
+                        name = f"{side} PREPACKED={prepacked} {disk} disk"
+                        figures = start(run_dir, model, args.cpus, args.limit_mb, PREPACKED=value)
+                        figures["load_avg"] = os.getloadavg()[0]
+                        report(f"{name} (round {round_ + 1})", figures)
+                        rows.setdefault(name, []).append(figures)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     table(rows)
-
-
-def _alternated(items: list[str], round_: int) -> list[str]:
-    """`items` in order on even rounds, reversed on odd ones: each sees the machine's load as much."""
-    return items if round_ % 2 == 0 else items[::-1]
 
 
 def table(rows: dict[str, list[dict[str, Any]]]) -> None:
