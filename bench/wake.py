@@ -348,7 +348,7 @@ from service.registry import get_registry
 from service.sentiment.service import model_item
 settings = get_settings()
 with get_registry().use(model_item(settings.default_task, settings.default_lang)) as analyzer:
-    marks.append(("the model: tokenizer, weights read, session, probe", cpu()))
+    marks.append(("the model: tokenizer, weights, session, probe", cpu()))
     runtime.resume_gc()
     analyzer.model.predict_probas(["que buen dia hace hoy"])
     marks.append(("its first call", cpu()))
