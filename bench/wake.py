@@ -19,7 +19,7 @@ imports in the server's order, the default model's load, its first call), the co
 Where the kernel counts the free memory it reports to its host (this VM's `page_reporting` module:
 its virtio balloon gives free pages back, and the first touch of such a page is a fault in the host,
 charged to the guest task that touches it), each start also says how many MB went back to the host
-from just before its caches were dropped to its first answer: 150-900 MB per start here, which
+from just before its caches were dropped to its first answer: 146-962 MB per start here, which
 does not say what those faults cost (MEMORY.md, issue 22, helper wake4).
 
 --model: a transformers model dir to export as sentiment:es (default: RoBERTuito's shape with
