@@ -180,7 +180,7 @@ def start(run_dir: Path, model: Path, cpus: float | None, limit_mb: int, **env: 
             with Processes(memory / "cgroup.procs", server.started) as processes:
                 figures |= _first_answers(server, usage)
                 if reported is not None:
-                    figures["host_reported_mb"] = round((host_reported_kib() or 0) / 1024 - reported / 1024)
+                    figures["host_reported_mb"] = round(((host_reported_kib() or reported) - reported) / 1024)
                 figures |= _steady(server)
             figures["processes"] = [
                 {"at_s": round(p["at_s"], 2), "cpu_s": p.get("cpu_s", 0.0), "cmd": p["cmd"][:110]}
