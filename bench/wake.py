@@ -16,6 +16,12 @@ DIR (`--work`'s `build-after`, or any dir `start.sh install` set up): CPU second
 imports in the server's order, the default model's load, its first call), the collector paused as
 `serve.py` pauses it; no cgroup, page cache as it is.
 
+Where the kernel counts the free memory it reports to its host (this VM's `page_reporting` module:
+its virtio balloon gives free pages back, and the first touch of such a page is a fault in the host,
+charged to the guest task that touches it), each start also says how many MB went back to the host
+from just before its caches were dropped to its first answer: 146-962 MB per start here, which
+does not say what those faults cost (MEMORY.md, issue 22, helper wake4).
+
 --model: a transformers model dir to export as sentiment:es (default: RoBERTuito's shape with
 seeded random weights, built from ../shared/models/robertuito-shape). --ref: build that commit
 (a clean clone) instead of the working tree, for a before/after. Needs root (cgroups, drop_caches).
@@ -129,11 +135,11 @@ class Processes(Sampler):
 
     def sample(self) -> bool:
         for pid in map(int, self.procs.read_text().split()):
-            with suppress(OSError, ValueError, IndexError):
+            with suppress(OSError, ValueError, IndexError):  # gone meanwhile: seen when it lived
                 cpu = cpu_seconds(pid)
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
                 entry = self.seen.setdefault(pid, {"at_s": time.perf_counter() - self.started})
-                entry["cmd"] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                entry["cpu_s"] = cpu
+                entry |= {"cmd": cmd, "cpu_s": cpu}
         return True
 
 
@@ -142,11 +148,24 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
+# This VM's kernel counts the free memory it has reported to the host (free page reporting).
+REPORTED_KIB = Path("/sys/module/page_reporting/parameters/reported_kib")
+
+
+def host_reported_kib() -> int | None:
+    """KiB of free memory this VM has given back to its host so far; None where not counted."""
+    try:
+        return int(REPORTED_KIB.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def start(run_dir: Path, model: Path, cpus: float | None, limit_mb: int, **env: str) -> dict[str, Any]:
     """`bash start.sh` in `run_dir` inside the cgroups; the first answer's timeline and the steady state."""
     figures: dict[str, Any] = {}
     port = free_port()
     with memory_cgroup(limit_mb) as memory, cpu_cgroup(cpus) as (cpu_dirs, usage):
+        reported = host_reported_kib()
         drop_caches()
         server = launch(
             run_dir / "wake.log",
@@ -160,6 +179,8 @@ def start(run_dir: Path, model: Path, cpus: float | None, limit_mb: int, **env: 
         try:
             with Processes(memory / "cgroup.procs", server.started) as processes:
                 figures |= _first_answers(server, usage)
+                if reported is not None:
+                    figures["host_reported_mb"] = round(((host_reported_kib() or reported) - reported) / 1024)
                 figures |= _steady(server)
             figures["processes"] = [
                 {"at_s": round(p["at_s"], 2), "cpu_s": p.get("cpu_s", 0.0), "cmd": p["cmd"][:110]}
@@ -231,7 +252,9 @@ def main() -> None:
     parser.add_argument("--limit-mb", type=int, default=512)
     parser.add_argument("--work", type=Path, help="kept afterwards when given")
     parser.add_argument("--compare", metavar="REV", help="alternate the working tree with this commit")
-    parser.add_argument("--rounds", type=int, default=3, help="with --compare or --steps: rounds")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="rounds (default 1; 3 with --compare or --steps)"
+    )
     parser.add_argument("--steps", type=Path, metavar="DIR", help="the CPU per step in this build output")
     parser.add_argument(
         "--prepacked",
@@ -239,6 +262,7 @@ def main() -> None:
         help="PREPACKED values to compare; other-cpu: true, the build's variant keyed for another CPU",
     )
     args = parser.parse_args()
+    args.rounds = args.rounds or (3 if args.compare or args.steps else 1)
     if args.steps:
         for _ in range(args.rounds):
             command = [str(VENV / "bin" / "python"), "-c", STEPS]
@@ -261,21 +285,24 @@ def main() -> None:
     print(f"build ({args.ref or 'working tree'}): {build(args.ref, model, output):.1f} s wall")
     results = {}
     try:
-        for prepacked in args.prepacked.split(","):
-            run_dir = work / f"run-prepacked-{prepacked}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            shutil.copytree(output, run_dir, symlinks=True)
-            if prepacked == "other-cpu":
-                as_if_built_on_another_cpu(run_dir)
-            for disk in ("fresh", "kept"):
-                name = f"PREPACKED={prepacked} {disk} disk"
+        for round_ in range(args.rounds):
+            for prepacked in args.prepacked.split(","):
+                run_dir = work / f"run-prepacked-{prepacked}"
+                shutil.rmtree(run_dir, ignore_errors=True)
+                shutil.copytree(output, run_dir, symlinks=True)
+                if prepacked == "other-cpu":
+                    as_if_built_on_another_cpu(run_dir)
                 value = "true" if prepacked == "other-cpu" else prepacked
-                results[name] = start(run_dir, model, args.cpus, args.limit_mb, PREPACKED=value)
-                report(name, results[name])
+                for disk in ("fresh", "kept"):
+                    name = f"PREPACKED={prepacked} {disk} disk"
+                    figures = start(run_dir, model, args.cpus, args.limit_mb, PREPACKED=value)
+                    figures["load_avg"] = os.getloadavg()[0]
+                    report(f"{name} (round {round_ + 1})", figures)
+                    results.setdefault(name, []).append(figures)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({k: {f: v for f, v in r.items() if f != "processes"} for k, r in results.items()}))
+    table(results)
 
 
 # What start.sh exports besides render.yaml's settings (older builds' too): pinning reads no settings.
@@ -321,7 +348,7 @@ from service.registry import get_registry
 from service.sentiment.service import model_item
 settings = get_settings()
 with get_registry().use(model_item(settings.default_task, settings.default_lang)) as analyzer:
-    marks.append(("the model: tokenizer, weights read, session, probe", cpu()))
+    marks.append(("the model: tokenizer, weights, session, probe", cpu()))
     runtime.resume_gc()
     analyzer.model.predict_probas(["que buen dia hace hoy"])
     marks.append(("its first call", cpu()))
@@ -360,8 +387,16 @@ def compare(args: argparse.Namespace, model: Path, work: Path) -> None:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    print("\n| start | runs | /health s (CPU s) | first answer s (CPU s) | median short s | anon MB | load |")
-    print("|---|---|---|---|---|---|---|")
+    table(rows)
+
+
+def table(rows: dict[str, list[dict[str, Any]]]) -> None:
+    """The starts' figures as MEMORY.md's table: one row per kind of start, one value per run."""
+    print(
+        "\n| start | runs | /health s (CPU s) | first answer s (CPU s) | median short s | anon MB | load "
+        "| MB given back to the host |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name, runs in rows.items():
         cells = [
             ", ".join(f"{r['health_s']:.1f} ({r['health_cpu_s']:.2f})" for r in runs),
@@ -369,6 +404,7 @@ def compare(args: argparse.Namespace, model: Path, work: Path) -> None:
             ", ".join(f"{r['median_short_s']:.3f}" for r in runs),
             ", ".join(f"{r['anon_mb']:.1f}" for r in runs),
             ", ".join(f"{r['load_avg']:.1f}" for r in runs),
+            ", ".join(str(r.get("host_reported_mb", "-")) for r in runs),
         ]
         print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
 

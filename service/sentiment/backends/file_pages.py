@@ -57,9 +57,11 @@ def mapped_mb(prefix: Path, maps: Path = MAPS) -> float:
 
 def read_ahead(files: Iterable[Path]) -> None:
     """Read `files` through once, 1 MB at a time, before onnxruntime maps them: on a cold page cache
-    (every spin-up) its page-by-page faults over the weights cost more CPU than this read, measured
-    at RoBERTuito scale as 0.36-0.41 s against 0.15-0.18 s for the variant's session and probe
-    (MEMORY.md, issue 22). Pages already cached are copied at memory speed."""
+    its page-by-page faults over the weights cost more CPU than this read, measured at RoBERTuito
+    scale and full speed as 0.36-0.41 s against 0.15-0.18 s for the variant's session and probe
+    (MEMORY.md, issue 22). Used for the plain model only: for the variant, at 0.1 CPU, the read cost
+    more than it saved (MEMORY.md, issue 22, helper wake4). Pages already cached are copied at
+    memory speed."""
     buffer = bytearray(READ_CHUNK)
     for path in files:
         try:

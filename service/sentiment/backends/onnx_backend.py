@@ -153,11 +153,14 @@ def _open_variant(
     store: Path | None,
 ) -> tuple[ort.InferenceSession, Served] | None:
     """A session over the variant that passed its probe; None (and the variant discarded, its
-    reason appended to `choice.reason`) when it is corrupt or fails the probe."""
+    reason appended to `choice.reason`) when it is corrupt or fails the probe.
+
+    Its files are not read through first (the plain model's are): onnxruntime maps and reads the
+    whole variant anyway, and at 0.1 CPU on a cold page cache the read-through cost more CPU than
+    it saved (MEMORY.md, issue 22, helper wake4)."""
     settings = get_settings()
     multi_label = manifest["problem_type"] == "multi_label_classification"
     try:
-        file_pages.read_ahead(sorted(choice.graph.parent.iterdir()))
         session = ort.InferenceSession(
             str(choice.graph), session_options(num_threads), providers=onnx_providers(settings.use_gpu)
         )
