@@ -66,7 +66,7 @@ def export_model(
         for candidate in fallback_chain(recipe) if checker else [recipe]:
             staged = Path(tmp) / f"out-{candidate or 'fp32'}"
             staged.mkdir()
-            if candidate and RECIPES[candidate].smooth and not inputs:
+            if candidate and RECIPES[candidate].calibrated and not inputs:
                 inputs = _calibration(reference, task, lang, calibration)
             quantization = _stage(fp32, staged / MODEL_FILE, candidate, inputs)
             manifest = finish(staged, quantization=quantization)
@@ -92,8 +92,8 @@ def _stage(fp32: Path, out: Path, recipe: str | None, inputs: list[Feed]) -> dic
     if recipe is None:
         save(onnx.load(fp32), out)
         return None
-    kept = quantize(fp32, out, RECIPES[recipe], inputs if RECIPES[recipe].smooth else ())
-    extra = {"calibration_inputs": len(inputs)} if RECIPES[recipe].smooth else {}
+    kept = quantize(fp32, out, RECIPES[recipe], inputs if RECIPES[recipe].calibrated else ())
+    extra = {"calibration_inputs": len(inputs)} if RECIPES[recipe].calibrated else {}
     return describe(recipe) | ({"fp32_matmuls": kept} if kept else {}) | extra
 
 

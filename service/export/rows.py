@@ -28,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 _MS_DOMAIN = "com.microsoft"
+OUTLIER_SUFFIX = "_outliers_fp32"  # split_outliers' small MatMuls: fp32 by design, never quantized
 _PAIR_SUM = 32767  # AVX2's VPMADDUBSW: a_k * w_k + a_k+1 * w_k+1 saturates to int16 beyond this
 
 
@@ -93,7 +94,9 @@ def weight_groups(model: onnx.ModelProto, exclude: str | None = None) -> dict[st
     groups: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         table = tables.get(node.input[1]) if node.op_type == "MatMul" else None
-        if table is not None and len(table.dims) == 2 and not (exclude and re.search(exclude, node.name)):
+        if node.name.endswith(OUTLIER_SUFFIX) or (exclude and re.search(exclude, node.name)):
+            continue
+        if table is not None and len(table.dims) == 2:
             groups.setdefault(node.input[0], []).append(node)
     return groups
 
@@ -118,6 +121,128 @@ def smooth(model: onnx.ModelProto, maxima: Mapping[str, np.ndarray], alpha: floa
             table.CopyFrom(numpy_helper.from_array(weight * factors[:, None], table.name))
             node.input[0] = smoothed
     _insert_after(model, inserted)
+
+
+def split_outliers(
+    model: onnx.ModelProto, maxima: Mapping[str, np.ndarray], pattern: str, count: int, alpha: float
+) -> None:
+    """LLM.int8()-style, for the MatMuls named by `pattern`: the `count` input channels with the
+    largest calibration maxima go through a small fp32 MatMul (a Gather of those channels x their
+    weight rows); the others, those channels zeroed and smoothed by `alpha` in the same Mul, stay a
+    constant-weight MatMul for `quantize_rows`. The outliers then no longer set every row's scale.
+    The MatMul's bias Add, if any, moves into the small MatMul (a column of ones appended to its
+    input, the bias as the last weight row): one pass over the output instead of two. Channels and
+    factors are fixed at export: the per-row property holds."""
+    tables = {t.name: t for t in model.graph.initializer}
+    biases = _bias_adds(model, tables) if _opset(model) >= 18 else {}  # Pad's axes input: opset 18
+    replaced: dict[str, list[onnx.NodeProto]] = {}
+    inserted: dict[str, list[onnx.NodeProto]] = {}
+    arrays: dict[str, np.ndarray] = {
+        "outliers_pad": np.array([0, 1], np.int64),
+        "outliers_axis": np.array([-1], np.int64),
+    }
+    arrays["outliers_one"] = np.array(1.0, np.float32)
+    for tensor, nodes in weight_groups(model).items():
+        if tensor not in maxima or not all(re.search(pattern, n.name) for n in nodes):
+            continue
+        weights = [numpy_helper.to_array(tables[n.input[1]]).astype(np.float32) for n in nodes]
+        outlier = np.zeros(len(weights[0]), bool)
+        outlier[np.argsort(maxima[tensor])[::-1][:count]] = True
+        factors = np.ones(len(outlier), np.float32)
+        if alpha:
+            weight_max = np.maximum(np.max([np.abs(w).max(axis=1) for w in weights], axis=0), 1e-5)
+            factors = np.clip(
+                np.maximum(maxima[tensor], 1e-5) ** alpha / weight_max ** (1 - alpha), 1e-2, 1e2
+            )
+        channels, rest, gathered = f"{tensor}_outlier_channels", f"{tensor}_inliers", f"{tensor}_outliers"
+        arrays[f"{tensor}_keep"] = np.where(outlier, 0.0, 1 / factors).astype(np.float32)
+        arrays[channels] = np.flatnonzero(outlier).astype(np.int64)
+        inserted[tensor] = [
+            helper.make_node("Mul", [tensor, f"{tensor}_keep"], [rest], name=rest),
+            helper.make_node("Gather", [tensor, channels], [gathered], name=gathered, axis=-1),
+        ]
+        if any(n.name in biases for n in nodes):
+            pad = ["outliers_pad", "outliers_one", "outliers_axis"]
+            inserted[tensor].append(
+                helper.make_node("Pad", [gathered, *pad], [f"{gathered}_ones"], name=f"{gathered}_ones")
+            )
+        for node, weight in zip(nodes, weights, strict=True):
+            table, output = tables[node.input[1]], node.output[0]
+            rest_rows = np.where(outlier[:, None], 0.0, weight * factors[:, None])
+            arrays[f"{table.name}_rest"] = rest_rows.astype(np.float32)
+            outliers_in, outlier_rows = gathered, weight[outlier]
+            if node.name in biases:
+                add, bias = biases[node.name]
+                outliers_in, outlier_rows = f"{gathered}_ones", np.vstack([outlier_rows, bias])
+                output = add.output[0]
+            arrays[f"{table.name}_outliers"] = outlier_rows.astype(np.float32)
+            model.graph.initializer.remove(table)
+            replaced[node.name] = [
+                helper.make_node(
+                    "MatMul", [rest, f"{table.name}_rest"], [f"{output}_int8_part"], name=node.name
+                ),
+                helper.make_node(
+                    "MatMul", [outliers_in, f"{table.name}_outliers"], [f"{output}_fp32_part"],
+                    name=f"{node.name}{OUTLIER_SUFFIX}",
+                ),
+                helper.make_node(
+                    "Add", [f"{output}_int8_part", f"{output}_fp32_part"], [output], name=f"{node.name}_sum"
+                ),
+            ]  # fmt: skip
+    folded = {biases[name][0].name for name in replaced if name in biases}
+    model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in arrays.items())
+    nodes = [
+        new for node in model.graph.node if node.name not in folded for new in replaced.get(node.name, [node])
+    ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    _insert_after(model, inserted)
+    _drop_unread(model)
+
+
+def _drop_unread(model: onnx.ModelProto) -> None:
+    """Remove the Identity nodes and initializers nothing reads (the biases moved into the outlier
+    MatMuls, the Pad constants where no bias moved), so that onnxruntime does not warn about each
+    at every load."""
+    outputs = _graph_outputs(model)
+    while True:
+        read = {name for node in model.graph.node for name in node.input} | outputs
+        unread = [n for n in model.graph.node if n.op_type == "Identity" and n.output[0] not in read]
+        for node in unread:
+            model.graph.node.remove(node)
+        if not unread:
+            break
+    tables = [t for t in model.graph.initializer if t.name not in read]
+    for table in tables:
+        model.graph.initializer.remove(table)
+
+
+def _bias_adds(
+    model: onnx.ModelProto, tables: Mapping[str, onnx.TensorProto]
+) -> dict[str, tuple[Any, np.ndarray]]:
+    """MatMul name -> (the Add that adds a constant 1-D bias to its output, that bias), where that
+    Add is the output's only reader."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    # torch's exporter names a shared initializer once and the others through Identity nodes
+    aliases = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity"}
+    found = {}
+    for node in model.graph.node:
+        after = readers.get(node.output[0], []) if node.op_type == "MatMul" else []
+        if len(after) != 1 or after[0].op_type != "Add" or node.output[0] in _graph_outputs(model):
+            continue
+        add = after[0]
+        other = next(name for name in add.input if name != node.output[0])
+        other = aliases.get(other, other)
+        if other in tables and len(tables[other].dims) == 1:
+            found[node.name] = (add, numpy_helper.to_array(tables[other]).astype(np.float32))
+    return found
+
+
+def _graph_outputs(model: onnx.ModelProto) -> set[str]:
+    return {output.name for output in model.graph.output}
 
 
 def quantize_rows(
@@ -182,22 +307,25 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def _row_quantization(tensor: str, scale: str, quantized: str, opset: int) -> list[onnx.NodeProto]:
-    """scale = max(|x| of the row) / levels; q = uint8(round(x / scale) + levels + 1): nothing across rows."""
+    """scale = max(|x| of the row) / levels; q = uint8(round(x * (1 / scale)) + levels + 1): nothing
+    across rows. max |x| as max(max x, -min x): two reads, no |x| written; a Mul by the row's
+    reciprocal rather than a Div of every element (measured: docs/int8-recipes.md)."""
     # ReduceMax takes its axes as an input from opset 18, as an attribute before
     axes: tuple[list[str], dict[str, Any]] = (["rows_last_axis"], {}) if opset >= 18 else ([], {"axes": [-1]})
+    name = f"{tensor}_rows"
     steps = [
-        ("Abs", [tensor], "abs", {}),
-        ("ReduceMax", [f"{tensor}_rows_abs", *axes[0]], "max", {"keepdims": 1, **axes[1]}),
-        ("Max", [f"{tensor}_rows_max", "rows_epsilon"], "eps", {}),
-        ("Mul", [f"{tensor}_rows_eps", "rows_inverse_levels"], "scale", {}),
-        ("Div", [tensor, scale], "div", {}),
-        ("QuantizeLinear", [f"{tensor}_rows_div", "rows_one", "rows_zero_point"], "q8", {}),
+        ("ReduceMax", [tensor, *axes[0]], "high", {"keepdims": 1, **axes[1]}),
+        ("ReduceMin", [tensor, *axes[0]], "low", {"keepdims": 1, **axes[1]}),
+        ("Neg", [f"{name}_low"], "negated", {}),
+        ("Max", [f"{name}_high", f"{name}_negated", "rows_epsilon"], "max", {}),
+        ("Mul", [f"{name}_max", "rows_inverse_levels"], "scale", {}),
+        ("Reciprocal", [scale], "inverse", {}),
+        ("Mul", [tensor, f"{name}_inverse"], "scaled", {}),
+        ("QuantizeLinear", [f"{name}_scaled", "rows_one", "rows_zero_point"], "q8", {}),
     ]
     outputs = {"scale": scale, "q8": quantized}
     return [
-        helper.make_node(
-            op, inputs, [outputs.get(step, f"{tensor}_rows_{step}")], name=f"{tensor}_rows_{step}", **kw
-        )
+        helper.make_node(op, inputs, [outputs.get(step, f"{name}_{step}")], name=f"{name}_{step}", **kw)
         for op, inputs, step, kw in steps
     ]
 

@@ -3,8 +3,9 @@
 A tiny graph (an embedding Gather, then two MatMuls) checks what rows.py writes: every constant-weight
 MatMul becomes MatMulIntegerToFloat, a row's answer is bit-identical alone and among other rows,
 7-bit weights or activations and pair-fitted 8-bit weights cannot saturate AVX2's pairwise int16
-sums, SmoothQuant's rescaling alone leaves the function unchanged, and a recipe that smooths
-refuses to run without calibration inputs.
+sums, SmoothQuant's rescaling alone leaves the function unchanged, splitting the outlier channels
+off (with the bias moved into their fp32 MatMul) alone leaves it unchanged too, and a recipe that
+calibrates refuses to run without calibration inputs.
 """
 
 import dataclasses
@@ -21,18 +22,26 @@ from service.export.calibrate import channel_maxima
 from service.export.quantize import RECIPES, VNNI_RECIPE, quantize
 
 PAIRED = "int8-rows-pairs"
+OUTLIERS = "int8-rows-outliers"
 
 K, N, VOCAB = 256, 64, 50
 
 
-def tiny(path: Path) -> Path:
+def tiny(path: Path, bias: bool = False) -> Path:
+    """Gather, MatMul, MatMul; `bias`: the first MatMul's output plus a constant bias (opset 18)."""
     rng = np.random.default_rng(3)
     table = rng.normal(size=(VOCAB, K)).astype(np.float32)
     table[:, 7] *= 40  # an outlier channel, as transformers' activations have
+    first = [helper.make_node("MatMul", ["embedded", "first"], ["hidden"], name="first/MatMul")]
+    if bias:
+        first = [
+            helper.make_node("MatMul", ["embedded", "first"], ["product"], name="first/MatMul"),
+            helper.make_node("Add", ["first_bias", "product"], ["hidden"], name="first/Add"),
+        ]
     graph = helper.make_graph(
         [
             helper.make_node("Gather", ["table", "ids"], ["embedded"], name="embeddings/Gather"),
-            helper.make_node("MatMul", ["embedded", "first"], ["hidden"], name="first/MatMul"),
+            *first,
             helper.make_node("MatMul", ["hidden", "second"], ["out"], name="second/MatMul"),
         ],
         "tiny",
@@ -42,9 +51,10 @@ def tiny(path: Path) -> Path:
             numpy_helper.from_array(table, "table"),
             numpy_helper.from_array(rng.normal(size=(K, K)).astype(np.float32) / 16, "first"),
             numpy_helper.from_array(rng.normal(size=(K, N)).astype(np.float32) / 16, "second"),
+            *([numpy_helper.from_array(rng.normal(size=K).astype(np.float32), "first_bias")] if bias else []),
         ],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18 if bias else 17)]), path)
     return path
 
 
@@ -64,8 +74,10 @@ FEEDS = [{"ids": IDS[i : i + 1]} for i in range(len(IDS))]
 
 def relative_error(fp32: Path, out: Path, name: str) -> float:
     quantize(fp32, out, RECIPES[name], FEEDS)
-    ops = [node.op_type for node in onnx.load(out, load_external_data=False).graph.node]
-    assert ops.count("MatMulIntegerToFloat") == 2 and "MatMul" not in ops
+    nodes = onnx.load(out, load_external_data=False).graph.node
+    assert [n.op_type for n in nodes].count("MatMulIntegerToFloat") == 2
+    # fp32 MatMuls left: only the outlier channels' small ones
+    assert all(n.name.endswith(rows.OUTLIER_SUFFIX) for n in nodes if n.op_type == "MatMul")
     reference = run(fp32, IDS)
     return float(np.abs(run(out, IDS) - reference).max() / np.abs(reference).max())
 
@@ -77,11 +89,14 @@ def test_every_constant_weight_matmul_becomes_an_int8_gemm_and_smoothing_brings_
     # the outlier channel sets every row's scale without smoothing; with it, 8 bits are closer than 7
     assert errors["int8-rows"] < errors["int8-rows-plain"] < 0.15
     assert errors["int8-rows"] < errors["int8-rows-7bit"] < 0.05
+    # the outlier channel computed fp32 (and, in this graph, a quarter of the others): closer still
+    assert errors[OUTLIERS] < errors[PAIRED]
 
 
-def test_a_rows_answer_is_identical_alone_and_among_other_rows(fp32, tmp_path):
+@pytest.mark.parametrize("recipe", ["int8-rows", OUTLIERS])
+def test_a_rows_answer_is_identical_alone_and_among_other_rows(fp32, tmp_path, recipe):
     out = tmp_path / "model.onnx"
-    quantize(fp32, out, RECIPES["int8-rows"], FEEDS)
+    quantize(fp32, out, RECIPES[recipe], FEEDS)
     together = run(out, IDS)
     for i in range(len(IDS)):
         assert np.array_equal(run(out, IDS[i : i + 1])[0], together[i])
@@ -117,6 +132,8 @@ def test_pair_limited_weights_cannot_saturate_and_most_channels_keep_8_bits(fp32
     for weights in paired:
         assert worst_pair_product(weights) <= 32767
         assert np.mean(np.abs(weights).max(axis=0) >= 100) > 0.5  # 7 bits would stop at 64
+    for weights in int8_weights(fp32, tmp_path / "outliers.onnx", OUTLIERS):
+        assert worst_pair_product(weights) <= 32767
     assert rows.saturation_free(8, 8, pairs=True)
 
 
@@ -165,9 +182,29 @@ def test_smoothing_alone_keeps_the_function_and_divides_the_outlier_channel(fp32
     assert inverse[7] < np.median(inverse)
 
 
-def test_a_smoothing_recipe_needs_calibration_inputs(fp32, tmp_path):
+def test_splitting_the_outliers_off_alone_keeps_the_function_and_moves_the_bias(tmp_path):
+    fp32 = tiny(tmp_path / "fp32.onnx", bias=True)
+    model = onnx.load(fp32)
+    maxima = channel_maxima(fp32, list(rows.weight_groups(model)), FEEDS)
+    rows.split_outliers(model, maxima, "MatMul$", 16, 0.5)
+    assert np.allclose(run(model, IDS), run(fp32, IDS), rtol=1e-4, atol=1e-4)
+    tables = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert 7 in tables["embedded_outlier_channels"] and tables["embedded_keep"][7] == 0
+    names = {n.name: n.op_type for n in model.graph.node}
+    assert "first/Add" not in names and names["first/MatMul_outliers_fp32"] == "MatMul"
+    assert tables["first_outliers"].shape == (16 + 1, K)  # the bias as its last row
+    assert tables["second_outliers"].shape == (16, N)  # no bias to move
+    assert set(rows.weight_groups(model)) == {
+        "embedded_inliers",
+        "hidden_inliers",
+    }  # what quantize_rows takes
+
+
+@pytest.mark.parametrize("recipe", ["int8-rows", OUTLIERS])
+def test_a_calibrated_recipe_needs_calibration_inputs(fp32, tmp_path, recipe):
+    assert RECIPES[recipe].calibrated
     with pytest.raises(ValueError, match="calibration"):
-        quantize(fp32, tmp_path / "model.onnx", RECIPES["int8-rows"])
+        quantize(fp32, tmp_path / "model.onnx", RECIPES[recipe])
     quantize(fp32, tmp_path / "model.onnx", dataclasses.replace(RECIPES["int8-rows"], smooth=0.0))
 
 
