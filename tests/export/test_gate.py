@@ -103,7 +103,7 @@ def test_thresholds_are_at_least_the_gate_before_them() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", [DEFAULT_RECIPE, VNNI_RECIPE, "int8-rows-outliers"])
+@pytest.mark.parametrize("recipe", [DEFAULT_RECIPE, VNNI_RECIPE, "int8-rows-ffn-pairs"])
 @pytest.mark.parametrize(("task", "lang", "kind"), KINDS)
 def test_a_model_that_passes_keeps_the_recipe_asked_for(
     standins, task: str, lang: str, kind: str, recipe: str

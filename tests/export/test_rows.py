@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.export import calibrate, rows
 from service.export.calibrate import channel_maxima
-from service.export.quantize import RECIPES, VNNI_RECIPE, quantize
+from service.export.quantize import ALL_MATMULS, RECIPES, VNNI_RECIPE, quantize
 
 PAIRED = "int8-rows-pairs"
 OUTLIERS = "int8-rows-outliers"
@@ -208,10 +208,10 @@ def test_a_calibrated_recipe_needs_calibration_inputs(fp32, tmp_path, recipe):
     quantize(fp32, tmp_path / "model.onnx", dataclasses.replace(RECIPES["int8-rows"], smooth=0.0))
 
 
-def test_the_per_row_rung_smooths_keeps_the_ffn_outputs_weight_only_and_cannot_saturate():
+def test_the_per_row_rung_keeps_every_inputs_outlier_channels_fp32_and_cannot_saturate():
     recipe = RECIPES[VNNI_RECIPE]
-    assert recipe.rows and recipe.smooth > 0 and recipe.weight_only
-    assert recipe.rows_exclude is not None and "output/dense" in recipe.rows_exclude
+    assert recipe.rows and recipe.calibrated and recipe.rows_exclude is None
+    assert [pattern for pattern, count in recipe.outliers if count > 0] == [ALL_MATMULS]
     assert rows.saturation_free(recipe.row_weight_bits, recipe.row_activation_bits, recipe.row_pairs)
 
 

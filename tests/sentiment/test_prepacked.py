@@ -190,7 +190,7 @@ def test_a_per_row_int8_model_on_a_cpu_without_vnni_or_amx_is_said_to_lose_accur
     avx2 = ["avx", "avx2", "fma"]
     warning = saturation_warning(rows, avx2)
     assert warning is not None and "int8-rows-ffn-nbits" in warning
-    assert "--recipe int8-rows-ffn-pairs" in warning and "weight-only" in warning
+    assert "--recipe int8-rows-outliers" in warning and "weight-only" in warning
     assert saturation_warning(rows, [*avx2, "avx512_vnni"]) is None
     assert saturation_warning(rows, [*avx2, "avxvnni"]) is None
     assert saturation_warning(rows, [*avx2, "amx_int8"]) is None

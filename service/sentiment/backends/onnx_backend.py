@@ -140,7 +140,7 @@ def saturation_warning(manifest: dict[str, Any], features: list[str]) -> str | N
     return (
         f"its recipe {recipe.get('recipe')} was gated where int8 products are exact (VNNI/AMX); this "
         "CPU has AVX2 only, whose int8 products saturate and lose accuracy: export it on this CPU (its gate "
-        "then falls back), or with --recipe int8-rows-ffn-pairs (no saturation) or weight-only"
+        "then falls back), or with --recipe int8-rows-outliers (no saturation) or weight-only"
     )
 
 
