@@ -283,22 +283,12 @@ def main() -> None:
     output = work / "build"
     shutil.rmtree(output, ignore_errors=True)
     print(f"build ({args.ref or 'working tree'}): {build(args.ref, model, output):.1f} s wall")
-    results = {}
+    results: dict[str, list[dict[str, Any]]] = {}
     try:
         for round_ in range(args.rounds):
             for prepacked in args.prepacked.split(","):
                 run_dir = work / f"run-prepacked-{prepacked}"
-                shutil.rmtree(run_dir, ignore_errors=True)
-                shutil.copytree(output, run_dir, symlinks=True)
-                if prepacked == "other-cpu":
-                    as_if_built_on_another_cpu(run_dir)
-                value = "true" if prepacked == "other-cpu" else prepacked
-                for disk in ("fresh", "kept"):
-                    name = f"PREPACKED={prepacked} {disk} disk"
-                    figures = start(run_dir, model, args.cpus, args.limit_mb, PREPACKED=value)
-                    figures["load_avg"] = os.getloadavg()[0]
-                    report(f"{name} (round {round_ + 1})", figures)
-                    results.setdefault(name, []).append(figures)
+                start_twice(args, model, output, run_dir, prepacked, "", round_, results)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -359,6 +349,30 @@ for name, at in marks:
 """
 
 
+def start_twice(
+    args: argparse.Namespace,
+    model: Path,
+    output: Path,
+    run_dir: Path,
+    prepacked: str,
+    side: str,
+    round_: int,
+    results: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Start a fresh copy of the build `output` in `run_dir`, then again on the disk it kept."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.copytree(output, run_dir, symlinks=True)
+    if prepacked == "other-cpu":
+        as_if_built_on_another_cpu(run_dir)
+    value = "true" if prepacked == "other-cpu" else prepacked
+    for disk in ("fresh", "kept"):
+        name = f"{side}PREPACKED={prepacked} {disk} disk"
+        figures = start(run_dir, model, args.cpus, args.limit_mb, PREPACKED=value)
+        figures["load_avg"] = os.getloadavg()[0]
+        report(f"{name} (round {round_ + 1})", figures)
+        results.setdefault(name, []).append(figures)
+
+
 def compare(args: argparse.Namespace, model: Path, work: Path) -> None:
     """The working tree and `args.compare` built, then started in alternation, `args.rounds` times."""
     sides = {"after": None, "before": args.compare}
@@ -373,17 +387,7 @@ def compare(args: argparse.Namespace, model: Path, work: Path) -> None:
             for side in sides if round_ % 2 == 0 else reversed(sides):
                 for prepacked in args.prepacked.split(","):
                     run_dir = work / f"run-{side}-{prepacked}"
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                    shutil.copytree(outputs[side], run_dir, symlinks=True)
-                    if prepacked == "other-cpu":
-                        as_if_built_on_another_cpu(run_dir)
-                    value = "true" if prepacked == "other-cpu" else prepacked
-                    for disk in ("fresh", "kept"):
-                        name = f"{side} PREPACKED={prepacked} {disk} disk"
-                        figures = start(run_dir, model, args.cpus, args.limit_mb, PREPACKED=value)
-                        figures["load_avg"] = os.getloadavg()[0]
-                        report(f"{name} (round {round_ + 1})", figures)
-                        rows.setdefault(name, []).append(figures)
+                    start_twice(args, model, outputs[side], run_dir, prepacked, f"{side} ", round_, rows)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
