@@ -101,6 +101,14 @@ def weight_groups(model: onnx.ModelProto, exclude: str | None = None) -> dict[st
     return groups
 
 
+def _smoothing(maximum: np.ndarray, weights: list[np.ndarray], alpha: float) -> np.ndarray:
+    """SmoothQuant's per-channel factors s = max|x|^alpha / max|W|^(1-alpha) (the largest weight of
+    the channel's row over the MatMuls reading it), kept within [1e-2, 1e2]."""
+    weight_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
+    factors = np.maximum(maximum, 1e-5) ** alpha / np.maximum(weight_max, 1e-5) ** (1 - alpha)
+    return np.clip(factors, 1e-2, 1e2)
+
+
 def smooth(model: onnx.ModelProto, maxima: Mapping[str, np.ndarray], alpha: float) -> None:
     """Divide each group's input by s per channel (one Mul) and multiply its weights' rows by s."""
     tables = {t.name: t for t in model.graph.initializer}
@@ -109,9 +117,7 @@ def smooth(model: onnx.ModelProto, maxima: Mapping[str, np.ndarray], alpha: floa
         if tensor not in maxima:
             continue
         weights = [numpy_helper.to_array(tables[n.input[1]]).astype(np.float32) for n in nodes]
-        weight_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
-        factors = np.maximum(maxima[tensor], 1e-5) ** alpha / np.maximum(weight_max, 1e-5) ** (1 - alpha)
-        factors = np.clip(factors, 1e-2, 1e2).astype(np.float32)
+        factors = _smoothing(maxima[tensor], weights, alpha).astype(np.float32)
         inverse = f"{tensor}_smooth_inverse"
         model.graph.initializer.append(numpy_helper.from_array(1 / factors, inverse))
         smoothed = f"{tensor}_smoothed"
@@ -148,12 +154,7 @@ def split_outliers(
         weights = [numpy_helper.to_array(tables[n.input[1]]).astype(np.float32) for n in nodes]
         outlier = np.zeros(len(weights[0]), bool)
         outlier[np.argsort(maxima[tensor])[::-1][:count]] = True
-        factors = np.ones(len(outlier), np.float32)
-        if alpha:
-            weight_max = np.maximum(np.max([np.abs(w).max(axis=1) for w in weights], axis=0), 1e-5)
-            factors = np.clip(
-                np.maximum(maxima[tensor], 1e-5) ** alpha / weight_max ** (1 - alpha), 1e-2, 1e2
-            )
+        factors = _smoothing(maxima[tensor], weights, alpha) if alpha else np.ones(len(outlier), np.float32)
         channels, rest, gathered = f"{tensor}_outlier_channels", f"{tensor}_inliers", f"{tensor}_outliers"
         arrays[f"{tensor}_keep"] = np.where(outlier, 0.0, 1 / factors).astype(np.float32)
         arrays[channels] = np.flatnonzero(outlier).astype(np.int64)
@@ -228,10 +229,11 @@ def _bias_adds(
             readers.setdefault(name, []).append(node)
     # torch's exporter names a shared initializer once and the others through Identity nodes
     aliases = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity"}
+    outputs = _graph_outputs(model)
     found = {}
     for node in model.graph.node:
         after = readers.get(node.output[0], []) if node.op_type == "MatMul" else []
-        if len(after) != 1 or after[0].op_type != "Add" or node.output[0] in _graph_outputs(model):
+        if len(after) != 1 or after[0].op_type != "Add" or node.output[0] in outputs:
             continue
         add = after[0]
         other = next(name for name in add.input if name != node.output[0])
